@@ -1,0 +1,1 @@
+"""Liaison Exchange: signed, encrypted case notices between liaison offices."""

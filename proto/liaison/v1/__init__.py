@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code for the wire contract ``liaison.v1`` (do not edit)."""
