@@ -1,0 +1,136 @@
+"""Agency cards: a node's public identity, self-signed, pinned by its peers."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives.asymmetric import ed25519, mlkem, x25519
+from google.protobuf.message import DecodeError
+
+from liaison.keys.certs import certificate_sha256
+from liaison.keys.errors import CardError
+from liaison.keys.ids import encryption_key_id, is_agency_id, signing_key_id, tls_name
+from liaison.keys.labels import CARD_SIGNATURE_LABEL, signing_input
+from liaison.v1 import envelope_pb2
+
+CARD_VERSION = 1
+_ARMOR_BEGIN = "-----BEGIN LIAISON AGENCY CARD-----"
+_ARMOR_END = "-----END LIAISON AGENCY CARD-----"
+
+
+@dataclass(frozen=True)
+class PeerCard:
+    """A verified agency card: everything needed to seal to, verify and connect to a node."""
+
+    agency_id: str
+    name: str
+    endpoint: str
+    signing_key: ed25519.Ed25519PublicKey
+    encryption_key: hpke.MLKEM768X25519PublicKey
+    signing_key_id: str
+    encryption_key_id: str
+    tls_certificate: bytes
+    tls_fingerprint: str
+    created_at: dt.datetime
+    signed_card: bytes
+
+    @property
+    def fingerprint(self) -> str:
+        """Human-comparable SHA-256 of the signed card, in groups of four hex digits."""
+        digest = hashlib.sha256(self.signed_card).hexdigest()
+        return " ".join(digest[i : i + 4] for i in range(0, len(digest), 4))
+
+    @property
+    def tls_name(self) -> str:
+        return tls_name(self.agency_id)
+
+
+def sign_card(card: envelope_pb2.AgencyCard, signing_key: ed25519.Ed25519PrivateKey) -> bytes:
+    """Serialize ``card`` once and return the ``SignedCard`` bytes over it."""
+    card_bytes = card.SerializeToString()
+    signature = signing_key.sign(signing_input(CARD_SIGNATURE_LABEL, card_bytes))
+    return envelope_pb2.SignedCard(card=card_bytes, signature=signature).SerializeToString()
+
+
+def parse_card(signed_card: bytes) -> PeerCard:
+    """Verify a ``SignedCard``'s self-signature and return the card it holds.
+
+    Raises ``CardError`` if the bytes do not parse, a field is missing or
+    malformed, or the signature does not verify under the card's own key.
+    """
+    try:
+        outer = envelope_pb2.SignedCard.FromString(signed_card)
+        card = envelope_pb2.AgencyCard.FromString(outer.card)
+    except DecodeError as exc:
+        raise CardError("the card does not parse") from exc
+    if card.version != CARD_VERSION:
+        raise CardError(f"unsupported card version {card.version}")
+    if not is_agency_id(card.agency_id):
+        raise CardError(f"invalid agency id {card.agency_id!r}")
+    try:
+        signing_key = ed25519.Ed25519PublicKey.from_public_bytes(card.signing_key)
+        kem_key = hpke.MLKEM768X25519PublicKey(
+            mlkem.MLKEM768PublicKey.from_public_bytes(card.kem_mlkem768_key),
+            x25519.X25519PublicKey.from_public_bytes(card.kem_x25519_key),
+        )
+        certificate = x509.load_der_x509_certificate(card.tls_certificate)
+    except ValueError as exc:
+        raise CardError(f"the card of {card.agency_id} holds a malformed key: {exc}") from exc
+    try:
+        signing_key.verify(outer.signature, signing_input(CARD_SIGNATURE_LABEL, outer.card))
+    except InvalidSignature as exc:
+        raise CardError(f"the card of {card.agency_id} is not signed by its own key") from exc
+    _check_tls_name(card.agency_id, certificate)
+    if not card.endpoint:
+        raise CardError(f"the card of {card.agency_id} names no endpoint")
+    return PeerCard(
+        agency_id=card.agency_id,
+        name=card.name,
+        endpoint=card.endpoint,
+        signing_key=signing_key,
+        encryption_key=kem_key,
+        signing_key_id=signing_key_id(card.signing_key),
+        encryption_key_id=encryption_key_id(card.kem_mlkem768_key, card.kem_x25519_key),
+        tls_certificate=card.tls_certificate,
+        tls_fingerprint=certificate_sha256(card.tls_certificate),
+        created_at=card.created_at.ToDatetime(tzinfo=dt.UTC),
+        signed_card=signed_card,
+    )
+
+
+def _check_tls_name(agency_id: str, certificate: x509.Certificate) -> None:
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound as exc:
+        raise CardError(
+            f"the TLS certificate of {agency_id} has no subject alternative name"
+        ) from exc
+    if tls_name(agency_id) not in san.value.get_values_for_type(x509.DNSName):
+        raise CardError(
+            f"the TLS certificate of {agency_id} is not issued to {tls_name(agency_id)}"
+        )
+
+
+def armor_card(signed_card: bytes) -> str:
+    """Text form of a card for files, mail and copy-paste."""
+    body = base64.b64encode(signed_card).decode()
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+    return "\n".join([_ARMOR_BEGIN, *lines, _ARMOR_END]) + "\n"
+
+
+def dearmor_card(text: str) -> bytes:
+    """Inverse of ``armor_card``; raises ``CardError`` on anything else."""
+    lines = [line.strip() for line in text.strip().splitlines()]
+    if len(lines) < 3 or lines[0] != _ARMOR_BEGIN or lines[-1] != _ARMOR_END:
+        raise CardError("not an armored Liaison agency card")
+    try:
+        return base64.b64decode("".join(lines[1:-1]), validate=True)
+    except binascii.Error as exc:
+        raise CardError("the card's base64 body is corrupt") from exc

@@ -1,0 +1,354 @@
+"""Sealing and opening envelopes, and signing and checking receipts.
+
+Sealing is sign, encrypt, sign: an inner Ed25519 signature over the header
+and the content, HPKE encryption of both to the recipient with the header
+bound through ``info``, and an outer Ed25519 signature over the header and
+the ciphertext. The receiver runs its checks in the fixed order of
+docs/PROTOCOL.md; the first that fails names the reject reason.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hpke
+from google.protobuf.message import DecodeError
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from liaison.keys.card import PeerCard
+from liaison.keys.errors import EnvelopeRejected, ReceiptError
+from liaison.keys.identity import NodeIdentity
+from liaison.keys.ids import is_message_id, new_message_id
+from liaison.keys.labels import (
+    CONTENT_SIGNATURE_LABEL,
+    ENVELOPE_SIGNATURE_LABEL,
+    HPKE_INFO_LABEL,
+    RECEIPT_SIGNATURE_LABEL,
+    labelled,
+    signing_input,
+)
+from liaison.keys.notice import CASE_NOTICE_CONTENT_TYPE, notice_problems
+from liaison.keys.trust import TrustStore
+from liaison.v1 import envelope_pb2, notice_pb2
+
+ENVELOPE_VERSION = 1
+SUITE = envelope_pb2.SUITE_ED25519_MLKEM768X25519_HKDFSHA256_AES256GCM
+HPKE_SUITE = hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+ED25519_SIGNATURE_LENGTH = 64
+
+R = envelope_pb2.RejectReason
+
+
+@dataclass(frozen=True)
+class EnvelopeLimits:
+    """Bounds the receiver enforces on every envelope."""
+
+    max_envelope_bytes: int = 16 * 1024 * 1024
+    max_lifetime: dt.timedelta = dt.timedelta(days=30)
+    clock_skew: dt.timedelta = dt.timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class SealedMessage:
+    """What the sender keeps of a sealed notice: the exact envelope bytes and their parts."""
+
+    header: envelope_pb2.EnvelopeHeader
+    envelope: bytes
+    envelope_sha256: bytes
+    content: bytes
+
+    @property
+    def message_id(self) -> str:
+        return self.header.message_id
+
+
+@dataclass(frozen=True)
+class CheckedEnvelope:
+    """An envelope whose header and outer signature have been verified, still sealed."""
+
+    header: envelope_pb2.EnvelopeHeader
+    header_bytes: bytes
+    ciphertext: bytes
+    envelope_sha256: bytes
+    sender: PeerCard
+
+
+@dataclass(frozen=True)
+class OpenedNotice:
+    """A decrypted, verified and valid case notice, with its exact signed bytes."""
+
+    checked: CheckedEnvelope
+    content: bytes
+    notice: notice_pb2.CaseNotice
+
+
+def _timestamp(moment: dt.datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def hpke_info(header_bytes: bytes) -> bytes:
+    """HPKE ``info``: the label, a zero byte and SHA-256 of the exact header bytes."""
+    return labelled(HPKE_INFO_LABEL, hashlib.sha256(header_bytes).digest())
+
+
+def seal_notice(
+    notice: notice_pb2.CaseNotice,
+    *,
+    sender: NodeIdentity,
+    recipient: PeerCard,
+    ttl: dt.timedelta,
+    now: dt.datetime | None = None,
+    message_id: str | None = None,
+) -> SealedMessage:
+    """Serialize ``notice`` once and seal it to ``recipient``.
+
+    Raises ``ValueError`` if the notice breaks a rule of ``notice_problems``.
+    """
+    problems = notice_problems(notice)
+    if problems:
+        raise ValueError("invalid notice: " + "; ".join(problems))
+    return seal_content(
+        notice.SerializeToString(),
+        content_type=CASE_NOTICE_CONTENT_TYPE,
+        sender=sender,
+        recipient=recipient,
+        ttl=ttl,
+        now=now,
+        message_id=message_id,
+    )
+
+
+def seal_content(
+    content: bytes,
+    *,
+    content_type: str,
+    sender: NodeIdentity,
+    recipient: PeerCard,
+    ttl: dt.timedelta,
+    now: dt.datetime | None = None,
+    message_id: str | None = None,
+) -> SealedMessage:
+    """Sign, encrypt and sign ``content`` (already serialized) for ``recipient``."""
+    created = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
+    header = envelope_pb2.EnvelopeHeader(
+        version=ENVELOPE_VERSION,
+        suite=SUITE,
+        message_id=message_id or new_message_id(),
+        sender=sender.agency_id,
+        recipient=recipient.agency_id,
+        created_at=_timestamp(created),
+        expires_at=_timestamp(created + ttl),
+        sender_signing_key_id=sender.card.signing_key_id,
+        recipient_encryption_key_id=recipient.encryption_key_id,
+        content_type=content_type,
+    )
+    header_bytes = header.SerializeToString()
+    inner = sender.signing_key.sign(signing_input(CONTENT_SIGNATURE_LABEL, header_bytes, content))
+    plaintext = envelope_pb2.SignedContent(content=content, signature=inner).SerializeToString()
+    ciphertext = HPKE_SUITE.encrypt(
+        plaintext, recipient.encryption_key, info=hpke_info(header_bytes)
+    )
+    outer = sender.signing_key.sign(
+        signing_input(ENVELOPE_SIGNATURE_LABEL, header_bytes, ciphertext)
+    )
+    envelope = envelope_pb2.SealedEnvelope(
+        header=header_bytes, ciphertext=ciphertext, signature=outer
+    ).SerializeToString()
+    return SealedMessage(header, envelope, hashlib.sha256(envelope).digest(), content)
+
+
+def check_envelope(
+    envelope: bytes,
+    *,
+    receiver: NodeIdentity,
+    trust: TrustStore,
+    authenticated_peer: str | None,
+    now: dt.datetime,
+    limits: EnvelopeLimits,
+) -> CheckedEnvelope:
+    """Checks 1-8 of the protocol, everything before the replay check and decryption.
+
+    ``authenticated_peer`` is the agency id bound to the mutual-TLS client
+    certificate of the connection. Raises ``EnvelopeRejected``.
+    """
+    if len(envelope) > limits.max_envelope_bytes:
+        raise EnvelopeRejected(R.REJECT_REASON_TOO_LARGE, f"{len(envelope)} bytes")
+    sealed, header = _parse(envelope, limits)
+    claimed = {"message_id": header.message_id, "sender": header.sender}
+
+    def reject(reason: envelope_pb2.RejectReason.ValueType, detail: str) -> EnvelopeRejected:
+        return EnvelopeRejected(reason, detail, **claimed)
+
+    if header.version != ENVELOPE_VERSION or header.suite != SUITE:
+        raise reject(R.REJECT_REASON_UNSUPPORTED_VERSION, f"version {header.version}")
+    sender = trust.peer(header.sender)
+    if sender is None:
+        raise reject(R.REJECT_REASON_UNKNOWN_SENDER, "sender is not a pinned peer")
+    if authenticated_peer != header.sender:
+        raise reject(R.REJECT_REASON_SENDER_MISMATCH, f"connection is from {authenticated_peer}")
+    if header.recipient != receiver.agency_id:
+        raise reject(R.REJECT_REASON_WRONG_RECIPIENT, f"addressed to {header.recipient}")
+    if header.sender_signing_key_id != sender.signing_key_id:
+        raise reject(R.REJECT_REASON_UNKNOWN_SIGNING_KEY, "not the sender's pinned key")
+    try:
+        sender.signing_key.verify(
+            sealed.signature,
+            signing_input(ENVELOPE_SIGNATURE_LABEL, sealed.header, sealed.ciphertext),
+        )
+    except InvalidSignature:
+        raise reject(R.REJECT_REASON_BAD_OUTER_SIGNATURE, "outer signature fails") from None
+    if now >= header.expires_at.ToDatetime(tzinfo=dt.UTC):
+        raise reject(R.REJECT_REASON_EXPIRED, "envelope has expired")
+    if header.created_at.ToDatetime(tzinfo=dt.UTC) > now + limits.clock_skew:
+        raise reject(R.REJECT_REASON_NOT_YET_VALID, "created in the future")
+    return CheckedEnvelope(
+        header=header,
+        header_bytes=sealed.header,
+        ciphertext=sealed.ciphertext,
+        envelope_sha256=hashlib.sha256(envelope).digest(),
+        sender=sender,
+    )
+
+
+def _parse(
+    envelope: bytes, limits: EnvelopeLimits
+) -> tuple[envelope_pb2.SealedEnvelope, envelope_pb2.EnvelopeHeader]:
+    try:
+        sealed = envelope_pb2.SealedEnvelope.FromString(envelope)
+        header = envelope_pb2.EnvelopeHeader.FromString(sealed.header)
+    except DecodeError:
+        raise EnvelopeRejected(R.REJECT_REASON_MALFORMED_ENVELOPE, "does not parse") from None
+    claimed = {"message_id": header.message_id, "sender": header.sender}
+    problem = _header_problem(sealed, header, limits)
+    if problem:
+        raise EnvelopeRejected(R.REJECT_REASON_MALFORMED_ENVELOPE, problem, **claimed)
+    return sealed, header
+
+
+def _header_problem(
+    sealed: envelope_pb2.SealedEnvelope, header: envelope_pb2.EnvelopeHeader, limits: EnvelopeLimits
+) -> str | None:
+    if not is_message_id(header.message_id):
+        return "message id is not a UUIDv7"
+    if not header.sender or not header.recipient:
+        return "sender or recipient missing"
+    if not header.HasField("created_at") or not header.HasField("expires_at"):
+        return "created or expiry time missing"
+    lifetime = header.expires_at.ToDatetime() - header.created_at.ToDatetime()
+    if lifetime <= dt.timedelta(0) or lifetime > limits.max_lifetime:
+        return "lifetime is not within limits"
+    if len(sealed.signature) != ED25519_SIGNATURE_LENGTH:
+        return "outer signature has the wrong length"
+    if len(sealed.ciphertext) <= HPKE_SUITE_OVERHEAD:
+        return "ciphertext is too short"
+    return None
+
+
+# enc (1120 bytes for ML-KEM-768+X25519) plus the 16-byte AES-GCM tag.
+HPKE_SUITE_OVERHEAD = hpke.KEM.MLKEM768_X25519.enc_length() + 16
+
+
+def open_checked(checked: CheckedEnvelope, *, receiver: NodeIdentity) -> OpenedNotice:
+    """Checks 10-13: decrypt, verify the inner signature, parse and validate the notice.
+
+    Raises ``EnvelopeRejected``.
+    """
+    header = checked.header
+
+    def reject(reason: envelope_pb2.RejectReason.ValueType, detail: str) -> EnvelopeRejected:
+        return EnvelopeRejected(reason, detail, message_id=header.message_id, sender=header.sender)
+
+    if header.recipient_encryption_key_id != receiver.card.encryption_key_id:
+        raise reject(R.REJECT_REASON_UNKNOWN_ENCRYPTION_KEY, "sealed to a key this node lacks")
+    try:
+        plaintext = HPKE_SUITE.decrypt(
+            checked.ciphertext, receiver.decryption_key, info=hpke_info(checked.header_bytes)
+        )
+    except (InvalidTag, ValueError):
+        raise reject(R.REJECT_REASON_DECRYPTION_FAILED, "HPKE open fails") from None
+    try:
+        signed = envelope_pb2.SignedContent.FromString(plaintext)
+    except DecodeError:
+        raise reject(R.REJECT_REASON_MALFORMED_CONTENT, "signed content does not parse") from None
+    try:
+        checked.sender.signing_key.verify(
+            signed.signature,
+            signing_input(CONTENT_SIGNATURE_LABEL, checked.header_bytes, signed.content),
+        )
+    except InvalidSignature:
+        raise reject(R.REJECT_REASON_BAD_INNER_SIGNATURE, "inner signature fails") from None
+    if header.content_type != CASE_NOTICE_CONTENT_TYPE:
+        raise reject(R.REJECT_REASON_UNSUPPORTED_CONTENT_TYPE, header.content_type[:100])
+    try:
+        notice = notice_pb2.CaseNotice.FromString(signed.content)
+    except DecodeError:
+        raise reject(R.REJECT_REASON_INVALID_NOTICE, "notice does not parse") from None
+    problems = notice_problems(notice)
+    if problems:
+        raise reject(R.REJECT_REASON_INVALID_NOTICE, "; ".join(problems))
+    return OpenedNotice(checked, signed.content, notice)
+
+
+def issue_receipt(
+    *,
+    receiver: NodeIdentity,
+    message_id: str,
+    envelope_sha256: bytes,
+    sender: str,
+    status: envelope_pb2.ReceiptStatus.ValueType,
+    reason: envelope_pb2.RejectReason.ValueType = R.REJECT_REASON_UNSPECIFIED,
+    now: dt.datetime,
+) -> bytes:
+    """Serialize and sign a receipt; returns the ``SignedReceipt`` bytes."""
+    receipt = envelope_pb2.Receipt(
+        message_id=message_id,
+        envelope_sha256=envelope_sha256,
+        sender=sender,
+        receiver=receiver.agency_id,
+        received_at=_timestamp(now),
+        status=status,
+        reason=reason,
+        receiver_signing_key_id=receiver.card.signing_key_id,
+    )
+    body = receipt.SerializeToString()
+    signature = receiver.signing_key.sign(signing_input(RECEIPT_SIGNATURE_LABEL, body))
+    return envelope_pb2.SignedReceipt(receipt=body, signature=signature).SerializeToString()
+
+
+def verify_receipt(
+    signed_receipt: bytes, *, issuer: PeerCard, sealed: SealedMessage
+) -> envelope_pb2.Receipt:
+    """Verify ``issuer``'s receipt for the envelope ``sealed``; raises ``ReceiptError``.
+
+    Checks the signature under the issuer's pinned key, then that the receipt
+    names this envelope (message id and SHA-256), this sender and that issuer.
+    """
+    try:
+        outer = envelope_pb2.SignedReceipt.FromString(signed_receipt)
+        issuer.signing_key.verify(
+            outer.signature, signing_input(RECEIPT_SIGNATURE_LABEL, outer.receipt)
+        )
+        receipt = envelope_pb2.Receipt.FromString(outer.receipt)
+    except DecodeError as exc:
+        raise ReceiptError(f"receipt from {issuer.agency_id} does not parse") from exc
+    except InvalidSignature as exc:
+        raise ReceiptError(f"receipt signature of {issuer.agency_id} fails") from exc
+    expected = {
+        "receiver": issuer.agency_id,
+        "sender": sealed.header.sender,
+        "message_id": sealed.message_id,
+        "receiver_signing_key_id": issuer.signing_key_id,
+    }
+    for name, value in expected.items():
+        if getattr(receipt, name) != value:
+            raise ReceiptError(
+                f"receipt names {name} {getattr(receipt, name)!r}, expected {value!r}"
+            )
+    if receipt.envelope_sha256 != sealed.envelope_sha256:
+        raise ReceiptError("receipt is for other envelope bytes")
+    return receipt

@@ -1,0 +1,30 @@
+"""Domain-separation labels and the exact byte strings that are signed.
+
+Every signature and every KDF input starts with one of these labels and a zero
+byte, so a signature made for one purpose can never be valid for another.
+Signed payloads are hashed first (fixed-length SHA-256 digests of the exact
+transmitted bytes): concatenating fixed-length digests is unambiguous, and
+Ed25519 then hashes 100 bytes instead of a megabyte attachment twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+ENVELOPE_SIGNATURE_LABEL = b"liaison-exchange/v1/envelope-signature"
+CONTENT_SIGNATURE_LABEL = b"liaison-exchange/v1/content-signature"
+RECEIPT_SIGNATURE_LABEL = b"liaison-exchange/v1/receipt-signature"
+CARD_SIGNATURE_LABEL = b"liaison-exchange/v1/card-signature"
+HPKE_INFO_LABEL = b"liaison-exchange/v1/hpke-info"
+KEY_ID_LABEL_SIGNING = b"liaison-exchange/v1/signing-key-id"
+KEY_ID_LABEL_ENCRYPTION = b"liaison-exchange/v1/encryption-key-id"
+
+
+def labelled(label: bytes, data: bytes) -> bytes:
+    """``label || 0x00 || data``."""
+    return label + b"\x00" + data
+
+
+def signing_input(label: bytes, *parts: bytes) -> bytes:
+    """``label || 0x00 || SHA-256(part_1) || ... || SHA-256(part_n)``: what is signed."""
+    return labelled(label, b"".join(hashlib.sha256(part).digest() for part in parts))

@@ -1,0 +1,47 @@
+"""Rules a case notice must satisfy, checked by the sender before sealing and
+by the receiver after opening."""
+
+from __future__ import annotations
+
+import hashlib
+
+from liaison.keys.ids import is_agency_id, is_message_id
+from liaison.v1 import notice_pb2
+
+CASE_NOTICE_CONTENT_TYPE = "application/vnd.liaison.case-notice.v1+proto"
+MAX_SUBJECT_LENGTH = 300
+MAX_CASE_REFERENCE_LENGTH = 100
+
+
+def notice_problems(notice: notice_pb2.CaseNotice) -> list[str]:
+    """Everything wrong with ``notice``; an empty list means it is valid."""
+    problems: list[str] = []
+    if not notice.case_reference.strip():
+        problems.append("case reference is empty")
+    elif len(notice.case_reference) > MAX_CASE_REFERENCE_LENGTH:
+        problems.append(f"case reference is longer than {MAX_CASE_REFERENCE_LENGTH} characters")
+    if not notice.subject.strip():
+        problems.append("subject is empty")
+    elif len(notice.subject) > MAX_SUBJECT_LENGTH:
+        problems.append(f"subject is longer than {MAX_SUBJECT_LENGTH} characters")
+    for field, enum in (
+        ("category", notice_pb2.Category),
+        ("priority", notice_pb2.Priority),
+        ("handling", notice_pb2.Tlp),
+    ):
+        value = getattr(notice, field)
+        if value == 0 or value not in enum.values():
+            problems.append(f"{field} is unset or unknown ({value})")
+    if not is_agency_id(notice.originator.agency_id):
+        problems.append("originator agency id is missing or invalid")
+    if not notice.HasField("created_at"):
+        problems.append("created time is missing")
+    for reference in notice.references:
+        if not is_message_id(reference):
+            problems.append(f"reference {reference!r} is not a message id")
+    for attachment in notice.attachments:
+        if not attachment.name:
+            problems.append("an attachment has no name")
+        if hashlib.sha256(attachment.content).digest() != attachment.sha256:
+            problems.append(f"attachment {attachment.name!r} does not match its SHA-256")
+    return problems
