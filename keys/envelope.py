@@ -321,12 +321,18 @@ def issue_receipt(
 
 
 def verify_receipt(
-    signed_receipt: bytes, *, issuer: PeerCard, sealed: SealedMessage
+    signed_receipt: bytes,
+    *,
+    issuer: PeerCard,
+    message_id: str,
+    sender: str,
+    envelope_sha256: bytes,
 ) -> envelope_pb2.Receipt:
-    """Verify ``issuer``'s receipt for the envelope ``sealed``; raises ``ReceiptError``.
+    """Verify ``issuer``'s receipt for one envelope; raises ``ReceiptError``.
 
     Checks the signature under the issuer's pinned key, then that the receipt
-    names this envelope (message id and SHA-256), this sender and that issuer.
+    names this envelope (message id and SHA-256 of its bytes), its sender and
+    the issuer.
     """
     try:
         outer = envelope_pb2.SignedReceipt.FromString(signed_receipt)
@@ -340,15 +346,19 @@ def verify_receipt(
         raise ReceiptError(f"receipt signature of {issuer.agency_id} fails") from exc
     expected = {
         "receiver": issuer.agency_id,
-        "sender": sealed.header.sender,
-        "message_id": sealed.message_id,
+        "sender": sender,
+        "message_id": message_id,
         "receiver_signing_key_id": issuer.signing_key_id,
     }
     for name, value in expected.items():
         if getattr(receipt, name) != value:
-            raise ReceiptError(
-                f"receipt names {name} {getattr(receipt, name)!r}, expected {value!r}"
-            )
-    if receipt.envelope_sha256 != sealed.envelope_sha256:
+            raise ReceiptError(f"receipt names {name} {getattr(receipt, name)!r}, not {value!r}")
+    if receipt.envelope_sha256 != envelope_sha256:
         raise ReceiptError("receipt is for other envelope bytes")
+    if receipt.status not in (
+        envelope_pb2.RECEIPT_STATUS_ACCEPTED,
+        envelope_pb2.RECEIPT_STATUS_DUPLICATE,
+        envelope_pb2.RECEIPT_STATUS_REJECTED,
+    ):
+        raise ReceiptError(f"receipt has unknown status {receipt.status}")
     return receipt

@@ -36,12 +36,13 @@ def notice_problems(notice: notice_pb2.CaseNotice) -> list[str]:
         problems.append("originator agency id is missing or invalid")
     if not notice.HasField("created_at"):
         problems.append("created time is missing")
-    for reference in notice.references:
+    # Problems name positions, never values: they end up in errors and the audit trail.
+    for index, reference in enumerate(notice.references, 1):
         if not is_message_id(reference):
-            problems.append(f"reference {reference!r} is not a message id")
-    for attachment in notice.attachments:
+            problems.append(f"reference {index} is not a message id")
+    for index, attachment in enumerate(notice.attachments, 1):
         if not attachment.name:
-            problems.append("an attachment has no name")
+            problems.append(f"attachment {index} has no name")
         if hashlib.sha256(attachment.content).digest() != attachment.sha256:
-            problems.append(f"attachment {attachment.name!r} does not match its SHA-256")
+            problems.append(f"attachment {index} does not match its SHA-256")
     return problems

@@ -1,0 +1,150 @@
+"""A node's configuration (``config.toml`` in its home) and its hard limits."""
+
+from __future__ import annotations
+
+import datetime as dt
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from liaison.keys.envelope import EnvelopeLimits
+from liaison.keys.ids import is_agency_id
+
+CONFIG_FILE = "config.toml"
+
+
+class ConfigError(Exception):
+    """The node's configuration is missing or invalid."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Every bound the node enforces, in one place."""
+
+    max_envelope_bytes: int = 16 * 1024 * 1024
+    max_lifetime_days: int = 30
+    clock_skew_seconds: int = 300
+    default_ttl_seconds: int = 7 * 24 * 3600
+    # Messages in flight to one peer at a time (pipelining window).
+    delivery_window: int = 64
+    delivery_timeout_seconds: float = 30.0
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 300.0
+    # Most writes folded into one database transaction.
+    commit_batch: int = 256
+    list_default: int = 50
+    list_max: int = 1000
+    max_wait_seconds: int = 120
+
+    def envelope(self) -> EnvelopeLimits:
+        return EnvelopeLimits(
+            max_envelope_bytes=self.max_envelope_bytes,
+            max_lifetime=dt.timedelta(days=self.max_lifetime_days),
+            clock_skew=dt.timedelta(seconds=self.clock_skew_seconds),
+        )
+
+    @property
+    def max_grpc_message_bytes(self) -> int:
+        # The envelope travels inside a DeliverRequest; leave room for framing.
+        return self.max_envelope_bytes + 64 * 1024
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    agency_id: str
+    name: str
+    # host:port that peers dial (published on the card).
+    endpoint: str
+    # host:port the peer listener binds.
+    peer_listen: str
+    # host:port of the local API (loopback by default).
+    api_listen: str
+    created_at: dt.datetime
+    database_url: str = ""
+    limits: Limits = field(default_factory=Limits)
+
+    def to_toml(self) -> str:
+        lines = [
+            "[node]",
+            f"agency_id = {_quote(self.agency_id)}",
+            f"name = {_quote(self.name)}",
+            f"endpoint = {_quote(self.endpoint)}",
+            f"created_at = {self.created_at.strftime('%Y-%m-%dT%H:%M:%SZ')}",
+            "",
+            "[listen]",
+            f"peer = {_quote(self.peer_listen)}",
+            f"api = {_quote(self.api_listen)}",
+            "",
+            "[database]",
+            "# Empty: SQLite in the node's home.",
+            f"url = {_quote(self.database_url)}",
+            "",
+            "[limits]",
+            *(f"{f.name} = {getattr(self.limits, f.name)!r}" for f in fields(Limits)),
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def _quote(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    if any(ord(c) < 0x20 for c in escaped):
+        raise ConfigError("configuration values may not contain control characters")
+    return f'"{escaped}"'
+
+
+def load_config(home: Path) -> NodeConfig:
+    """Read and validate ``home/config.toml``; raises ``ConfigError``."""
+    path = home / CONFIG_FILE
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"{home} is not a node home (no {CONFIG_FILE}); run `liaison init`"
+        ) from exc
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is unreadable: {exc}") from exc
+    try:
+        node, listen = data["node"], data["listen"]
+        created = node["created_at"]
+        if not isinstance(created, dt.datetime) or created.tzinfo is None:
+            raise ConfigError(f"{path}: node.created_at must be a UTC date-time")
+        config = NodeConfig(
+            agency_id=_str(node, "agency_id"),
+            name=_str(node, "name"),
+            endpoint=_str(node, "endpoint"),
+            peer_listen=_str(listen, "peer"),
+            api_listen=_str(listen, "api"),
+            created_at=created.astimezone(dt.UTC),
+            database_url=_str(data.get("database", {}), "url", default=""),
+            limits=_limits(data.get("limits", {})),
+        )
+    except KeyError as exc:
+        raise ConfigError(f"{path}: missing setting {exc}") from exc
+    if not is_agency_id(config.agency_id):
+        raise ConfigError(f"{path}: invalid agency id {config.agency_id!r}")
+    return config
+
+
+def _str(table: dict[str, Any], key: str, default: str | None = None) -> str:
+    value = table.get(key, default)
+    if value is None:
+        raise KeyError(key)
+    if not isinstance(value, str):
+        raise ConfigError(f"setting {key} must be a string")
+    return value
+
+
+def _limits(table: dict[str, Any]) -> Limits:
+    known = {f.name: f for f in fields(Limits)}
+    unknown = set(table) - set(known)
+    if unknown:
+        raise ConfigError(f"unknown limits: {', '.join(sorted(unknown))}")
+    values: dict[str, Any] = {}
+    for name, given in table.items():
+        expected = type(getattr(Limits(), name))
+        value = float(given) if expected is float and type(given) is int else given
+        if type(value) is not expected or value <= 0:
+            raise ConfigError(f"limit {name} must be a positive {expected.__name__}")
+        values[name] = value
+    return Limits(**values)

@@ -1,0 +1,171 @@
+"""Receiving envelopes from peers: check, open, store once, sign a receipt.
+
+Every outcome returns a signed receipt and leaves an audit event; only an
+accepted notice is stored. The checks themselves live in ``liaison.keys``;
+this module adds the node's state: the trust snapshot, the replay check
+against stored messages, and the group commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from liaison.keys.envelope import EnvelopeLimits, check_envelope, issue_receipt, open_checked
+from liaison.keys.errors import EnvelopeRejected, reason_name
+from liaison.keys.identity import NodeIdentity
+from liaison.keys.ids import is_agency_id, is_message_id
+from liaison.server.committer import GroupCommitter
+from liaison.server.peers import PeerDirectory
+from liaison.server.store import inbox
+from liaison.server.store.inbox import InboundRecord
+from liaison.server.store.store import Store
+from liaison.v1 import envelope_pb2
+
+Clock = Callable[[], dt.datetime]
+MAX_DETAIL = 200
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class Receiver:
+    identity: NodeIdentity
+    peers: PeerDirectory
+    store: Store
+    committer: GroupCommitter
+    limits: EnvelopeLimits
+    clock: Clock = utc_now
+
+    async def deliver(self, envelope: bytes, tls_fingerprint: str | None) -> bytes:
+        """Process one envelope from the connection with ``tls_fingerprint``.
+
+        Returns the serialized ``SignedReceipt``: the original one for a replay.
+        """
+        now = self.clock()
+        trust = self.peers.trust
+        peer = trust.peer_by_tls_fingerprint(tls_fingerprint) if tls_fingerprint else None
+        authenticated = peer.agency_id if peer else None
+        try:
+            checked = check_envelope(
+                envelope,
+                receiver=self.identity,
+                trust=trust,
+                authenticated_peer=authenticated,
+                now=now,
+                limits=self.limits,
+            )
+            digest = checked.envelope_sha256.hex()
+            header = checked.header
+            earlier = await asyncio.to_thread(
+                self._stored_receipt, header.sender, header.message_id
+            )
+            if earlier is not None:
+                return await self._duplicate(earlier, header, digest, now)
+            opened = await asyncio.to_thread(open_checked, checked, receiver=self.identity)
+        except EnvelopeRejected as rejection:
+            return await self._reject(rejection, envelope, authenticated, now)
+
+        receipt = issue_receipt(
+            receiver=self.identity,
+            message_id=header.message_id,
+            envelope_sha256=checked.envelope_sha256,
+            sender=header.sender,
+            status=envelope_pb2.RECEIPT_STATUS_ACCEPTED,
+            now=now,
+        )
+        notice = opened.notice
+        record = InboundRecord(
+            message_id=header.message_id,
+            sender=header.sender,
+            recipient=header.recipient,
+            content_type=header.content_type,
+            category=notice.category,
+            priority=notice.priority,
+            handling=notice.handling,
+            case_reference=notice.case_reference,
+            subject=notice.subject,
+            envelope=envelope,
+            envelope_sha256=digest,
+            content=opened.content,
+            created_at=header.created_at.ToDatetime(tzinfo=dt.UTC),
+            expires_at=header.expires_at.ToDatetime(tzinfo=dt.UTC),
+            received_at=now,
+            signed_receipt=receipt,
+        )
+        earlier = await self.committer.submit(lambda session: inbox.accept(session, record))
+        if earlier is not None:
+            return await self._duplicate(earlier, header, digest, now)
+        return receipt
+
+    def _stored_receipt(self, sender: str, message_id: str) -> inbox.StoredReceipt | None:
+        with self.store.read() as session:
+            return inbox.stored_receipt(session, sender, message_id)
+
+    async def _duplicate(
+        self,
+        earlier: inbox.StoredReceipt,
+        header: envelope_pb2.EnvelopeHeader,
+        digest: str,
+        now: dt.datetime,
+    ) -> bytes:
+        same = earlier.envelope_sha256 == digest
+        await self.committer.submit(
+            lambda session: inbox.record_duplicate(
+                session,
+                sender=header.sender,
+                message_id=header.message_id,
+                envelope_sha256=digest,
+                at=now,
+                same_bytes=same,
+            )
+        )
+        if same:
+            return earlier.signed_receipt
+        return issue_receipt(
+            receiver=self.identity,
+            message_id=header.message_id,
+            envelope_sha256=bytes.fromhex(digest),
+            sender=header.sender,
+            status=envelope_pb2.RECEIPT_STATUS_DUPLICATE,
+            now=now,
+        )
+
+    async def _reject(
+        self,
+        rejection: EnvelopeRejected,
+        envelope: bytes,
+        authenticated: str | None,
+        now: dt.datetime,
+    ) -> bytes:
+        digest = hashlib.sha256(envelope).digest()
+        reason = reason_name(rejection.reason)
+        # What the header claimed is untrusted: keep it only if well-formed.
+        message_id = rejection.message_id if is_message_id(rejection.message_id) else ""
+        claimed = rejection.sender if is_agency_id(rejection.sender) else ""
+        await self.committer.submit(
+            lambda session: inbox.record_rejection(
+                session,
+                claimed_sender=claimed,
+                authenticated_peer=authenticated,
+                message_id=message_id,
+                envelope_sha256=digest.hex(),
+                reason=reason,
+                detail=rejection.detail[:MAX_DETAIL],
+                at=now,
+            )
+        )
+        return issue_receipt(
+            receiver=self.identity,
+            message_id=message_id,
+            envelope_sha256=digest,
+            sender=claimed or authenticated or "",
+            status=envelope_pb2.RECEIPT_STATUS_REJECTED,
+            reason=rejection.reason,
+            now=now,
+        )

@@ -1,0 +1,182 @@
+"""A node's home folder: configuration, keys, local-API credentials and database.
+
+config.toml              settings (server/config.py)
+node.db                  SQLite database (unless database.url is set)
+keys/                    private keys (0600) and the peer TLS certificate
+api/                     local API CA and server certificate
+credentials/<name>/      client credentials for the local API (ca.crt, client.crt, client.key)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+from liaison.keys.certs import (
+    IssuedCertificate,
+    issue_api_client_certificate,
+    issue_api_server_certificate,
+    local_certificate_authority,
+)
+from liaison.keys.errors import KeyStoreError
+from liaison.keys.identity import (
+    NodeIdentity,
+    generate_identity,
+    load_identity,
+    read_private_file,
+    save_identity,
+    write_private_file,
+)
+from liaison.keys.ids import is_agency_id
+from liaison.server.config import CONFIG_FILE, ConfigError, NodeConfig, load_config
+from liaison.server.store.audit import AuditKind, append
+from liaison.server.store.store import Store, sqlite_url
+
+ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class ClientCredential:
+    """PEM material a local-API client presents and trusts."""
+
+    ca_certificate: bytes
+    certificate: bytes
+    private_key: bytes
+
+
+@dataclass(frozen=True)
+class NodeHome:
+    path: Path
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.path / "keys"
+
+    @property
+    def api_dir(self) -> Path:
+        return self.path / "api"
+
+    def credential_dir(self, name: str) -> Path:
+        return self.path / "credentials" / name
+
+    def config(self) -> NodeConfig:
+        return load_config(self.path)
+
+    def database_url(self, config: NodeConfig | None = None) -> str:
+        config = config or self.config()
+        return config.database_url or sqlite_url(self.path / "node.db")
+
+    def open_store(self, config: NodeConfig | None = None) -> Store:
+        store = Store(self.database_url(config))
+        store.migrate()
+        return store
+
+    def identity(self, config: NodeConfig | None = None) -> NodeIdentity:
+        config = config or self.config()
+        return load_identity(
+            self.keys_dir,
+            agency_id=config.agency_id,
+            name=config.name,
+            endpoint=config.endpoint,
+            created_at=config.created_at,
+        )
+
+    def api_server_credential(self) -> tuple[bytes, bytes, bytes]:
+        """(CA certificate, server certificate, server key), PEM."""
+        return (
+            (self.api_dir / "ca.crt").read_bytes(),
+            (self.api_dir / "server.crt").read_bytes(),
+            read_private_file(self.api_dir / "server.key"),
+        )
+
+    def client_credential(self, name: str = ADMIN) -> ClientCredential:
+        folder = self.credential_dir(name)
+        try:
+            return ClientCredential(
+                ca_certificate=(folder / "ca.crt").read_bytes(),
+                certificate=(folder / "client.crt").read_bytes(),
+                private_key=read_private_file(folder / "client.key"),
+            )
+        except FileNotFoundError as exc:
+            raise KeyStoreError(f"no local API credential {name!r} in {self.path}") from exc
+
+
+def init_home(
+    path: Path,
+    *,
+    agency_id: str,
+    name: str,
+    endpoint: str,
+    peer_listen: str | None = None,
+    api_listen: str = "127.0.0.1:7700",
+    database_url: str = "",
+) -> NodeHome:
+    """Create a new node home with fresh keys, credentials and an empty database.
+
+    Refuses to touch a folder that already holds a configuration.
+    """
+    if not is_agency_id(agency_id):
+        raise ConfigError(
+            f"invalid agency id {agency_id!r}: use upper-case letters and digits in parts "
+            "separated by '.' or '-', e.g. MA.DGSN.CCPI"
+        )
+    if (path / CONFIG_FILE).exists():
+        raise ConfigError(f"{path} already holds a node; refusing to overwrite it")
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    home = NodeHome(path)
+    identity = generate_identity(agency_id, name, endpoint)
+    save_identity(identity, home.keys_dir)
+    _init_api(home, agency_id, api_listen)
+    config = NodeConfig(
+        agency_id=agency_id,
+        name=name,
+        endpoint=endpoint,
+        peer_listen=peer_listen or _bind_all(endpoint),
+        api_listen=api_listen,
+        created_at=identity.created_at,
+        database_url=database_url,
+    )
+    (path / CONFIG_FILE).write_text(config.to_toml(), encoding="utf-8")
+    store = home.open_store(config)
+    try:
+        with store.write() as session:
+            append(
+                session,
+                AuditKind.NODE_INITIALISED,
+                at=dt.datetime.now(dt.UTC),
+                peer=agency_id,
+                actor=ADMIN,
+                detail=f"card {identity.card.fingerprint.replace(' ', '')}",
+            )
+    finally:
+        store.close()
+    return home
+
+
+def _bind_all(endpoint: str) -> str:
+    _host, _, port = endpoint.rpartition(":")
+    return f"0.0.0.0:{port}"
+
+
+def _init_api(home: NodeHome, agency_id: str, api_listen: str) -> None:
+    home.api_dir.mkdir(mode=0o700, parents=True)
+    ca = local_certificate_authority(agency_id)
+    host = api_listen.rpartition(":")[0] or "127.0.0.1"
+    server = issue_api_server_certificate(ca, host)
+    (home.api_dir / "ca.crt").write_bytes(ca.certificate_pem())
+    write_private_file(home.api_dir / "ca.key", ca.key_pem())
+    (home.api_dir / "server.crt").write_bytes(server.certificate_pem())
+    write_private_file(home.api_dir / "server.key", server.key_pem())
+    issue_client_credential(home, ADMIN, ca)
+
+
+def issue_client_credential(home: NodeHome, name: str, ca: IssuedCertificate) -> Path:
+    """Issue a local-API client credential ``name`` into ``credentials/<name>/``."""
+    issued = issue_api_client_certificate(ca, name)
+    folder = home.credential_dir(name)
+    folder.mkdir(mode=0o700, parents=True)
+    (folder / "ca.crt").write_bytes(ca.certificate_pem())
+    (folder / "client.crt").write_bytes(issued.certificate_pem())
+    write_private_file(folder / "client.key", issued.key_pem())
+    return folder

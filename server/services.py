@@ -1,0 +1,137 @@
+"""Thin gRPC servicers: read the request, identify the caller, call one function,
+map the result and the errors to the wire."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from liaison.keys.certs import pem_to_der
+from liaison.server.errors import NotFound, RequestError
+from liaison.server.exchange import Receiver
+from liaison.server.notices import MessageView, Notices
+from liaison.server.store.models import AuditEvent, Direction, Message, MessageState
+from liaison.v1 import envelope_pb2, node_pb2, node_pb2_grpc, notice_pb2, peer_pb2, peer_pb2_grpc
+
+_STATES = {
+    state: node_pb2.MessageState.Value(f"MESSAGE_STATE_{state.name}") for state in MessageState
+}
+_DIRECTIONS = {
+    Direction.INBOUND: node_pb2.DIRECTION_INBOUND,
+    Direction.OUTBOUND: node_pb2.DIRECTION_OUTBOUND,
+}
+
+
+def _peer_certificate_sha256(context: grpc.aio.ServicerContext) -> str | None:
+    pems = context.auth_context().get("x509_pem_cert")
+    return hashlib.sha256(pem_to_der(pems[0])).hexdigest() if pems else None
+
+
+def _caller(context: grpc.aio.ServicerContext) -> str:
+    names = context.auth_context().get("x509_common_name")
+    return names[0].decode() if names else "unknown"
+
+
+class PeerExchangeServicer(peer_pb2_grpc.PeerExchangeServicer):
+    def __init__(self, receiver: Receiver) -> None:
+        self._receiver = receiver
+
+    async def Deliver(
+        self, request: peer_pb2.DeliverRequest, context: grpc.aio.ServicerContext
+    ) -> peer_pb2.DeliverResponse:
+        receipt = await self._receiver.deliver(request.envelope, _peer_certificate_sha256(context))
+        return peer_pb2.DeliverResponse(receipt=receipt)
+
+
+class NodeServicer(node_pb2_grpc.NodeServiceServicer):
+    def __init__(self, notices: Notices) -> None:
+        self._notices = notices
+
+    async def SendNotice(
+        self, request: node_pb2.SendNoticeRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.SendNoticeResponse:
+        try:
+            message = await self._notices.send(
+                request.recipient,
+                request.notice,
+                actor=_caller(context),
+                ttl_seconds=request.ttl_seconds,
+                wait_seconds=request.wait_seconds,
+            )
+        except RequestError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        return node_pb2.SendNoticeResponse(
+            message_id=message.message_id, state=_STATES[MessageState(message.state)]
+        )
+
+    async def ListMessages(
+        self, request: node_pb2.ListMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.ListMessagesResponse:
+        direction = {v: k for k, v in _DIRECTIONS.items()}.get(request.direction)
+        messages = await self._notices.list(direction, request.limit)
+        return node_pb2.ListMessagesResponse(messages=[_summary(m) for m in messages])
+
+    async def GetMessage(
+        self, request: node_pb2.GetMessageRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.MessageDetail:
+        view = await self._view(request.message_id, context)
+        detail = node_pb2.MessageDetail(
+            summary=_summary(view.message),
+            notice=notice_pb2.CaseNotice.FromString(view.message.content),
+            envelope_sha256=view.message.envelope_sha256,
+            timeline=[_event(e) for e in view.timeline],
+        )
+        if view.receipt is not None:
+            signed = envelope_pb2.SignedReceipt.FromString(view.receipt.signed_receipt)
+            detail.receipt.ParseFromString(signed.receipt)
+        return detail
+
+    async def GetStatus(
+        self, request: node_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.MessageStatus:
+        view = await self._view(request.message_id, context)
+        return node_pb2.MessageStatus(
+            message_id=view.message.message_id,
+            state=_STATES[MessageState(view.message.state)],
+            timeline=[_event(e) for e in view.timeline],
+        )
+
+    async def _view(self, message_id: str, context: grpc.aio.ServicerContext) -> MessageView:
+        try:
+            return await self._notices.get(message_id)
+        except NotFound as error:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+            raise  # abort raises; this line satisfies the type checker
+
+
+def _timestamp(moment: dt.datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def _summary(message: Message) -> node_pb2.MessageSummary:
+    direction = Direction(message.direction)
+    return node_pb2.MessageSummary(
+        message_id=message.message_id,
+        direction=_DIRECTIONS[direction],
+        peer=message.recipient if direction is Direction.OUTBOUND else message.sender,
+        state=_STATES[MessageState(message.state)],
+        category=message.category,  # type: ignore[arg-type]
+        priority=message.priority,  # type: ignore[arg-type]
+        handling=message.handling,  # type: ignore[arg-type]
+        case_reference=message.case_reference,
+        subject=message.subject,
+        created_at=_timestamp(message.created_at),
+        updated_at=_timestamp(message.updated_at),
+    )
+
+
+def _event(event: AuditEvent) -> node_pb2.TimelineEvent:
+    parts = [p for p in (event.reason, event.detail) if p]
+    return node_pb2.TimelineEvent(
+        at=_timestamp(event.at), event=event.event, detail=" ".join(parts)
+    )

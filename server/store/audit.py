@@ -1,0 +1,62 @@
+"""The append-only audit trail: what happened, to which message, with which digest."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from liaison.server.store.models import AuditEvent
+
+
+class AuditKind(enum.StrEnum):
+    NODE_INITIALISED = "node-initialised"
+    PEER_PINNED = "peer-pinned"
+    SEALED = "sealed"
+    SENT = "sent"
+    DELIVERY_RETRY = "delivery-retry"
+    DELIVERED = "delivered"
+    RECEIPT_VERIFIED = "receipt-verified"
+    RECEIPT_INVALID = "receipt-invalid"
+    REJECTED_BY_PEER = "rejected-by-peer"
+    EXPIRED = "expired"
+    RECEIVED = "received"
+    RECEIPT_ISSUED = "receipt-issued"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+
+
+def append(
+    session: Session,
+    kind: AuditKind,
+    *,
+    at: dt.datetime,
+    message_id: str | None = None,
+    peer: str | None = None,
+    actor: str | None = None,
+    envelope_sha256: str | None = None,
+    reason: str | None = None,
+    detail: str | None = None,
+) -> AuditEvent:
+    """Add one event with the next sequence number.
+
+    Must run inside a write transaction (the store takes the write lock when
+    it begins one), which makes ``max(seq) + 1`` gap-free and unique.
+    """
+    last = session.scalar(select(func.max(AuditEvent.seq)))
+    event = AuditEvent(
+        seq=(last or 0) + 1,
+        at=at,
+        event=kind.value,
+        message_id=message_id,
+        peer=peer,
+        actor=actor,
+        envelope_sha256=envelope_sha256,
+        reason=reason,
+        detail=detail,
+    )
+    session.add(event)
+    session.flush()
+    return event

@@ -1,0 +1,252 @@
+"""Write work for the transactional outbox: queue, hand out, and settle deliveries."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from liaison.server.store import audit
+from liaison.server.store.audit import AuditKind
+from liaison.server.store.models import Direction, Message, MessageState, Receipt
+
+OUTBOUND = Direction.OUTBOUND.value
+
+
+@dataclass(frozen=True)
+class OutboundRecord:
+    """A sealed notice to queue."""
+
+    message_id: str
+    sender: str
+    recipient: str
+    content_type: str
+    category: int
+    priority: int
+    handling: int
+    case_reference: str
+    subject: str
+    envelope: bytes
+    envelope_sha256: str
+    content: bytes
+    created_at: dt.datetime
+    expires_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class PendingDelivery:
+    pk: int
+    message_id: str
+    recipient: str
+    envelope: bytes
+    envelope_sha256: str
+    expires_at: dt.datetime
+    attempts: int
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    """What became of one delivery attempt.
+
+    ``state`` is DELIVERED or FAILED with a verified receipt, or QUEUED (retry
+    at ``retry_at``) after a transport error or an unusable receipt.
+    """
+
+    pending: PendingDelivery
+    state: MessageState
+    at: dt.datetime
+    signed_receipt: bytes | None = None
+    receipt_status: str | None = None
+    reason: str | None = None
+    retry_at: dt.datetime | None = None
+    error: str | None = None
+
+
+def queue(session: Session, record: OutboundRecord, *, actor: str) -> None:
+    session.add(
+        Message(
+            message_id=record.message_id,
+            direction=OUTBOUND,
+            sender=record.sender,
+            recipient=record.recipient,
+            state=MessageState.QUEUED.value,
+            content_type=record.content_type,
+            category=record.category,
+            priority=record.priority,
+            handling=record.handling,
+            case_reference=record.case_reference,
+            subject=record.subject,
+            envelope=record.envelope,
+            envelope_sha256=record.envelope_sha256,
+            content=record.content,
+            created_at=record.created_at,
+            expires_at=record.expires_at,
+            updated_at=record.created_at,
+            attempts=0,
+            next_attempt_at=record.created_at,
+        )
+    )
+    audit.append(
+        session,
+        AuditKind.SEALED,
+        at=record.created_at,
+        message_id=record.message_id,
+        peer=record.recipient,
+        actor=actor,
+        envelope_sha256=record.envelope_sha256,
+    )
+
+
+def claim_due(
+    session: Session, recipient: str, *, now: dt.datetime, limit: int
+) -> list[PendingDelivery]:
+    """Move up to ``limit`` due QUEUED messages for ``recipient`` to SENT, oldest first."""
+    rows = session.scalars(
+        select(Message)
+        .where(
+            Message.direction == OUTBOUND,
+            Message.state == MessageState.QUEUED.value,
+            Message.recipient == recipient,
+            Message.next_attempt_at <= now,
+        )
+        .order_by(Message.id)
+        .limit(limit)
+    ).all()
+    claimed = []
+    for row in rows:
+        row.state = MessageState.SENT.value
+        row.attempts += 1
+        row.updated_at = now
+        audit.append(
+            session,
+            AuditKind.SENT,
+            at=now,
+            message_id=row.message_id,
+            peer=recipient,
+            envelope_sha256=row.envelope_sha256,
+            detail=f"attempt {row.attempts}",
+        )
+        claimed.append(
+            PendingDelivery(
+                row.id,
+                row.message_id,
+                recipient,
+                row.envelope,
+                row.envelope_sha256,
+                row.expires_at,
+                row.attempts,
+            )
+        )
+    return claimed
+
+
+def settle(session: Session, outcome: DeliveryOutcome) -> None:
+    """Record the outcome of one attempt with its audit events."""
+    pending = outcome.pending
+    message = session.get_one(Message, pending.pk)
+    message.state = outcome.state.value
+    message.updated_at = outcome.at
+    common = {
+        "at": outcome.at,
+        "message_id": pending.message_id,
+        "peer": pending.recipient,
+        "envelope_sha256": pending.envelope_sha256,
+    }
+    if outcome.state is MessageState.QUEUED:
+        message.next_attempt_at = outcome.retry_at
+        kind = AuditKind.RECEIPT_INVALID if outcome.signed_receipt else AuditKind.DELIVERY_RETRY
+        audit.append(session, kind, **common, detail=outcome.error)
+        return
+    assert outcome.signed_receipt is not None
+    assert outcome.receipt_status is not None
+    message.failure_reason = outcome.reason
+    session.add(
+        Receipt(
+            message_pk=pending.pk,
+            signed_receipt=outcome.signed_receipt,
+            status=outcome.receipt_status,
+            reason=outcome.reason,
+            received_at=outcome.at,
+        )
+    )
+    audit.append(session, AuditKind.RECEIPT_VERIFIED, **common, detail=outcome.receipt_status)
+    if outcome.state is MessageState.DELIVERED:
+        audit.append(session, AuditKind.DELIVERED, **common)
+    else:
+        audit.append(session, AuditKind.REJECTED_BY_PEER, **common, reason=outcome.reason)
+
+
+def any_expired(session: Session, now: dt.datetime) -> bool:
+    return (
+        session.scalar(
+            select(Message.id)
+            .where(
+                Message.direction == OUTBOUND,
+                Message.state == MessageState.QUEUED.value,
+                Message.expires_at <= now,
+            )
+            .limit(1)
+        )
+        is not None
+    )
+
+
+def expire_due(session: Session, *, now: dt.datetime) -> list[str]:
+    """Mark undelivered messages whose envelope has expired; returns their ids."""
+    rows = session.scalars(
+        select(Message).where(
+            Message.direction == OUTBOUND,
+            Message.state == MessageState.QUEUED.value,
+            Message.expires_at <= now,
+        )
+    ).all()
+    for row in rows:
+        row.state = MessageState.EXPIRED.value
+        row.updated_at = now
+        audit.append(
+            session,
+            AuditKind.EXPIRED,
+            at=now,
+            message_id=row.message_id,
+            peer=row.recipient,
+            envelope_sha256=row.envelope_sha256,
+        )
+    return [row.message_id for row in rows]
+
+
+def requeue_in_flight(session: Session, *, now: dt.datetime) -> int:
+    """At start-up: messages left SENT by a stopped node go back to the queue.
+
+    Redelivery is safe: the receiver answers a replay with its original receipt.
+    """
+    result = session.execute(
+        update(Message)
+        .where(Message.direction == OUTBOUND, Message.state == MessageState.SENT.value)
+        .values(state=MessageState.QUEUED.value, next_attempt_at=now, updated_at=now)
+    )
+    return result.rowcount or 0
+
+
+def recipients_with_queue(session: Session) -> list[str]:
+    return list(
+        session.scalars(
+            select(Message.recipient)
+            .where(Message.direction == OUTBOUND, Message.state == MessageState.QUEUED.value)
+            .distinct()
+        ).all()
+    )
+
+
+def next_due_at(session: Session, recipient: str) -> dt.datetime | None:
+    return session.scalar(
+        select(Message.next_attempt_at)
+        .where(
+            Message.direction == OUTBOUND,
+            Message.state == MessageState.QUEUED.value,
+            Message.recipient == recipient,
+        )
+        .order_by(Message.next_attempt_at)
+        .limit(1)
+    )

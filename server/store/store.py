@@ -1,0 +1,173 @@
+"""The node's storage: SQLAlchemy over SQLite (default) or PostgreSQL.
+
+The store knows tables and transactions, never gRPC. Write work runs inside
+``Store.write()``, which on SQLite begins with ``BEGIN IMMEDIATE`` so that
+concurrent writers (the node and a CLI pinning a peer) queue on the lock
+instead of failing mid-transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from liaison.keys.card import PeerCard, parse_card
+from liaison.server.store import audit
+from liaison.server.store.audit import AuditKind
+from liaison.server.store.models import AuditEvent, Direction, Message, Peer, Receipt
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+_WRITE = "liaison_write"
+
+
+class StoreError(Exception):
+    """The database is unreachable, or its contents break an invariant."""
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    # pysqlite's own transaction handling defers BEGIN and breaks SAVEPOINT;
+    # take it over so that SQLAlchemy's begin is the real one.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # FULL: a receipt that was signed and returned is on disk, even after power loss.
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        immediate = connection.get_execution_options().get(_WRITE, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class Store:
+    """Opens the database, applies migrations, and hands out sessions."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        # hide_parameters: SQL errors must never carry notice content into a log.
+        self.engine = create_engine(
+            url, pool_pre_ping=not url.startswith("sqlite"), hide_parameters=True
+        )
+        if self.engine.dialect.name == "sqlite":
+            _configure_sqlite(self.engine)
+        self._read = sessionmaker(self.engine, expire_on_commit=False)
+        self._write = sessionmaker(
+            self.engine.execution_options(**{_WRITE: True}), expire_on_commit=False
+        )
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision."""
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A session in one write transaction, committed on success."""
+        with self._write() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with self._read() as session, session.begin():
+            yield session
+
+    # Peers -----------------------------------------------------------------
+
+    def pin_peer(self, card: PeerCard, *, actor: str, now: dt.datetime) -> None:
+        """Trust ``card`` (replacing an earlier card of the same agency) and audit it."""
+        with self.write() as session:
+            peer = session.get(Peer, card.agency_id)
+            if peer is None:
+                peer = Peer(agency_id=card.agency_id)
+                session.add(peer)
+            peer.name = card.name
+            peer.endpoint = card.endpoint
+            peer.signed_card = card.signed_card
+            peer.tls_fingerprint = card.tls_fingerprint
+            peer.added_at = now
+            audit.append(
+                session,
+                AuditKind.PEER_PINNED,
+                at=now,
+                peer=card.agency_id,
+                actor=actor,
+                detail=f"card {card.fingerprint.replace(' ', '')}",
+            )
+
+    def peer_cards(self) -> list[PeerCard]:
+        """Every pinned card, each verified again."""
+        with self.read() as session:
+            rows = session.scalars(select(Peer.signed_card).order_by(Peer.agency_id)).all()
+        return [parse_card(row) for row in rows]
+
+    # Messages ----------------------------------------------------------------
+
+    def message(self, message_id: str) -> tuple[Message, Receipt | None] | None:
+        """A message by id (either direction), with its receipt if it has one."""
+        with self.read() as session:
+            row = session.scalars(
+                select(Message).where(Message.message_id == message_id).order_by(Message.id)
+            ).first()
+            if row is None:
+                return None
+            receipt = session.scalars(select(Receipt).where(Receipt.message_pk == row.id)).first()
+            return row, receipt
+
+    def messages(self, direction: Direction | None, limit: int) -> list[Message]:
+        """Newest first."""
+        with self.read() as session:
+            query = select(Message).order_by(Message.id.desc()).limit(limit)
+            if direction is not None:
+                query = query.where(Message.direction == direction.value)
+            return list(session.scalars(query).all())
+
+    def timeline(self, message_id: str) -> list[AuditEvent]:
+        with self.read() as session:
+            query = (
+                select(AuditEvent)
+                .where(AuditEvent.message_id == message_id)
+                .order_by(AuditEvent.seq)
+            )
+            return list(session.scalars(query).all())
+
+    def audit_events(self, after_seq: int = 0, limit: int = 1000) -> list[AuditEvent]:
+        with self.read() as session:
+            query = (
+                select(AuditEvent)
+                .where(AuditEvent.seq > after_seq)
+                .order_by(AuditEvent.seq)
+                .limit(limit)
+            )
+            return list(session.scalars(query).all())
+
+    def inbound_digest(self, sender: str, message_id: str) -> str | None:
+        """SHA-256 (hex) of the stored envelope with this sender and id, if any."""
+        with self.read() as session:
+            return session.scalar(
+                select(Message.envelope_sha256).where(
+                    Message.sender == sender, Message.message_id == message_id
+                )
+            )
