@@ -19,7 +19,7 @@ from liaison.keys.certs import (
     issue_api_server_certificate,
     local_certificate_authority,
 )
-from liaison.keys.errors import KeyStoreError
+from liaison.keys.credentials import ClientCredential
 from liaison.keys.identity import (
     NodeIdentity,
     generate_identity,
@@ -34,15 +34,6 @@ from liaison.server.store.audit import AuditKind, append
 from liaison.server.store.store import Store, sqlite_url
 
 ADMIN = "admin"
-
-
-@dataclass(frozen=True)
-class ClientCredential:
-    """PEM material a local-API client presents and trusts."""
-
-    ca_certificate: bytes
-    certificate: bytes
-    private_key: bytes
 
 
 @dataclass(frozen=True)
@@ -91,15 +82,7 @@ class NodeHome:
         )
 
     def client_credential(self, name: str = ADMIN) -> ClientCredential:
-        folder = self.credential_dir(name)
-        try:
-            return ClientCredential(
-                ca_certificate=(folder / "ca.crt").read_bytes(),
-                certificate=(folder / "client.crt").read_bytes(),
-                private_key=read_private_file(folder / "client.key"),
-            )
-        except FileNotFoundError as exc:
-            raise KeyStoreError(f"no local API credential {name!r} in {self.path}") from exc
+        return ClientCredential.load(self.credential_dir(name))
 
 
 def init_home(
@@ -168,15 +151,19 @@ def _init_api(home: NodeHome, agency_id: str, api_listen: str) -> None:
     write_private_file(home.api_dir / "ca.key", ca.key_pem())
     (home.api_dir / "server.crt").write_bytes(server.certificate_pem())
     write_private_file(home.api_dir / "server.key", server.key_pem())
-    issue_client_credential(home, ADMIN, ca)
+    port = api_listen.rpartition(":")[2]
+    target = api_listen if host not in ("0.0.0.0", "::", "[::]") else f"127.0.0.1:{port}"  # noqa: S104
+    issue_client_credential(home, ADMIN, ca, target)
 
 
-def issue_client_credential(home: NodeHome, name: str, ca: IssuedCertificate) -> Path:
+def issue_client_credential(home: NodeHome, name: str, ca: IssuedCertificate, target: str) -> Path:
     """Issue a local-API client credential ``name`` into ``credentials/<name>/``."""
     issued = issue_api_client_certificate(ca, name)
     folder = home.credential_dir(name)
-    folder.mkdir(mode=0o700, parents=True)
-    (folder / "ca.crt").write_bytes(ca.certificate_pem())
-    (folder / "client.crt").write_bytes(issued.certificate_pem())
-    write_private_file(folder / "client.key", issued.key_pem())
+    ClientCredential(
+        ca_certificate=ca.certificate_pem(),
+        certificate=issued.certificate_pem(),
+        private_key=issued.key_pem(),
+        target=target,
+    ).save(folder)
     return folder

@@ -123,7 +123,7 @@ class Node:
     def _add_health(self, server: grpc.aio.Server, service: str) -> None:
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        self._health.append(health)
+        self._health.append((health, service))
         # Synchronous set() is fine before the server runs: nobody watches yet.
         for name in ("", service):
             health._server_status[name] = health_pb2.HealthCheckResponse.SERVING

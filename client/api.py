@@ -1,0 +1,136 @@
+"""``LiaisonClient``: how agency systems and the CLI use their own node."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+import grpc
+
+from liaison.client.errors import ClientError, MessageNotFound, NodeUnavailable, RequestRejected
+from liaison.keys.credentials import API_SERVER_NAME, ClientCredential
+from liaison.v1 import node_pb2, node_pb2_grpc, notice_pb2
+
+DEFAULT_TIMEOUT_SECONDS = 30.0
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+Direction = node_pb2.Direction
+MessageState = node_pb2.MessageState
+
+
+@dataclass(frozen=True)
+class SendResult:
+    message_id: str
+    state: str
+
+
+def state_name(state: node_pb2.MessageState.ValueType) -> str:
+    """``MESSAGE_STATE_DELIVERED`` -> ``delivered``."""
+    return node_pb2.MessageState.Name(state).removeprefix("MESSAGE_STATE_").lower()
+
+
+class LiaisonClient:
+    """A connection to one node's local API over mutual TLS.
+
+    Every method raises a ``ClientError``: ``NodeUnavailable``,
+    ``RequestRejected`` or ``MessageNotFound``.
+    """
+
+    def __init__(self, credential: ClientCredential, *, timeout: float = DEFAULT_TIMEOUT_SECONDS):
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=credential.ca_certificate,
+            private_key=credential.private_key,
+            certificate_chain=credential.certificate,
+        )
+        self._channel = grpc.secure_channel(
+            credential.target,
+            credentials,
+            options=[("grpc.ssl_target_name_override", API_SERVER_NAME)],
+        )
+        self._stub = node_pb2_grpc.NodeServiceStub(self._channel)
+        self._timeout = timeout
+
+    @classmethod
+    def from_credential_dir(cls, folder: Path, **kwargs: float) -> LiaisonClient:
+        return cls(ClientCredential.load(folder), **kwargs)
+
+    @classmethod
+    def from_home(cls, home: Path, identity: str = "admin", **kwargs: float) -> LiaisonClient:
+        """Use the credential ``init`` issued into ``home/credentials/<identity>``."""
+        return cls.from_credential_dir(home / "credentials" / identity, **kwargs)
+
+    def __enter__(self) -> LiaisonClient:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def wait_ready(self, timeout: float) -> None:
+        """Block until the node's local API accepts connections; ``NodeUnavailable`` if not."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise NodeUnavailable(f"the node's local API did not come up in {timeout:g}s") from None
+
+    def send_notice(
+        self,
+        recipient: str,
+        notice: notice_pb2.CaseNotice,
+        *,
+        ttl_seconds: int = 0,
+        wait_seconds: int = 0,
+    ) -> SendResult:
+        """Seal and queue ``notice``; with ``wait_seconds``, wait for delivery first."""
+        request = node_pb2.SendNoticeRequest(
+            recipient=recipient, notice=notice, ttl_seconds=ttl_seconds, wait_seconds=wait_seconds
+        )
+        response = self._call(self._stub.SendNotice, request, timeout=self._timeout + wait_seconds)
+        return SendResult(response.message_id, state_name(response.state))
+
+    def list_messages(
+        self,
+        direction: node_pb2.Direction.ValueType = node_pb2.DIRECTION_UNSPECIFIED,
+        limit: int = 0,
+    ) -> list[node_pb2.MessageSummary]:
+        request = node_pb2.ListMessagesRequest(direction=direction, limit=limit)
+        return list(self._call(self._stub.ListMessages, request).messages)
+
+    def get_message(self, message_id: str) -> node_pb2.MessageDetail:
+        return self._call(self._stub.GetMessage, node_pb2.GetMessageRequest(message_id=message_id))
+
+    def get_status(self, message_id: str) -> node_pb2.MessageStatus:
+        return self._call(self._stub.GetStatus, node_pb2.GetStatusRequest(message_id=message_id))
+
+    def _call(
+        self,
+        method: grpc.UnaryUnaryMultiCallable[Req, Resp],
+        request: Req,
+        timeout: float | None = None,
+    ) -> Resp:
+        try:
+            return method(request, timeout=timeout or self._timeout)
+        except grpc.RpcError as error:
+            raise _translate(error) from None
+
+
+def _translate(error: grpc.RpcError) -> ClientError:
+    code = error.code()  # type: ignore[attr-defined]
+    details = error.details()  # type: ignore[attr-defined]
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return RequestRejected(details)
+    if code == grpc.StatusCode.NOT_FOUND:
+        return MessageNotFound(details)
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return NodeUnavailable(f"the node's local API is unreachable ({code.name}): {details}")
+    return ClientError(f"the node answered {code.name}: {details}")

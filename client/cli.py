@@ -1,0 +1,382 @@
+"""The ``liaison`` command.
+
+Operator commands (send, inbox, show, status) talk to the running node
+through its local API with the credential ``init`` issued; only init, card,
+peers and serve read the node's home directly.
+
+Exit codes: 0 success, 1 other error, 2 usage or configuration error,
+3 node unreachable, 4 request refused by the node, 5 message not found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import logging
+import mimetypes
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from liaison.client import render
+from liaison.client.api import LiaisonClient
+from liaison.client.demo import run_demo
+from liaison.client.errors import ClientError, UsageError
+from liaison.keys.card import armor_card, dearmor_card, parse_card
+from liaison.keys.errors import KeysError
+from liaison.server.config import ConfigError
+from liaison.server.errors import ServerError
+from liaison.server.home import NodeHome, init_home
+from liaison.server.node import serve
+from liaison.server.store.store import StoreError
+from liaison.v1 import node_pb2, notice_pb2
+
+DEFAULT_HOME = Path("~/.liaison")
+
+CATEGORIES = {render.category(v): v for v in notice_pb2.Category.values() if v}
+PRIORITIES = {render.priority(v): v for v in notice_pb2.Priority.values() if v}
+TLPS = {render.enum_label(notice_pb2.Tlp, v, "TLP_"): v for v in notice_pb2.Tlp.values() if v}
+RELIABILITY = {
+    render.enum_label(notice_pb2.SourceReliability, v, "SOURCE_RELIABILITY_"): v
+    for v in notice_pb2.SourceReliability.values()
+    if v
+}
+ASSESSMENT = {
+    render.enum_label(notice_pb2.InformationAssessment, v, "INFORMATION_ASSESSMENT_"): v
+    for v in notice_pb2.InformationAssessment.values()
+    if v
+}
+
+
+def _home(args: argparse.Namespace) -> Path:
+    chosen = args.home or os.environ.get("LIAISON_HOME") or DEFAULT_HOME
+    return Path(chosen).expanduser()
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _client(args: argparse.Namespace) -> LiaisonClient:
+    return LiaisonClient.from_home(_home(args), identity=args.identity)
+
+
+# Commands that read the home folder ---------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    home = init_home(
+        _home(args),
+        agency_id=args.agency,
+        name=args.name,
+        endpoint=args.endpoint,
+        peer_listen=args.listen,
+        api_listen=args.api,
+        database_url=args.database_url or "",
+    )
+    card = home.identity().card
+    print(f"Initialised node {card.agency_id} in {home.path}")
+    print(f"  peer endpoint  {card.endpoint}")
+    print(f"  local API      {home.config().api_listen}")
+    print(f"  card           {card.fingerprint}")
+    print(
+        "Next: `liaison card export > card.txt`, exchange cards with your peer, "
+        "`liaison peers add THEIR-CARD`, then `liaison serve`."
+    )
+    return 0
+
+
+def cmd_card_export(args: argparse.Namespace) -> int:
+    card = NodeHome(_home(args)).identity().card
+    if args.json:
+        _print_json(_card_json(card) | {"card": armor_card(card.signed_card)})
+    else:
+        sys.stdout.write(armor_card(card.signed_card))
+        print(f"card fingerprint: {card.fingerprint}", file=sys.stderr)
+    return 0
+
+
+def cmd_card_show(args: argparse.Namespace) -> int:
+    card = parse_card(dearmor_card(_read_text(args.card)))
+    if args.json:
+        _print_json(_card_json(card))
+    else:
+        for key, value in _card_json(card).items():
+            print(f"{key:<20} {value}")
+    return 0
+
+
+def _card_json(card: Any) -> dict[str, str]:
+    return {
+        "agency_id": card.agency_id,
+        "name": card.name,
+        "endpoint": card.endpoint,
+        "fingerprint": card.fingerprint,
+        "signing_key_id": card.signing_key_id,
+        "encryption_key_id": card.encryption_key_id,
+        "tls_certificate_sha256": card.tls_fingerprint,
+        "created_at": card.created_at.isoformat().replace("+00:00", "Z"),
+    }
+
+
+def cmd_peers_add(args: argparse.Namespace) -> int:
+    card = parse_card(dearmor_card(_read_text(args.card)))
+    if args.fingerprint is not None:
+        wanted = args.fingerprint.replace(" ", "").replace(":", "").lower()
+        if wanted != card.fingerprint.replace(" ", ""):
+            raise UsageError(
+                f"the card's fingerprint is {card.fingerprint}, not the one given: not pinned"
+            )
+    home = NodeHome(_home(args))
+    config = home.config()
+    if card.agency_id == config.agency_id:
+        raise UsageError("that is this node's own card")
+    store = home.open_store(config)
+    try:
+        store.pin_peer(card, actor="admin", now=dt.datetime.now(dt.UTC))
+    finally:
+        store.close()
+    print(f"Pinned {card.agency_id} ({card.name}) at {card.endpoint}")
+    print(f"  card fingerprint {card.fingerprint}")
+    if args.fingerprint is None:
+        print("  Compare this fingerprint with the peer over a separate channel.")
+    return 0
+
+
+def cmd_peers_list(args: argparse.Namespace) -> int:
+    store = NodeHome(_home(args)).open_store()
+    try:
+        cards = store.peer_cards()
+    finally:
+        store.close()
+    if args.json:
+        _print_json([_card_json(card) for card in cards])
+    else:
+        for card in cards:
+            print(f"{card.agency_id:<24} {card.endpoint:<24} {card.fingerprint}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    asyncio.run(serve(NodeHome(_home(args))))
+    return 0
+
+
+# Commands that use the local API -------------------------------------------------
+
+
+def _read_text(path: str) -> str:
+    try:
+        return sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from exc
+
+
+def build_notice(args: argparse.Namespace) -> notice_pb2.CaseNotice:
+    notice = notice_pb2.CaseNotice(
+        case_reference=args.case_ref,
+        category=CATEGORIES[args.category],
+        priority=PRIORITIES[args.priority],
+        handling=TLPS[args.tlp.lower().removeprefix("tlp:")],
+        subject=args.subject,
+        body=_read_text(args.body_file),
+        references=args.reference,
+        originator=notice_pb2.Originator(unit=args.unit or "", officer=args.officer or ""),
+        evaluation=notice_pb2.Evaluation(
+            source_reliability=RELIABILITY[args.source_reliability.lower()],
+            information_assessment=ASSESSMENT[args.information],
+        ),
+    )
+    for path in args.attach:
+        try:
+            content = Path(path).read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read attachment {path}: {exc}") from exc
+        media_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
+        notice.attachments.add(
+            name=Path(path).name,
+            media_type=media_type,
+            content=content,
+            sha256=hashlib.sha256(content).digest(),
+        )
+    return notice
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    if args.tlp.lower().removeprefix("tlp:") not in TLPS:
+        raise UsageError(f"unknown TLP {args.tlp!r}; choose from {', '.join(TLPS)}")
+    notice = build_notice(args)
+    with _client(args) as client:
+        result = client.send_notice(args.to, notice, ttl_seconds=args.ttl, wait_seconds=args.wait)
+    if args.json:
+        _print_json({"message_id": result.message_id, "state": result.state})
+    else:
+        print(f"{result.message_id} {result.state}")
+    return 0
+
+
+def cmd_inbox(args: argparse.Namespace) -> int:
+    direction = {
+        "inbox": node_pb2.DIRECTION_INBOUND,
+        "outbox": node_pb2.DIRECTION_OUTBOUND,
+        "all": node_pb2.DIRECTION_UNSPECIFIED,
+    }[args.box]
+    with _client(args) as client:
+        messages = client.list_messages(direction, args.limit)
+    if args.json:
+        _print_json([render.summary_json(m) for m in messages])
+    elif not messages:
+        print("no messages")
+    else:
+        for message in messages:
+            print(render.summary_line(message))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        detail = client.get_message(args.message_id)
+    if args.json:
+        _print_json(render.detail_json(detail))
+    else:
+        print("\n".join(render.detail_lines(detail)))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        status = client.get_status(args.message_id)
+    state = render.state_name(status.state)
+    if args.json:
+        _print_json(
+            {
+                "message_id": status.message_id,
+                "state": state,
+                "timeline": render.timeline_json(status.timeline),
+            }
+        )
+    else:
+        print(f"{status.message_id} {state}")
+        print("\n".join(render.timeline_lines(status.timeline)))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return run_demo(keep=Path(args.keep) if args.keep else None)
+
+
+# Parser ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list of commands
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", help="node home folder (default: $LIAISON_HOME or ~/.liaison)")
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON")
+    api = argparse.ArgumentParser(add_help=False, parents=[common])
+    api.add_argument("--identity", default="admin", help="local API credential to use")
+
+    parser = argparse.ArgumentParser(
+        prog="liaison", description="Liaison Exchange: sealed case notices between agencies."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("init", parents=[common], help="create a node home")
+    p.add_argument("--agency", required=True, help="agency id, e.g. MA.DGSN.CCPI")
+    p.add_argument("--name", required=True, help="human-readable agency name")
+    p.add_argument("--endpoint", required=True, help="HOST:PORT peers dial")
+    p.add_argument("--listen", help="HOST:PORT the peer listener binds (default 0.0.0.0:PORT)")
+    p.add_argument("--api", default="127.0.0.1:7700", help="HOST:PORT of the local API")
+    p.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite in the home)")
+    p.set_defaults(run=cmd_init)
+
+    card = commands.add_parser("card", help="this node's public card").add_subparsers(
+        dest="card_command", required=True, metavar="COMMAND"
+    )
+    p = card.add_parser("export", parents=[common, as_json], help="print this node's card")
+    p.set_defaults(run=cmd_card_export)
+    p = card.add_parser("show", parents=[as_json], help="verify and describe a card file")
+    p.add_argument("card", help="card file, or - for standard input")
+    p.set_defaults(run=cmd_card_show)
+
+    peers = commands.add_parser("peers", help="pinned peers").add_subparsers(
+        dest="peers_command", required=True, metavar="COMMAND"
+    )
+    p = peers.add_parser("add", parents=[common], help="pin a peer's card")
+    p.add_argument("card", help="card file, or - for standard input")
+    p.add_argument("--fingerprint", help="refuse the card unless it has this fingerprint")
+    p.set_defaults(run=cmd_peers_add)
+    p = peers.add_parser("list", parents=[common, as_json], help="list pinned peers")
+    p.set_defaults(run=cmd_peers_list)
+
+    p = commands.add_parser("serve", parents=[common], help="run the node")
+    p.set_defaults(run=cmd_serve)
+
+    p = commands.add_parser("send", parents=[api, as_json], help="seal and send a notice")
+    p.add_argument("--to", required=True, help="recipient agency id")
+    p.add_argument("--category", required=True, choices=sorted(CATEGORIES))
+    p.add_argument("--tlp", required=True, help=f"one of {', '.join(TLPS)}")
+    p.add_argument("--case-ref", required=True, help="case reference")
+    p.add_argument("--subject", required=True, help="one-line subject")
+    p.add_argument("--body-file", required=True, help="body text file, or - for standard input")
+    p.add_argument("--priority", default="routine", choices=list(PRIORITIES))
+    p.add_argument("--source-reliability", default="x", choices=list(RELIABILITY))
+    p.add_argument("--information", default="4", choices=list(ASSESSMENT))
+    p.add_argument("--reference", action="append", default=[], help="earlier message id")
+    p.add_argument("--attach", action="append", default=[], help="file to attach")
+    p.add_argument("--unit", help="originating unit")
+    p.add_argument("--officer", help="originating officer")
+    p.add_argument("--ttl", type=int, default=0, help="envelope lifetime in seconds")
+    p.add_argument("--wait", type=int, default=10, help="seconds to wait for delivery (0: none)")
+    p.set_defaults(run=cmd_send)
+
+    for name, box, text in (
+        ("inbox", "inbox", "list received notices"),
+        ("outbox", "outbox", "list sent notices"),
+        ("messages", "all", "list notices both ways"),
+    ):
+        p = commands.add_parser(name, parents=[api, as_json], help=text)
+        p.add_argument("--limit", type=int, default=0)
+        p.set_defaults(run=cmd_inbox, box=box)
+
+    p = commands.add_parser("show", parents=[api, as_json], help="read one notice")
+    p.add_argument("message_id")
+    p.set_defaults(run=cmd_show)
+    p = commands.add_parser("status", parents=[api, as_json], help="state and timeline")
+    p.add_argument("message_id")
+    p.set_defaults(run=cmd_status)
+
+    p = commands.add_parser("demo", help="two nodes on loopback exchange notices")
+    p.add_argument("--keep", help="keep the demo's node homes in this folder")
+    p.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except ClientError as error:
+        print(f"liaison: {error}", file=sys.stderr)
+        return error.exit_code
+    except (ConfigError, KeysError) as error:
+        print(f"liaison: {error}", file=sys.stderr)
+        return UsageError.exit_code
+    except (ServerError, StoreError) as error:
+        print(f"liaison: {error}", file=sys.stderr)
+        return ClientError.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

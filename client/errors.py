@@ -1,0 +1,33 @@
+"""Errors of the client library and CLI, each with the exit code the CLI uses."""
+
+from __future__ import annotations
+
+
+class ClientError(Exception):
+    """Base of every error ``liaison.client`` raises. ``exit_code`` is the CLI's."""
+
+    exit_code = 1
+
+
+class UsageError(ClientError):
+    """The local user asked for something malformed (bad option, unreadable file)."""
+
+    exit_code = 2
+
+
+class NodeUnavailable(ClientError):
+    """The node's local API could not be reached or refused the credential."""
+
+    exit_code = 3
+
+
+class RequestRejected(ClientError):
+    """The node refused the request as invalid (bad notice, unknown peer)."""
+
+    exit_code = 4
+
+
+class MessageNotFound(ClientError):
+    """The node holds no message with that id."""
+
+    exit_code = 5
