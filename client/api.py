@@ -109,8 +109,10 @@ class LiaisonClient:
     def get_message(self, message_id: str) -> node_pb2.MessageDetail:
         return self._call(self._stub.GetMessage, node_pb2.GetMessageRequest(message_id=message_id))
 
-    def get_status(self, message_id: str) -> node_pb2.MessageStatus:
-        return self._call(self._stub.GetStatus, node_pb2.GetStatusRequest(message_id=message_id))
+    def get_status(self, message_id: str, *, wait_seconds: int = 0) -> node_pb2.MessageStatus:
+        """State and timeline; with ``wait_seconds``, first wait for a final state."""
+        request = node_pb2.GetStatusRequest(message_id=message_id, wait_seconds=wait_seconds)
+        return self._call(self._stub.GetStatus, request, timeout=self._timeout + wait_seconds)
 
     def _call(
         self,

@@ -254,7 +254,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        status = client.get_status(args.message_id)
+        status = client.get_status(args.message_id, wait_seconds=args.wait)
     state = render.state_name(status.state)
     if args.json:
         _print_json(
@@ -353,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     p.set_defaults(run=cmd_show)
     p = commands.add_parser("status", parents=[api, as_json], help="state and timeline")
     p.add_argument("message_id")
+    p.add_argument("--wait", type=int, default=0, help="seconds to wait for a final state")
     p.set_defaults(run=cmd_status)
 
     p = commands.add_parser("demo", help="two nodes on loopback exchange notices")

@@ -181,9 +181,7 @@ def _set_up(root: Path) -> dict[DemoAgency, NodeHome]:
                 store.pin_peer(card, actor="admin", now=now)
             finally:
                 store.close()
-            print(
-                f"{agency.agency_id} pinned the card of {other.agency_id} ({card.fingerprint[:19]}…)"
-            )
+            print(f"{agency.agency_id} pinned {other.agency_id}, card {card.fingerprint}")
     return homes
 
 

@@ -17,7 +17,13 @@ from liaison.server.errors import NotFound, RequestError
 from liaison.server.exchange import Clock, utc_now
 from liaison.server.peers import PeerDirectory
 from liaison.server.store import outbox
-from liaison.server.store.models import AuditEvent, Direction, Message, Receipt
+from liaison.server.store.models import (
+    FINAL_OUTBOUND_STATES,
+    AuditEvent,
+    Direction,
+    Message,
+    Receipt,
+)
 from liaison.server.store.outbox import OutboundRecord
 from liaison.server.store.store import Store
 from liaison.v1 import notice_pb2
@@ -104,6 +110,21 @@ class Notices:
         finally:
             self.delivery.unwatch(sealed.message_id, settled)
         return (await self.get(sealed.message_id)).message
+
+    async def status(self, message_id: str, *, wait_seconds: int = 0) -> MessageView:
+        """Like ``get``; with ``wait_seconds``, first wait for a final outbound state."""
+        settled = self.delivery.watch(message_id)
+        try:
+            view = await self.get(message_id)
+            wait = min(wait_seconds, self.limits.max_wait_seconds)
+            pending = view.message.state not in {s.value for s in FINAL_OUTBOUND_STATES}
+            if wait and pending and view.message.direction == Direction.OUTBOUND.value:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(settled), wait)
+                view = await self.get(message_id)
+        finally:
+            self.delivery.unwatch(message_id, settled)
+        return view
 
     async def list(self, direction: Direction | None, limit: int) -> list[Message]:
         limit = min(limit or self.limits.list_default, self.limits.list_max)

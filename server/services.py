@@ -92,7 +92,10 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     async def GetStatus(
         self, request: node_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
     ) -> node_pb2.MessageStatus:
-        view = await self._view(request.message_id, context)
+        try:
+            view = await self._notices.status(request.message_id, wait_seconds=request.wait_seconds)
+        except NotFound as error:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
         return node_pb2.MessageStatus(
             message_id=view.message.message_id,
             state=_STATES[MessageState(view.message.state)],

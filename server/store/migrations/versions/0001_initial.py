@@ -21,14 +21,6 @@ _APPEND_ONLY_SQLITE = """
 CREATE TRIGGER audit_events_{op}_forbidden BEFORE {op} ON audit_events
 BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END
 """
-_APPEND_ONLY_POSTGRESQL_FUNCTION = """
-CREATE FUNCTION audit_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN RAISE EXCEPTION 'the audit trail is append-only'; END $$
-"""
-_APPEND_ONLY_POSTGRESQL_TRIGGER = """
-CREATE TRIGGER audit_events_append_only BEFORE UPDATE OR DELETE ON audit_events
-FOR EACH ROW EXECUTE FUNCTION audit_events_append_only()
-"""
 
 
 def upgrade() -> None:
@@ -95,13 +87,10 @@ def upgrade() -> None:
         sa.Column("detail", sa.Text(), nullable=True),
     )
     op.create_index("ix_audit_events_message", "audit_events", ["message_id", "seq"])
-    dialect = op.get_bind().dialect.name
-    if dialect == "sqlite":
+    # PostgreSQL gets its own trigger with the migration that brings PostgreSQL support.
+    if op.get_bind().dialect.name == "sqlite":
         for statement in ("UPDATE", "DELETE"):
             op.execute(_APPEND_ONLY_SQLITE.format(op=statement))
-    elif dialect == "postgresql":
-        op.execute(_APPEND_ONLY_POSTGRESQL_FUNCTION)
-        op.execute(_APPEND_ONLY_POSTGRESQL_TRIGGER)
 
 
 def downgrade() -> None:
@@ -109,5 +98,3 @@ def downgrade() -> None:
     op.drop_table("receipts")
     op.drop_table("messages")
     op.drop_table("peers")
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute("DROP FUNCTION audit_events_append_only()")
