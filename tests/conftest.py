@@ -1,0 +1,180 @@
+"""Real nodes for tests: each runs its own event loop in a thread, with real
+mutual TLS on loopback ports and a real SQLite database in a temporary home."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from sqlalchemy import func, select
+
+from liaison.client.api import LiaisonClient
+from liaison.client.demo import free_port
+from liaison.keys.card import PeerCard
+from liaison.keys.certs import der_to_pem
+from liaison.keys.identity import NodeIdentity
+from liaison.server.home import NodeHome, init_home
+from liaison.server.node import Node
+from liaison.server.store.models import AuditEvent, Direction, Message
+from liaison.server.store.store import Store
+from liaison.v1 import peer_pb2, peer_pb2_grpc
+
+START_TIMEOUT_SECONDS = 30
+
+
+class RunningNode:
+    """A ``Node`` served from a background thread until ``stop``."""
+
+    def __init__(self, home: NodeHome) -> None:
+        self.home = home
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"node-{home.path.name}", daemon=True
+        )
+        self.node: Node | None = None
+
+    def start(self) -> RunningNode:
+        self._thread.start()
+        if not self._started.wait(START_TIMEOUT_SECONDS):
+            raise RuntimeError("node did not start")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._serve())
+        self._loop.close()
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        try:
+            self.node = Node(self.home)
+            await self.node.start()
+        except BaseException as error:
+            self._error = error
+            self._started.set()
+            return
+        self._started.set()
+        await self._stop.wait()
+        await self.node.stop()
+
+    def stop(self) -> None:
+        if self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(START_TIMEOUT_SECONDS)
+
+    def client(self) -> LiaisonClient:
+        return LiaisonClient.from_home(self.home.path)
+
+    @property
+    def identity(self) -> NodeIdentity:
+        assert self.node is not None
+        return self.node.identity
+
+    @property
+    def card(self) -> PeerCard:
+        return self.identity.card
+
+
+def make_home(root: Path, agency_id: str) -> NodeHome:
+    peer_port, api_port = free_port(), free_port()
+    return init_home(
+        root / agency_id,
+        agency_id=agency_id,
+        name=f"Test agency {agency_id}",
+        endpoint=f"127.0.0.1:{peer_port}",
+        peer_listen=f"127.0.0.1:{peer_port}",
+        api_listen=f"127.0.0.1:{api_port}",
+    )
+
+
+def pin(home: NodeHome, card: PeerCard) -> None:
+    store = Store(home.database_url())
+    try:
+        store.pin_peer(card, actor="test", now=dt.datetime.now(dt.UTC))
+    finally:
+        store.close()
+
+
+def pin_each_other(*homes: NodeHome) -> None:
+    for home in homes:
+        for other in homes:
+            if other is not home:
+                pin(home, other.identity().card)
+
+
+class Inspector:
+    """Read-only view of a node's database for assertions."""
+
+    def __init__(self, home: NodeHome) -> None:
+        self.store = Store(home.database_url())
+
+    def count_messages(self, direction: Direction | None = None) -> int:
+        with self.store.read() as session:
+            query = select(func.count()).select_from(Message)
+            if direction is not None:
+                query = query.where(Message.direction == direction.value)
+            return int(session.scalar(query) or 0)
+
+    def last_audit_seq(self) -> int:
+        with self.store.read() as session:
+            return int(session.scalar(select(func.max(AuditEvent.seq))) or 0)
+
+    def audit_since(self, seq: int) -> list[AuditEvent]:
+        return self.store.audit_events(after_seq=seq)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def peer_channel(sender: NodeIdentity, receiver: PeerCard) -> grpc.Channel:
+    """A real mutual-TLS channel from ``sender``'s TLS identity to ``receiver``'s peer port."""
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=der_to_pem(receiver.tls_certificate),
+        private_key=sender.tls.key_pem(),
+        certificate_chain=sender.tls.certificate_pem(),
+    )
+    return grpc.secure_channel(
+        receiver.endpoint,
+        credentials,
+        options=[("grpc.ssl_target_name_override", receiver.tls_name)],
+    )
+
+
+def deliver_raw(channel: grpc.Channel, envelope: bytes) -> bytes:
+    stub = peer_pb2_grpc.PeerExchangeStub(channel)
+    return stub.Deliver(peer_pb2.DeliverRequest(envelope=envelope), timeout=30).receipt
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path) -> Iterator[Callable[[NodeHome], RunningNode]]:
+    running: list[RunningNode] = []
+
+    def start(home: NodeHome) -> RunningNode:
+        node = RunningNode(home).start()
+        running.append(node)
+        return node
+
+    yield start
+    for node in reversed(running):
+        node.stop()
+
+
+@pytest.fixture
+def pair(
+    tmp_path: Path, node_factory: Callable[[NodeHome], RunningNode]
+) -> tuple[RunningNode, RunningNode]:
+    """Two running nodes that have pinned each other."""
+    a = make_home(tmp_path, "MA.DGSN.CCPI")
+    b = make_home(tmp_path, "DE.BPOL.LO-RABAT")
+    pin_each_other(a, b)
+    return node_factory(a), node_factory(b)

@@ -1,0 +1,137 @@
+"""Two real nodes exchange notices over real mutual TLS on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from liaison.client.errors import MessageNotFound, RequestRejected
+from liaison.keys.envelope import verify_receipt
+from liaison.server.home import NodeHome
+from liaison.server.store.models import Direction
+from liaison.v1 import envelope_pb2, node_pb2
+from tests.conftest import Inspector, RunningNode, make_home, pin_each_other
+from tests.notices import sample_notice
+
+WAIT = 30
+
+
+def test_notice_round_trip_both_ways(pair: tuple[RunningNode, RunningNode]) -> None:
+    a, b = pair
+    attachment = bytes(range(256)) * 64
+    with a.client() as client_a, b.client() as client_b:
+        sent = client_a.send_notice(
+            b.card.agency_id, sample_notice("A-1", attachment=attachment), wait_seconds=WAIT
+        )
+        assert sent.state == "delivered"
+        reply = client_b.send_notice(a.card.agency_id, sample_notice("B-1"), wait_seconds=WAIT)
+        assert reply.state == "delivered"
+
+        inbox_b = client_b.list_messages(node_pb2.DIRECTION_INBOUND)
+        assert [m.message_id for m in inbox_b] == [sent.message_id]
+        assert inbox_b[0].peer == a.card.agency_id
+        assert inbox_b[0].state == node_pb2.MESSAGE_STATE_RECEIVED
+
+        received = client_b.get_message(sent.message_id)
+        assert received.notice.case_reference == "A-1"
+        assert received.notice.attachments[0].content == attachment
+        assert received.notice.originator.agency_id == a.card.agency_id
+        assert received.receipt.status == envelope_pb2.RECEIPT_STATUS_ACCEPTED
+
+        outbound = client_a.get_message(sent.message_id)
+        assert outbound.notice == received.notice
+        assert outbound.envelope_sha256 == received.envelope_sha256
+        assert outbound.receipt.receiver == b.card.agency_id
+
+        status = client_a.get_status(sent.message_id)
+        events = [e.event for e in status.timeline]
+        assert events == ["sealed", "sent", "receipt-verified", "delivered"]
+        assert [e.event for e in client_b.get_status(sent.message_id).timeline] == [
+            "received",
+            "receipt-issued",
+        ]
+
+
+def test_sender_stores_the_receipt_signed_by_the_receiver(
+    pair: tuple[RunningNode, RunningNode],
+) -> None:
+    a, b = pair
+    with a.client() as client_a:
+        sent = client_a.send_notice(b.card.agency_id, sample_notice(), wait_seconds=WAIT)
+    found = a.node.store.message(sent.message_id)  # type: ignore[union-attr]
+    assert found is not None
+    message, receipt = found
+    assert receipt is not None
+    verified = verify_receipt(
+        receipt.signed_receipt,
+        issuer=b.card,
+        message_id=sent.message_id,
+        sender=a.card.agency_id,
+        envelope_sha256=bytes.fromhex(message.envelope_sha256),
+    )
+    assert verified.status == envelope_pb2.RECEIPT_STATUS_ACCEPTED
+
+
+def test_delivery_waits_for_a_peer_that_is_down_then_delivers_once(
+    tmp_path: Path, node_factory: Callable[[NodeHome], RunningNode]
+) -> None:
+    home_a = make_home(tmp_path, "MA.DGSN.CCPI")
+    home_b = make_home(tmp_path, "DE.BPOL.LO-RABAT")
+    pin_each_other(home_a, home_b)
+    a = node_factory(home_a)
+    with a.client() as client_a:
+        queued = client_a.send_notice("DE.BPOL.LO-RABAT", sample_notice(), wait_seconds=2)
+        assert queued.state in {"queued", "sent"}
+        node_factory(home_b)
+        status = client_a.get_status(queued.message_id, wait_seconds=WAIT)
+    assert status.state == node_pb2.MESSAGE_STATE_DELIVERED
+    events = [e.event for e in status.timeline]
+    assert "delivery-retry" in events
+    assert events[-1] == "delivered"
+    inspector = Inspector(home_b)
+    try:
+        assert inspector.count_messages(Direction.INBOUND) == 1
+    finally:
+        inspector.close()
+
+
+def test_a_restarted_node_keeps_its_messages(
+    tmp_path: Path, node_factory: Callable[[NodeHome], RunningNode]
+) -> None:
+    home_a = make_home(tmp_path, "MA.DGSN.CCPI")
+    home_b = make_home(tmp_path, "DE.BPOL.LO-RABAT")
+    pin_each_other(home_a, home_b)
+    a, b = node_factory(home_a), node_factory(home_b)
+    with a.client() as client_a:
+        sent = client_a.send_notice("DE.BPOL.LO-RABAT", sample_notice(), wait_seconds=WAIT)
+    b.stop()
+    b_again = node_factory(home_b)
+    with b_again.client() as client_b:
+        assert client_b.get_message(sent.message_id).notice.case_reference == "CASE-1"
+
+
+def test_send_to_an_unpinned_agency_is_refused(pair: tuple[RunningNode, RunningNode]) -> None:
+    a, _ = pair
+    with a.client() as client_a, pytest.raises(RequestRejected, match="not a pinned peer"):
+        client_a.send_notice("FR.DGPN.SCCOPOL", sample_notice())
+    inspector = Inspector(a.home)
+    try:
+        assert inspector.count_messages() == 0
+    finally:
+        inspector.close()
+
+
+def test_an_invalid_notice_is_refused_before_sealing(pair: tuple[RunningNode, RunningNode]) -> None:
+    a, b = pair
+    notice = sample_notice()
+    notice.ClearField("category")
+    with a.client() as client_a, pytest.raises(RequestRejected, match="category"):
+        client_a.send_notice(b.card.agency_id, notice)
+
+
+def test_unknown_message_id(pair: tuple[RunningNode, RunningNode]) -> None:
+    a, _ = pair
+    with a.client() as client_a, pytest.raises(MessageNotFound):
+        client_a.get_status("01a22488-44ca-7885-9083-b9635c2e4917")
