@@ -1,0 +1,122 @@
+"""Runs every known-answer vector in tests/vectors/ (see tests/vectors/generate.py)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives.asymmetric import ed25519, mlkem, x25519
+
+from liaison.keys import labels
+from liaison.keys.card import PeerCard
+from liaison.keys.envelope import (
+    EnvelopeLimits,
+    check_envelope,
+    hpke_info,
+    issue_receipt,
+    open_checked,
+)
+from liaison.keys.errors import EnvelopeRejected, reason_name
+from liaison.keys.ids import encryption_key_id, signing_key_id
+from liaison.keys.trust import TrustStore
+from liaison.v1 import envelope_pb2
+from tests.vectors.keys import FixedKeys
+
+VECTORS = Path(__file__).resolve().parent / "vectors"
+ENVELOPES = sorted((VECTORS / "envelopes").glob("*.json"))
+
+
+def _load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _card(public: dict[str, str]) -> PeerCard:
+    signing = bytes.fromhex(public["ed25519_public"])
+    kem_mlkem = bytes.fromhex(public["mlkem768_public"])
+    kem_x25519 = bytes.fromhex(public["x25519_public"])
+    return PeerCard(
+        agency_id=public["agency_id"],
+        name="",
+        endpoint="",
+        signing_key=ed25519.Ed25519PublicKey.from_public_bytes(signing),
+        encryption_key=hpke.MLKEM768X25519PublicKey(
+            mlkem.MLKEM768PublicKey.from_public_bytes(kem_mlkem),
+            x25519.X25519PublicKey.from_public_bytes(kem_x25519),
+        ),
+        signing_key_id=signing_key_id(signing),
+        encryption_key_id=encryption_key_id(kem_mlkem, kem_x25519),
+        tls_certificate=b"",
+        tls_fingerprint="",
+        created_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        signed_card=b"",
+    )
+
+
+def test_vectors_are_present() -> None:
+    assert len(ENVELOPES) >= 10
+    assert any(_load(p)["expect"]["result"] == "accept" for p in ENVELOPES)
+
+
+@pytest.mark.parametrize("path", ENVELOPES, ids=[p.stem for p in ENVELOPES])
+def test_envelope_vector(path: Path) -> None:
+    vector = _load(path)
+    receiver = FixedKeys.from_json(vector["receiver"]).identity()
+    trust = TrustStore.of(_card(sender) for sender in vector["trusted_senders"])
+    now = dt.datetime.fromisoformat(vector["now"].replace("Z", "+00:00"))
+    envelope = base64.b64decode(vector["envelope"])
+    expect = vector["expect"]
+    try:
+        checked = check_envelope(
+            envelope,
+            receiver=receiver,
+            trust=trust,
+            authenticated_peer=vector["authenticated_peer"],
+            now=now,
+            limits=EnvelopeLimits(),
+        )
+        outcome = {
+            "result": "accept",
+            "content": open_checked(checked, receiver=receiver).content.hex(),
+        }
+    except EnvelopeRejected as rejection:
+        outcome = {"result": "reject", "reason": reason_name(rejection.reason)}
+    assert outcome == expect
+
+
+def test_derivations() -> None:
+    vector = _load(VECTORS / "derivations.json")
+    sender = FixedKeys.from_json(vector["keys"]["sender"]).identity()
+    receiver = FixedKeys.from_json(vector["keys"]["receiver"]).identity()
+    assert vector["key_ids"] == {
+        "sender_signing_key_id": sender.card.signing_key_id,
+        "sender_encryption_key_id": sender.card.encryption_key_id,
+        "receiver_signing_key_id": receiver.card.signing_key_id,
+        "receiver_encryption_key_id": receiver.card.encryption_key_id,
+    }
+    for case in vector["signing_inputs"]:
+        parts = [bytes.fromhex(p) for p in case["parts"]]
+        expected = labels.signing_input(case["label"].encode(), *parts)
+        assert case["signing_input"] == expected.hex()
+        assert case["sender_signature"] == sender.signing_key.sign(expected).hex()
+    info = vector["hpke_info"]
+
+    assert info["info"] == hpke_info(bytes.fromhex(info["header"])).hex()
+    receipt = vector["receipt"]
+    body = envelope_pb2.Receipt.FromString(bytes.fromhex(receipt["receipt"]))
+    reissued = envelope_pb2.SignedReceipt.FromString(
+        issue_receipt(
+            receiver=receiver,
+            message_id=body.message_id,
+            envelope_sha256=body.envelope_sha256,
+            sender=body.sender,
+            status=body.status,
+            now=body.received_at.ToDatetime(tzinfo=dt.UTC),
+        )
+    )
+    assert reissued.receipt.hex() == receipt["receipt"]
+    assert reissued.signature.hex() == receipt["signature"]
