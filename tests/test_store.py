@@ -1,0 +1,99 @@
+"""The store's contract: schema from migrations, append-only audit, group commit."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from liaison.server.committer import GroupCommitter
+from liaison.server.store import audit
+from liaison.server.store.audit import AuditKind
+from liaison.server.store.models import Base
+from liaison.server.store.store import Store, sqlite_url
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    store = Store(sqlite_url(tmp_path / "node.db"))
+    store.migrate()
+    return store
+
+
+def _event(session: Session, detail: str = "") -> int:
+    return audit.append(
+        session, AuditKind.NODE_INITIALISED, at=dt.datetime.now(dt.UTC), detail=detail
+    ).seq
+
+
+def test_migrations_produce_exactly_the_models(store: Store) -> None:
+    with store.engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+
+
+def test_migrating_twice_changes_nothing(store: Store) -> None:
+    store.migrate()
+    with store.engine.connect() as connection:
+        assert MigrationContext.configure(connection).get_current_revision() == "0001"
+
+
+def test_sqlite_runs_in_wal_mode_with_full_sync(store: Store) -> None:
+    with store.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+
+
+@pytest.mark.parametrize(
+    "statement", ["UPDATE audit_events SET detail = 'x'", "DELETE FROM audit_events"]
+)
+def test_audit_trail_is_append_only(store: Store, statement: str) -> None:
+    with store.write() as session:
+        _event(session, "original")
+    with pytest.raises(DBAPIError, match="append-only"), store.write() as session:
+        session.execute(text(statement))
+    events = store.audit_events()
+    assert [(e.seq, e.detail) for e in events] == [(1, "original")]
+
+
+def test_group_commit_folds_concurrent_units_and_keeps_sequence_gap_free(store: Store) -> None:
+    async def run() -> tuple[list[int], int]:
+        committer = GroupCommitter(store, max_batch=64)
+        committer.start()
+        seqs = await asyncio.gather(*(committer.submit(_event) for _ in range(200)))
+        await committer.stop()
+        return list(seqs), committer.batches
+
+    seqs, batches = asyncio.run(run())
+    assert sorted(seqs) == list(range(1, 201))
+    assert batches < 200  # several units shared a transaction
+    assert [e.seq for e in store.audit_events(limit=1000)] == list(range(1, 201))
+
+
+def test_a_failing_unit_fails_alone(store: Store) -> None:
+    def broken(session: Session) -> int:
+        _event(session, "rolled back")
+        raise ValueError("broken unit")
+
+    async def run() -> list[object]:
+        committer = GroupCommitter(store, max_batch=64)
+        committer.start()
+        results = await asyncio.gather(
+            committer.submit(_event),
+            committer.submit(broken),
+            committer.submit(_event),
+            return_exceptions=True,
+        )
+        await committer.stop()
+        return results
+
+    results = asyncio.run(run())
+    assert isinstance(results[1], ValueError)
+    assert sorted(r for r in results if isinstance(r, int)) == [1, 2]
+    assert [e.detail for e in store.audit_events()] == ["", ""]
