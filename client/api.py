@@ -127,8 +127,8 @@ class LiaisonClient:
 
 
 def _translate(error: grpc.RpcError) -> ClientError:
-    code = error.code()  # type: ignore[attr-defined]
-    details = error.details()  # type: ignore[attr-defined]
+    code = error.code()
+    details = error.details()
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return RequestRejected(details)
     if code == grpc.StatusCode.NOT_FOUND:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from liaison.client import render
-from liaison.client.api import LiaisonClient
+from liaison.client.api import LiaisonClient, state_name
 from liaison.client.demo import run_demo
 from liaison.client.errors import ClientError, UsageError
 from liaison.keys.card import armor_card, dearmor_card, parse_card
@@ -255,7 +255,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     with _client(args) as client:
         status = client.get_status(args.message_id, wait_seconds=args.wait)
-    state = render.state_name(status.state)
+    state = state_name(status.state)
     if args.json:
         _print_json(
             {

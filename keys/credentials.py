@@ -1,9 +1,9 @@
 """Local-API client credentials: a folder an operator or agency system is handed.
 
-    ca.crt        the node's local API CA (trusted for the server)
-    client.crt    this client's certificate, issued by that CA
-    client.key    its private key (mode 0600)
-    target        host:port of the node's local API
+ca.crt        the node's local API CA (trusted for the server)
+client.crt    this client's certificate, issued by that CA
+client.key    its private key (mode 0600)
+target        host:port of the node's local API
 """
 
 from __future__ import annotations

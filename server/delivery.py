@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import random
 from collections import defaultdict
@@ -86,7 +87,7 @@ class Delivery:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._workers.clear()
         for channel in self._channels.values():
-            await channel.close()
+            await channel.close(grace=None)
         self._channels.clear()
 
     def notify(self, recipient: str) -> None:
@@ -124,10 +125,9 @@ class Delivery:
             free = self._limits.delivery_window - len(in_flight)
             claimed: list[PendingDelivery] = []
             if free > 0:
-                now = self._clock()
                 claimed = await self._committer.submit(
-                    lambda session, now=now, free=free: outbox.claim_due(
-                        session, recipient, now=now, limit=free
+                    functools.partial(
+                        outbox.claim_due, recipient=recipient, now=self._clock(), limit=free
                     )
                 )
             card = self._peers.peer(recipient) if claimed else None
@@ -208,7 +208,7 @@ class Delivery:
             error=error,
         )
 
-    def _stub(self, card: PeerCard) -> peer_pb2_grpc.PeerExchangeStub:
+    def _stub(self, card: PeerCard) -> peer_pb2_grpc.PeerExchangeAsyncStub:
         key = (card.agency_id, card.tls_fingerprint, card.endpoint)
         channel = self._channels.get(key)
         if channel is None:
@@ -228,7 +228,7 @@ class Delivery:
                 ],
             )
             self._channels[key] = channel
-        return peer_pb2_grpc.PeerExchangeStub(channel)
+        return peer_pb2_grpc.PeerExchangeStub(channel)  # an async stub for an aio channel
 
     def _read(self, query: Callable[..., T], *args: object) -> T:
         with self._store.read() as session:
@@ -240,7 +240,7 @@ class Delivery:
             # A read first: the write transaction is taken only when there is work.
             if await asyncio.to_thread(self._read, outbox.any_expired, now):
                 expired = await self._committer.submit(
-                    lambda session, now=now: outbox.expire_due(session, now=now)
+                    functools.partial(outbox.expire_due, now=now)
                 )
                 for message_id in expired:
                     self._settled(message_id)

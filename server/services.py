@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -25,13 +26,16 @@ _DIRECTIONS = {
 }
 
 
-def _peer_certificate_sha256(context: grpc.aio.ServicerContext) -> str | None:
-    pems = context.auth_context().get("x509_pem_cert")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _peer_certificate_sha256(context: Context) -> str | None:
+    pems = list(context.auth_context().get("x509_pem_cert", []))
     return hashlib.sha256(pem_to_der(pems[0])).hexdigest() if pems else None
 
 
-def _caller(context: grpc.aio.ServicerContext) -> str:
-    names = context.auth_context().get("x509_common_name")
+def _caller(context: Context) -> str:
+    names = list(context.auth_context().get("x509_common_name", []))
     return names[0].decode() if names else "unknown"
 
 
@@ -40,7 +44,7 @@ class PeerExchangeServicer(peer_pb2_grpc.PeerExchangeServicer):
         self._receiver = receiver
 
     async def Deliver(
-        self, request: peer_pb2.DeliverRequest, context: grpc.aio.ServicerContext
+        self, request: peer_pb2.DeliverRequest, context: Context
     ) -> peer_pb2.DeliverResponse:
         receipt = await self._receiver.deliver(request.envelope, _peer_certificate_sha256(context))
         return peer_pb2.DeliverResponse(receipt=receipt)
@@ -51,7 +55,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         self._notices = notices
 
     async def SendNotice(
-        self, request: node_pb2.SendNoticeRequest, context: grpc.aio.ServicerContext
+        self, request: node_pb2.SendNoticeRequest, context: Context
     ) -> node_pb2.SendNoticeResponse:
         try:
             message = await self._notices.send(
@@ -68,14 +72,14 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         )
 
     async def ListMessages(
-        self, request: node_pb2.ListMessagesRequest, context: grpc.aio.ServicerContext
+        self, request: node_pb2.ListMessagesRequest, context: Context
     ) -> node_pb2.ListMessagesResponse:
         direction = {v: k for k, v in _DIRECTIONS.items()}.get(request.direction)
         messages = await self._notices.list(direction, request.limit)
         return node_pb2.ListMessagesResponse(messages=[_summary(m) for m in messages])
 
     async def GetMessage(
-        self, request: node_pb2.GetMessageRequest, context: grpc.aio.ServicerContext
+        self, request: node_pb2.GetMessageRequest, context: Context
     ) -> node_pb2.MessageDetail:
         view = await self._view(request.message_id, context)
         detail = node_pb2.MessageDetail(
@@ -90,7 +94,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         return detail
 
     async def GetStatus(
-        self, request: node_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
+        self, request: node_pb2.GetStatusRequest, context: Context
     ) -> node_pb2.MessageStatus:
         try:
             view = await self._notices.status(request.message_id, wait_seconds=request.wait_seconds)
@@ -102,7 +106,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             timeline=[_event(e) for e in view.timeline],
         )
 
-    async def _view(self, message_id: str, context: grpc.aio.ServicerContext) -> MessageView:
+    async def _view(self, message_id: str, context: Context) -> MessageView:
         try:
             return await self._notices.get(message_id)
         except NotFound as error:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -95,7 +96,7 @@ def accept(session: Session, record: InboundRecord) -> StoredReceipt | None:
             received_at=record.received_at,
         )
     )
-    common = {
+    common: dict[str, Any] = {
         "at": record.received_at,
         "message_id": record.message_id,
         "peer": record.sender,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from liaison.server.store import audit
@@ -148,7 +149,7 @@ def settle(session: Session, outcome: DeliveryOutcome) -> None:
     message = session.get_one(Message, pending.pk)
     message.state = outcome.state.value
     message.updated_at = outcome.at
-    common = {
+    common: dict[str, Any] = {
         "at": outcome.at,
         "message_id": pending.message_id,
         "peer": pending.recipient,
@@ -226,7 +227,7 @@ def requeue_in_flight(session: Session, *, now: dt.datetime) -> int:
         .where(Message.direction == OUTBOUND, Message.state == MessageState.SENT.value)
         .values(state=MessageState.QUEUED.value, next_attempt_at=now, updated_at=now)
     )
-    return result.rowcount or 0
+    return cast("CursorResult[Any]", result).rowcount or 0
 
 
 def recipients_with_queue(session: Session) -> list[str]:
