@@ -1,0 +1,1 @@
+"""The agency node: peer exchange, local API, delivery, storage."""
