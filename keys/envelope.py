@@ -91,6 +91,11 @@ def _timestamp(moment: dt.datetime) -> Timestamp:
     return stamp
 
 
+def _utc(stamp: Timestamp) -> dt.datetime:
+    """Raises ``ValueError`` or ``OverflowError`` for times outside years 1-9999."""
+    return stamp.ToDatetime(tzinfo=dt.UTC)
+
+
 def hpke_info(header_bytes: bytes) -> bytes:
     """HPKE ``info``: the label, a zero byte and SHA-256 of the exact header bytes."""
     return labelled(HPKE_INFO_LABEL, hashlib.sha256(header_bytes).digest())
@@ -171,7 +176,7 @@ def check_envelope(
     now: dt.datetime,
     limits: EnvelopeLimits,
 ) -> CheckedEnvelope:
-    """Checks 1-8 of the protocol, everything before the replay check and decryption.
+    """The checks before the replay check and decryption (PROTOCOL.md, receiver checks).
 
     ``authenticated_peer`` is the agency id bound to the mutual-TLS client
     certificate of the connection. Raises ``EnvelopeRejected``.
@@ -202,9 +207,9 @@ def check_envelope(
         )
     except InvalidSignature:
         raise reject(R.REJECT_REASON_BAD_OUTER_SIGNATURE, "outer signature fails") from None
-    if now >= header.expires_at.ToDatetime(tzinfo=dt.UTC):
+    if now >= _utc(header.expires_at):
         raise reject(R.REJECT_REASON_EXPIRED, "envelope has expired")
-    if header.created_at.ToDatetime(tzinfo=dt.UTC) > now + limits.clock_skew:
+    if _utc(header.created_at) > now + limits.clock_skew:
         raise reject(R.REJECT_REASON_NOT_YET_VALID, "created in the future")
     return CheckedEnvelope(
         header=header,
@@ -239,7 +244,10 @@ def _header_problem(
         return "sender or recipient missing"
     if not header.HasField("created_at") or not header.HasField("expires_at"):
         return "created or expiry time missing"
-    lifetime = header.expires_at.ToDatetime() - header.created_at.ToDatetime()
+    try:
+        lifetime = _utc(header.expires_at) - _utc(header.created_at)
+    except (ValueError, OverflowError):
+        return "a time is outside the representable range"
     if lifetime <= dt.timedelta(0) or lifetime > limits.max_lifetime:
         return "lifetime is not within limits"
     if len(sealed.signature) != ED25519_SIGNATURE_LENGTH:
@@ -254,7 +262,7 @@ HPKE_SUITE_OVERHEAD = hpke.KEM.MLKEM768_X25519.enc_length() + 16
 
 
 def open_checked(checked: CheckedEnvelope, *, receiver: NodeIdentity) -> OpenedNotice:
-    """Checks 10-13: decrypt, verify the inner signature, parse and validate the notice.
+    """The checks after the replay check: decrypt, inner signature, content type, notice.
 
     Raises ``EnvelopeRejected``.
     """
@@ -331,8 +339,9 @@ def verify_receipt(
     """Verify ``issuer``'s receipt for one envelope; raises ``ReceiptError``.
 
     Checks the signature under the issuer's pinned key, then that the receipt
-    names this envelope (message id and SHA-256 of its bytes), its sender and
-    the issuer.
+    names this envelope (SHA-256 of its bytes, message id and sender), and the
+    issuer. A REJECTED receipt may leave message id and sender empty: the
+    receiver could not read them from the envelope (too large, unparseable).
     """
     try:
         outer = envelope_pb2.SignedReceipt.FromString(signed_receipt)
@@ -350,9 +359,11 @@ def verify_receipt(
         "message_id": message_id,
         "receiver_signing_key_id": issuer.signing_key_id,
     }
+    unread = receipt.status == envelope_pb2.RECEIPT_STATUS_REJECTED
     for name, value in expected.items():
-        if getattr(receipt, name) != value:
-            raise ReceiptError(f"receipt names {name} {getattr(receipt, name)!r}, not {value!r}")
+        actual = getattr(receipt, name)
+        if actual != value and not (unread and name in ("sender", "message_id") and not actual):
+            raise ReceiptError(f"receipt names {name} {actual!r}, not {value!r}")
     if receipt.envelope_sha256 != envelope_sha256:
         raise ReceiptError("receipt is for other envelope bytes")
     if receipt.status not in (

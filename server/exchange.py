@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from liaison.server.store.store import Store
 from liaison.v1 import envelope_pb2
 
 Clock = Callable[[], dt.datetime]
+log = logging.getLogger(__name__)
 MAX_DETAIL = 200
 
 
@@ -69,6 +71,12 @@ class Receiver:
                 return await self._duplicate(earlier, header, digest, now)
             opened = await asyncio.to_thread(open_checked, checked, receiver=self.identity)
         except EnvelopeRejected as rejection:
+            return await self._reject(rejection, envelope, authenticated, now)
+        except Exception as error:  # a check that broke must still refuse, audit and answer
+            log.error("an envelope could not be checked: %s", type(error).__name__)
+            rejection = EnvelopeRejected(
+                envelope_pb2.REJECT_REASON_MALFORMED_ENVELOPE, "could not be checked"
+            )
             return await self._reject(rejection, envelope, authenticated, now)
 
         receipt = issue_receipt(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from cryptography.hazmat.primitives import hpke
@@ -42,6 +43,8 @@ class Forge:
     inner_key: ed25519.Ed25519PrivateKey | None = None
     outer_key: ed25519.Ed25519PrivateKey | None = None
     inner_signature: bytes | None = None
+    # Changes the header before anything is signed, for fields ``header_fields`` cannot set.
+    mutate_header: Callable[[envelope_pb2.EnvelopeHeader], None] | None = None
 
     def header(self) -> envelope_pb2.EnvelopeHeader:
         header = envelope_pb2.EnvelopeHeader(
@@ -63,6 +66,8 @@ class Forge:
                 getattr(header, name).FromDatetime(value)
             else:
                 setattr(header, name, value)
+        if self.mutate_header is not None:
+            self.mutate_header(header)
         return header
 
     def parts(self) -> tuple[bytes, bytes, bytes]:

@@ -9,6 +9,7 @@ import pytest
 
 from liaison.client.errors import MessageNotFound, RequestRejected
 from liaison.keys.envelope import verify_receipt
+from liaison.server.config import CONFIG_FILE
 from liaison.server.home import NodeHome
 from liaison.server.store.models import Direction
 from liaison.v1 import envelope_pb2, node_pb2
@@ -135,3 +136,27 @@ def test_unknown_message_id(pair: tuple[RunningNode, RunningNode]) -> None:
     a, _ = pair
     with a.client() as client_a, pytest.raises(MessageNotFound):
         client_a.get_status("01a22488-44ca-7885-9083-b9635c2e4917")
+
+
+def test_a_rejection_without_a_message_id_still_fails_the_message(
+    tmp_path: Path, node_factory: Callable[[NodeHome], RunningNode]
+) -> None:
+    """The receiver refuses an oversized envelope unread; the sender must not retry forever."""
+    home_a = make_home(tmp_path, "MA.DGSN.CCPI")
+    home_b = make_home(tmp_path, "DE.BPOL.LO-RABAT")
+    config = home_b.path / CONFIG_FILE
+    config.write_text(
+        config.read_text().replace("max_envelope_bytes = 16777216", "max_envelope_bytes = 65536")
+    )
+    pin_each_other(home_a, home_b)
+    a, _ = node_factory(home_a), node_factory(home_b)
+    with a.client() as client_a:
+        sent = client_a.send_notice(
+            "DE.BPOL.LO-RABAT", sample_notice(attachment=bytes(100_000)), wait_seconds=WAIT
+        )
+        detail = client_a.get_message(sent.message_id)
+    assert sent.state == "failed"
+    assert detail.receipt.status == envelope_pb2.RECEIPT_STATUS_REJECTED
+    assert detail.receipt.reason == envelope_pb2.REJECT_REASON_TOO_LARGE
+    assert detail.receipt.message_id == ""
+    assert [e.event for e in detail.timeline][-2:] == ["receipt-verified", "rejected-by-peer"]

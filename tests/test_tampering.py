@@ -176,6 +176,10 @@ def _inner_signature_swapped(w: World) -> bytes:
     return w.forge(inner_signature=stolen).build()
 
 
+def _far_future_expiry(header: envelope_pb2.EnvelopeHeader) -> None:
+    header.expires_at.seconds = 10**15  # far beyond the year 9999
+
+
 def _bad_attachment(w: World) -> bytes:
     notice = complete(sample_notice(attachment=b"evidence"), w.a.agency_id)
     notice.attachments[0].content = b"swapped evidence"
@@ -233,6 +237,10 @@ OTHER_CASES: dict[str, tuple[Case, int]] = {
     ),
     "not-a-uuid7": (
         lambda w: w.forge(message_id="not-a-message-id").build(),
+        R.REJECT_REASON_MALFORMED_ENVELOPE,
+    ),
+    "time-out-of-range": (
+        lambda w: w.forge(mutate_header=_far_future_expiry).build(),
         R.REJECT_REASON_MALFORMED_ENVELOPE,
     ),
     "garbage-bytes": (lambda w: b"\xff\xff\xff\x00garbage", R.REJECT_REASON_MALFORMED_ENVELOPE),

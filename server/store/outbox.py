@@ -103,7 +103,10 @@ def queue(session: Session, record: OutboundRecord, *, actor: str) -> None:
 def claim_due(
     session: Session, recipient: str, *, now: dt.datetime, limit: int
 ) -> list[PendingDelivery]:
-    """Move up to ``limit`` due QUEUED messages for ``recipient`` to SENT, oldest first."""
+    """Move up to ``limit`` due QUEUED messages for ``recipient`` to SENT, oldest first.
+
+    Expired envelopes are left for the expiry sweep: sending them is pointless.
+    """
     rows = session.scalars(
         select(Message)
         .where(
@@ -111,6 +114,7 @@ def claim_due(
             Message.state == MessageState.QUEUED.value,
             Message.recipient == recipient,
             Message.next_attempt_at <= now,
+            Message.expires_at > now,
         )
         .order_by(Message.id)
         .limit(limit)

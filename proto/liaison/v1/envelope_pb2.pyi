@@ -86,7 +86,7 @@ class _RejectReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RejectRe
     REJECT_REASON_INVALID_NOTICE: _RejectReason.ValueType  # 16
 
 class RejectReason(_RejectReason, metaclass=_RejectReasonEnumTypeWrapper):
-    """Why a receiver refused an envelope, in the order the checks run."""
+    """Why a receiver refused an envelope. docs/PROTOCOL.md gives the order of the checks."""
 
 REJECT_REASON_UNSPECIFIED: RejectReason.ValueType  # 0
 REJECT_REASON_MALFORMED_ENVELOPE: RejectReason.ValueType  # 1
