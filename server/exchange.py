@@ -74,10 +74,10 @@ class Receiver:
             return await self._reject(rejection, envelope, authenticated, now)
         except Exception as error:  # a check that broke must still refuse, audit and answer
             log.error("an envelope could not be checked: %s", type(error).__name__)
-            rejection = EnvelopeRejected(
+            broken = EnvelopeRejected(
                 envelope_pb2.REJECT_REASON_MALFORMED_ENVELOPE, "could not be checked"
             )
-            return await self._reject(rejection, envelope, authenticated, now)
+            return await self._reject(broken, envelope, authenticated, now)
 
         receipt = issue_receipt(
             receiver=self.identity,
