@@ -74,19 +74,22 @@ def parse_card(signed_card: bytes) -> PeerCard:
         raise CardError(f"unsupported card version {card.version}")
     if not is_agency_id(card.agency_id):
         raise CardError(f"invalid agency id {card.agency_id!r}")
+    # The self-signature first: nothing unauthenticated reaches the key and X.509 parsers.
     try:
         signing_key = ed25519.Ed25519PublicKey.from_public_bytes(card.signing_key)
+        signing_key.verify(outer.signature, signing_input(CARD_SIGNATURE_LABEL, outer.card))
+    except ValueError as exc:
+        raise CardError(f"the card of {card.agency_id} holds a malformed signing key") from exc
+    except InvalidSignature as exc:
+        raise CardError(f"the card of {card.agency_id} is not signed by its own key") from exc
+    try:
         kem_key = hpke.MLKEM768X25519PublicKey(
             mlkem.MLKEM768PublicKey.from_public_bytes(card.kem_mlkem768_key),
             x25519.X25519PublicKey.from_public_bytes(card.kem_x25519_key),
         )
         certificate = x509.load_der_x509_certificate(card.tls_certificate)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise CardError(f"the card of {card.agency_id} holds a malformed key: {exc}") from exc
-    try:
-        signing_key.verify(outer.signature, signing_input(CARD_SIGNATURE_LABEL, outer.card))
-    except InvalidSignature as exc:
-        raise CardError(f"the card of {card.agency_id} is not signed by its own key") from exc
     _check_tls_name(card.agency_id, certificate)
     if not card.endpoint:
         raise CardError(f"the card of {card.agency_id} names no endpoint")

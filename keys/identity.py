@@ -141,7 +141,7 @@ def load_identity(
     tls_key = load(TLS_KEY_FILE, ec.EllipticCurvePrivateKey)
     try:
         certificate = x509.load_pem_x509_certificate((keys_dir / TLS_CERT_FILE).read_bytes())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, x509.InvalidVersion) as exc:
         raise KeyStoreError(f"TLS certificate {keys_dir / TLS_CERT_FILE} is unreadable") from exc
     assert isinstance(signing, ed25519.Ed25519PrivateKey)
     assert isinstance(kem_mlkem, mlkem.MLKEM768PrivateKey)

@@ -10,6 +10,7 @@ credentials/<name>/      client credentials for the local API (ca.crt, client.cr
 from __future__ import annotations
 
 import datetime as dt
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from liaison.server.store.audit import AuditKind, append
 from liaison.server.store.store import Store, sqlite_url
 
 ADMIN = "admin"
+DATABASE_FILE = "node.db"
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class NodeHome:
 
     def database_url(self, config: NodeConfig | None = None) -> str:
         config = config or self.config()
-        return config.database_url or sqlite_url(self.path / "node.db")
+        return config.database_url or sqlite_url(self.path / DATABASE_FILE)
 
     def open_store(self, config: NodeConfig | None = None) -> Store:
         store = Store(self.database_url(config))
@@ -104,10 +106,30 @@ def init_home(
             f"invalid agency id {agency_id!r}: use upper-case letters and digits in parts "
             "separated by '.' or '-', e.g. MA.DGSN.CCPI"
         )
-    if (path / CONFIG_FILE).exists():
-        raise ConfigError(f"{path} already holds a node; refusing to overwrite it")
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _check_endpoint("--endpoint", endpoint)
+    _check_endpoint("--api", api_listen)
+    if peer_listen is not None:
+        _check_endpoint("--listen", peer_listen)
     home = NodeHome(path)
+    leftovers = [
+        p.name
+        for p in (
+            path / CONFIG_FILE,
+            home.keys_dir,
+            home.api_dir,
+            path / "credentials",
+            path / DATABASE_FILE,
+        )
+        if p.exists()
+    ]
+    if leftovers:
+        raise ConfigError(
+            f"{path} already holds a node or part of one ({', '.join(leftovers)}); "
+            "refusing to overwrite it"
+        )
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # The home holds keys and decrypted notices: only its owner may enter, even if it existed.
+    path.chmod(0o700)
     identity = generate_identity(agency_id, name, endpoint)
     save_identity(identity, home.keys_dir)
     _init_api(home, agency_id, api_listen)
@@ -121,6 +143,9 @@ def init_home(
         database_url=database_url,
     )
     (path / CONFIG_FILE).write_text(config.to_toml(), encoding="utf-8")
+    if not database_url:
+        # SQLite gives its -wal and -shm files the database file's mode.
+        os.close(os.open(path / DATABASE_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     store = home.open_store(config)
     try:
         with store.write() as session:
@@ -135,6 +160,12 @@ def init_home(
     finally:
         store.close()
     return home
+
+
+def _check_endpoint(option: str, value: str) -> None:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{option} must be HOST:PORT with a port from 1 to 65535, not {value!r}")
 
 
 def _bind_all(endpoint: str) -> str:
