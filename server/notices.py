@@ -22,11 +22,18 @@ from liaison.server.store.models import (
     AuditEvent,
     Direction,
     Message,
+    MessageState,
     Receipt,
 )
 from liaison.server.store.outbox import OutboundRecord
 from liaison.server.store.store import Store
 from liaison.v1 import notice_pb2
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    message_id: str
+    state: MessageState
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,7 @@ class Notices:
         actor: str,
         ttl_seconds: int = 0,
         wait_seconds: int = 0,
-    ) -> Message:
+    ) -> SendOutcome:
         """Seal ``notice`` to ``recipient`` and queue it; optionally wait for a final state.
 
         Raises ``RequestError`` for an unknown recipient or an invalid notice.
@@ -104,12 +111,14 @@ class Notices:
             await self.committer.submit(lambda session: outbox.queue(session, record, actor=actor))
             self.delivery.notify(recipient)
             wait = min(wait_seconds, self.limits.max_wait_seconds)
-            if wait:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(settled), wait)
+            if not wait:
+                return SendOutcome(sealed.message_id, MessageState.QUEUED)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(settled), wait)
         finally:
             self.delivery.unwatch(sealed.message_id, settled)
-        return (await self.get(sealed.message_id)).message
+        state = await asyncio.to_thread(self.store.state, sealed.message_id)
+        return SendOutcome(sealed.message_id, MessageState(state))
 
     async def status(self, message_id: str, *, wait_seconds: int = 0) -> MessageView:
         """Like ``get``; with ``wait_seconds``, first wait for a final outbound state."""

@@ -58,7 +58,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         self, request: node_pb2.SendNoticeRequest, context: Context
     ) -> node_pb2.SendNoticeResponse:
         try:
-            message = await self._notices.send(
+            sent = await self._notices.send(
                 request.recipient,
                 request.notice,
                 actor=_caller(context),
@@ -67,9 +67,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             )
         except RequestError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        return node_pb2.SendNoticeResponse(
-            message_id=message.message_id, state=_STATES[MessageState(message.state)]
-        )
+        return node_pb2.SendNoticeResponse(message_id=sent.message_id, state=_STATES[sent.state])
 
     async def ListMessages(
         self, request: node_pb2.ListMessagesRequest, context: Context

@@ -10,6 +10,8 @@ from sqlalchemy.orm import Session
 
 from liaison.server.store.models import AuditEvent
 
+_LAST_SEQ = "liaison_last_audit_seq"
+
 
 class AuditKind(enum.StrEnum):
     NODE_INITIALISED = "node-initialised"
@@ -43,11 +45,15 @@ def append(
     """Add one event with the next sequence number.
 
     Must run inside a write transaction (the store takes the write lock when
-    it begins one), which makes ``max(seq) + 1`` gap-free and unique.
+    it begins one), which makes ``max(seq) + 1`` gap-free and unique. The
+    maximum is read once per transaction and counted on from there.
     """
-    last = session.scalar(select(func.max(AuditEvent.seq)))
+    last = session.info.get(_LAST_SEQ)
+    if last is None:
+        last = session.scalar(select(func.max(AuditEvent.seq))) or 0
+    session.info[_LAST_SEQ] = last + 1
     event = AuditEvent(
-        seq=(last or 0) + 1,
+        seq=last + 1,
         at=at,
         event=kind.value,
         message_id=message_id,
@@ -58,5 +64,4 @@ def append(
         detail=detail,
     )
     session.add(event)
-    session.flush()
     return event

@@ -85,7 +85,7 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        """A session in one write transaction, committed on success."""
+        """A fresh session in one write transaction, committed on success."""
         with self._write() as session, session.begin():
             yield session
 
@@ -135,6 +135,19 @@ class Store:
                 return None
             receipt = session.scalars(select(Receipt).where(Receipt.message_pk == row.id)).first()
             return row, receipt
+
+    def state(self, message_id: str) -> str:
+        """State of a message this node sent (raises ``StoreError`` if there is none)."""
+        with self.read() as session:
+            state = session.scalar(
+                select(Message.state).where(
+                    Message.message_id == message_id,
+                    Message.direction == Direction.OUTBOUND.value,
+                )
+            )
+        if state is None:
+            raise StoreError(f"no outbound message {message_id}")
+        return state
 
     def messages(self, direction: Direction | None, limit: int) -> list[Message]:
         """Newest first."""
