@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
@@ -31,6 +32,8 @@ class GroupCommitter:
         self._max_batch = max_batch
         self._queue: asyncio.Queue[tuple[Work, asyncio.Future[Any]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        # Its own thread: commits are serial anyway, and must not queue behind reads.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="group-commit")
         self.batches = 0
         self.units = 0
 
@@ -46,6 +49,7 @@ class GroupCommitter:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
+        self._thread.shutdown()
 
     async def submit(self, work: Callable[[Session], T]) -> T:
         """Run ``work`` in the next group transaction; returns its result once committed."""
@@ -60,12 +64,18 @@ class GroupCommitter:
             batch = [await self._queue.get()]
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            loop = asyncio.get_running_loop()
             try:
-                outcomes = await asyncio.to_thread(self._commit, [work for work, _ in batch])
+                outcomes = await loop.run_in_executor(
+                    self._thread, self._commit, [work for work, _ in batch]
+                )
             except Exception:
                 # One bad unit must not fail the others: commit them one by one.
                 log.exception("group commit of %d units failed; retrying singly", len(batch))
-                outcomes = [await asyncio.to_thread(self._commit_one, work) for work, _ in batch]
+                outcomes = [
+                    await loop.run_in_executor(self._thread, self._commit_one, work)
+                    for work, _ in batch
+                ]
             for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
                 if not future.done():
                     if ok:
