@@ -22,7 +22,7 @@ from liaison.keys.ids import is_agency_id, is_message_id
 from liaison.server.committer import GroupCommitter
 from liaison.server.peers import PeerDirectory
 from liaison.server.store import inbox
-from liaison.server.store.inbox import InboundRecord
+from liaison.server.store.records import NoticeRecord
 from liaison.server.store.store import Store
 from liaison.v1 import envelope_pb2
 
@@ -87,26 +87,16 @@ class Receiver:
             status=envelope_pb2.RECEIPT_STATUS_ACCEPTED,
             now=now,
         )
-        notice = opened.notice
-        record = InboundRecord(
-            message_id=header.message_id,
-            sender=header.sender,
-            recipient=header.recipient,
-            content_type=header.content_type,
-            category=notice.category,
-            priority=notice.priority,
-            handling=notice.handling,
-            case_reference=notice.case_reference,
-            subject=notice.subject,
+        record = NoticeRecord.of(
+            header,
+            opened.notice,
             envelope=envelope,
-            envelope_sha256=digest,
+            envelope_sha256=checked.envelope_sha256,
             content=opened.content,
-            created_at=header.created_at.ToDatetime(tzinfo=dt.UTC),
-            expires_at=header.expires_at.ToDatetime(tzinfo=dt.UTC),
-            received_at=now,
-            signed_receipt=receipt,
         )
-        earlier = await self.committer.submit(lambda session: inbox.accept(session, record))
+        earlier = await self.committer.submit(
+            lambda session: inbox.accept(session, record, signed_receipt=receipt, received_at=now)
+        )
         if earlier is not None:
             return await self._duplicate(earlier, header, digest, now)
         return receipt

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from liaison.keys.envelope import seal_notice
 from liaison.keys.identity import NodeIdentity
-from liaison.keys.notice import CASE_NOTICE_CONTENT_TYPE, notice_problems
+from liaison.keys.notice import notice_problems
 from liaison.server.committer import GroupCommitter
 from liaison.server.config import Limits
 from liaison.server.delivery import Delivery
@@ -25,7 +25,7 @@ from liaison.server.store.models import (
     MessageState,
     Receipt,
 )
-from liaison.server.store.outbox import OutboundRecord
+from liaison.server.store.records import NoticeRecord
 from liaison.server.store.store import Store
 from liaison.v1 import notice_pb2
 
@@ -89,22 +89,12 @@ class Notices:
             ttl=dt.timedelta(seconds=ttl),
             now=now,
         )
-        header = sealed.header
-        record = OutboundRecord(
-            message_id=sealed.message_id,
-            sender=self.identity.agency_id,
-            recipient=recipient,
-            content_type=CASE_NOTICE_CONTENT_TYPE,
-            category=notice.category,
-            priority=notice.priority,
-            handling=notice.handling,
-            case_reference=notice.case_reference,
-            subject=notice.subject,
+        record = NoticeRecord.of(
+            sealed.header,
+            notice,
             envelope=sealed.envelope,
-            envelope_sha256=sealed.envelope_sha256.hex(),
+            envelope_sha256=sealed.envelope_sha256,
             content=sealed.content,
-            created_at=header.created_at.ToDatetime(tzinfo=dt.UTC),
-            expires_at=header.expires_at.ToDatetime(tzinfo=dt.UTC),
         )
         settled = self.delivery.watch(sealed.message_id)
         try:

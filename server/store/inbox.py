@@ -16,28 +16,7 @@ from sqlalchemy.orm import Session
 from liaison.server.store import audit
 from liaison.server.store.audit import AuditKind
 from liaison.server.store.models import Direction, Message, MessageState, Receipt
-
-
-@dataclass(frozen=True)
-class InboundRecord:
-    """A verified, decrypted notice ready to store, with the receipt signed for it."""
-
-    message_id: str
-    sender: str
-    recipient: str
-    content_type: str
-    category: int
-    priority: int
-    handling: int
-    case_reference: str
-    subject: str
-    envelope: bytes
-    envelope_sha256: str
-    content: bytes
-    created_at: dt.datetime
-    expires_at: dt.datetime
-    received_at: dt.datetime
-    signed_receipt: bytes
+from liaison.server.store.records import NoticeRecord
 
 
 @dataclass(frozen=True)
@@ -57,8 +36,10 @@ def stored_receipt(session: Session, sender: str, message_id: str) -> StoredRece
     return None if row is None else StoredReceipt(row[0], row[1])
 
 
-def accept(session: Session, record: InboundRecord) -> StoredReceipt | None:
-    """Store ``record`` unless the same sender and id are already stored.
+def accept(
+    session: Session, record: NoticeRecord, *, signed_receipt: bytes, received_at: dt.datetime
+) -> StoredReceipt | None:
+    """Store ``record`` and its receipt unless the same sender and id are already stored.
 
     Returns ``None`` when it was stored, else the earlier message's receipt
     (a replay that raced past the pre-decryption check).
@@ -66,38 +47,19 @@ def accept(session: Session, record: InboundRecord) -> StoredReceipt | None:
     earlier = stored_receipt(session, record.sender, record.message_id)
     if earlier is not None:
         return earlier
-    message = Message(
-        message_id=record.message_id,
-        direction=Direction.INBOUND.value,
-        sender=record.sender,
-        recipient=record.recipient,
-        state=MessageState.RECEIVED.value,
-        content_type=record.content_type,
-        category=record.category,
-        priority=record.priority,
-        handling=record.handling,
-        case_reference=record.case_reference,
-        subject=record.subject,
-        envelope=record.envelope,
-        envelope_sha256=record.envelope_sha256,
-        content=record.content,
-        created_at=record.created_at,
-        expires_at=record.expires_at,
-        updated_at=record.received_at,
-        attempts=0,
-    )
+    message = record.message(Direction.INBOUND, MessageState.RECEIVED, received_at)
     session.add(message)
     session.flush()
     session.add(
         Receipt(
             message_pk=message.id,
-            signed_receipt=record.signed_receipt,
+            signed_receipt=signed_receipt,
             status="accepted",
-            received_at=record.received_at,
+            received_at=received_at,
         )
     )
     common: dict[str, Any] = {
-        "at": record.received_at,
+        "at": received_at,
         "message_id": record.message_id,
         "peer": record.sender,
         "envelope_sha256": record.envelope_sha256,

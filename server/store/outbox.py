@@ -12,28 +12,9 @@ from sqlalchemy.orm import Session
 from liaison.server.store import audit
 from liaison.server.store.audit import AuditKind
 from liaison.server.store.models import Direction, Message, MessageState, Receipt
+from liaison.server.store.records import NoticeRecord
 
 OUTBOUND = Direction.OUTBOUND.value
-
-
-@dataclass(frozen=True)
-class OutboundRecord:
-    """A sealed notice to queue."""
-
-    message_id: str
-    sender: str
-    recipient: str
-    content_type: str
-    category: int
-    priority: int
-    handling: int
-    case_reference: str
-    subject: str
-    envelope: bytes
-    envelope_sha256: str
-    content: bytes
-    created_at: dt.datetime
-    expires_at: dt.datetime
 
 
 @dataclass(frozen=True)
@@ -65,30 +46,8 @@ class DeliveryOutcome:
     error: str | None = None
 
 
-def queue(session: Session, record: OutboundRecord, *, actor: str) -> None:
-    session.add(
-        Message(
-            message_id=record.message_id,
-            direction=OUTBOUND,
-            sender=record.sender,
-            recipient=record.recipient,
-            state=MessageState.QUEUED.value,
-            content_type=record.content_type,
-            category=record.category,
-            priority=record.priority,
-            handling=record.handling,
-            case_reference=record.case_reference,
-            subject=record.subject,
-            envelope=record.envelope,
-            envelope_sha256=record.envelope_sha256,
-            content=record.content,
-            created_at=record.created_at,
-            expires_at=record.expires_at,
-            updated_at=record.created_at,
-            attempts=0,
-            next_attempt_at=record.created_at,
-        )
-    )
+def queue(session: Session, record: NoticeRecord, *, actor: str) -> None:
+    session.add(record.message(Direction.OUTBOUND, MessageState.QUEUED, record.created_at))
     audit.append(
         session,
         AuditKind.SEALED,
