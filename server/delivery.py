@@ -157,6 +157,13 @@ class Delivery:
             log.exception("settling delivery of %s failed", pending.message_id)
             return
         if outcome.state in FINAL_OUTBOUND_STATES:
+            log.info(
+                "%s to %s: %s%s",
+                pending.message_id,
+                pending.recipient,
+                outcome.state.value,
+                f" ({outcome.reason})" if outcome.reason else "",
+            )
             self._settled(pending.message_id)
 
     async def _attempt(self, card: PeerCard | None, pending: PendingDelivery) -> DeliveryOutcome:

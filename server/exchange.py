@@ -99,6 +99,7 @@ class Receiver:
         )
         if earlier is not None:
             return await self._duplicate(earlier, header, digest, now)
+        log.info("received %s from %s", header.message_id, header.sender)
         return receipt
 
     def _stored_receipt(self, sender: str, message_id: str) -> inbox.StoredReceipt | None:
@@ -143,6 +144,9 @@ class Receiver:
     ) -> bytes:
         digest = hashlib.sha256(envelope).digest()
         reason = reason_name(rejection.reason)
+        log.warning(
+            "rejected envelope sha256:%s from %s: %s", digest.hex()[:16], authenticated, reason
+        )
         # What the header claimed is untrusted: keep it only if well-formed.
         message_id = rejection.message_id if is_message_id(rejection.message_id) else ""
         claimed = rejection.sender if is_agency_id(rejection.sender) else ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -160,3 +161,16 @@ def test_a_rejection_without_a_message_id_still_fails_the_message(
     assert detail.receipt.reason == envelope_pb2.REJECT_REASON_TOO_LARGE
     assert detail.receipt.message_id == ""
     assert [e.event for e in detail.timeline][-2:] == ["receipt-verified", "rejected-by-peer"]
+
+
+def test_logs_never_hold_content(
+    pair: tuple[RunningNode, RunningNode], caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = pair
+    notice = sample_notice()
+    caplog.set_level(logging.DEBUG)
+    with a.client() as client_a:
+        client_a.send_notice(b.card.agency_id, notice, wait_seconds=WAIT)
+    assert "received" in caplog.text  # the node did log the exchange
+    for secret in (notice.body, notice.subject, notice.subjects[0].name, notice.case_reference):
+        assert secret not in caplog.text
