@@ -70,6 +70,8 @@ class Delivery:
         self._channels: dict[tuple[str, str, str], grpc.aio.Channel] = {}
         self._watchers: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
         self._sweeper: asyncio.Task[None] | None = None
+        # Every delivery attempt under way, across peers, so that stop() can end them.
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Requeue what a previous run left in flight and start a worker per waiting peer."""
@@ -81,7 +83,11 @@ class Delivery:
         self._sweeper = asyncio.create_task(self._sweep_expired(), name="expiry-sweeper")
 
     async def stop(self) -> None:
-        tasks = [*self._workers.values(), *([self._sweeper] if self._sweeper else [])]
+        tasks = [
+            *self._workers.values(),
+            *self._in_flight,
+            *([self._sweeper] if self._sweeper else []),
+        ]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -134,7 +140,9 @@ class Delivery:
             for pending in claimed:
                 task = asyncio.create_task(self._deliver(card, pending))
                 in_flight.add(task)
+                self._in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
+                task.add_done_callback(self._in_flight.discard)
                 task.add_done_callback(lambda _task: wake.set())
             if claimed and len(claimed) == free:
                 continue
@@ -143,7 +151,7 @@ class Delivery:
     async def _sleep_until_due(self, recipient: str, wake: asyncio.Event, *, busy: bool) -> None:
         timeout: float | None = None
         if not busy:
-            due = await asyncio.to_thread(self._read, outbox.next_due_at, recipient)
+            due = await asyncio.to_thread(self._read, outbox.next_due_at, recipient, self._clock())
             if due is not None:
                 timeout = max(0.0, (due - self._clock()).total_seconds())
         with contextlib.suppress(TimeoutError):

@@ -174,3 +174,20 @@ def test_logs_never_hold_content(
     assert "received" in caplog.text  # the node did log the exchange
     for secret in (notice.body, notice.subject, notice.subjects[0].name, notice.case_reference):
         assert secret not in caplog.text
+
+
+def test_a_notice_the_peer_never_takes_expires(
+    tmp_path: Path, node_factory: Callable[[NodeHome], RunningNode]
+) -> None:
+    home_a = make_home(tmp_path, "MA.DGSN.CCPI")
+    home_b = make_home(tmp_path, "DE.BPOL.LO-RABAT")  # pinned, never started
+    pin_each_other(home_a, home_b)
+    a = node_factory(home_a)
+    with a.client() as client_a:
+        queued = client_a.send_notice("DE.BPOL.LO-RABAT", sample_notice(), ttl_seconds=2)
+        status = client_a.get_status(queued.message_id, wait_seconds=WAIT)
+    assert status.state == node_pb2.MESSAGE_STATE_EXPIRED
+    events = [e.event for e in status.timeline]
+    assert events[0] == "sealed"
+    assert "delivery-retry" in events
+    assert events[-1] == "expired"

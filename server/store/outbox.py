@@ -203,13 +203,15 @@ def recipients_with_queue(session: Session) -> list[str]:
     )
 
 
-def next_due_at(session: Session, recipient: str) -> dt.datetime | None:
+def next_due_at(session: Session, recipient: str, now: dt.datetime) -> dt.datetime | None:
+    """When the next unexpired QUEUED message for ``recipient`` is due (expired ones are swept)."""
     return session.scalar(
         select(Message.next_attempt_at)
         .where(
             Message.direction == OUTBOUND,
             Message.state == MessageState.QUEUED.value,
             Message.recipient == recipient,
+            Message.expires_at > now,
         )
         .order_by(Message.next_attempt_at)
         .limit(1)
