@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from liaison.client.demo import free_port
 from liaison.client.errors import MessageNotFound, RequestRejected
 from liaison.keys.envelope import verify_receipt
 from liaison.server.config import CONFIG_FILE
-from liaison.server.home import NodeHome
+from liaison.server.home import NodeHome, init_home
 from liaison.server.store.models import Direction
 from liaison.v1 import envelope_pb2, node_pb2
-from tests.conftest import Inspector, RunningNode, make_home, pin_each_other
+from tests.conftest import Inspector, RunningNode, make_home, pin, pin_each_other
 from tests.notices import sample_notice
 
 WAIT = 30
@@ -191,3 +192,34 @@ def test_a_notice_the_peer_never_takes_expires(
     assert events[0] == "sealed"
     assert "delivery-retry" in events
     assert events[-1] == "expired"
+
+
+def test_the_sender_refuses_a_server_that_is_not_the_pinned_peer(
+    tmp_path: Path, node_factory: Callable[[NodeHome], RunningNode]
+) -> None:
+    """Another node answers at the peer's endpoint: its certificate is not the pinned one."""
+    home_a = make_home(tmp_path, "MA.DGSN.CCPI")
+    home_b = make_home(tmp_path, "DE.BPOL.LO-RABAT")
+    pin_each_other(home_a, home_b)
+    endpoint = home_b.config().endpoint
+    impostor = init_home(
+        tmp_path / "impostor",
+        agency_id="DE.BPOL.LO-RABAT",
+        name="Impostor",
+        endpoint=endpoint,
+        peer_listen=endpoint,
+        api_listen=f"127.0.0.1:{free_port()}",
+    )
+    pin(impostor, home_a.identity().card)  # it would gladly take A's notices
+    a = node_factory(home_a)
+    node_factory(impostor)
+    with a.client() as client_a:
+        sent = client_a.send_notice("DE.BPOL.LO-RABAT", sample_notice(), wait_seconds=3)
+        timeline = client_a.get_status(sent.message_id).timeline
+    assert sent.state in {"queued", "sent"}
+    assert any(e.event == "delivery-retry" and "UNAVAILABLE" in e.detail for e in timeline)
+    inspector = Inspector(impostor)
+    try:
+        assert inspector.count_messages() == 0
+    finally:
+        inspector.close()

@@ -15,6 +15,7 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from liaison.keys.certs import der_to_pem
 from liaison.keys.identity import NodeIdentity
 from liaison.keys.labels import RECEIPT_SIGNATURE_LABEL, signing_input
 from liaison.server.config import CONFIG_FILE
@@ -361,3 +362,22 @@ def test_audit_trail_never_holds_content(world: World) -> None:
     )
     for secret in (notice.body, notice.subject, notice.subjects[0].name, notice.case_reference):
         assert secret not in text
+
+
+def test_client_without_a_certificate_is_refused_at_the_handshake(world: World) -> None:
+    stored = world.inspector.count_messages()
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=der_to_pem(world.b.card.tls_certificate)
+    )
+    channel = grpc.secure_channel(
+        world.b.card.endpoint,
+        credentials,
+        options=[("grpc.ssl_target_name_override", world.b.card.tls_name)],
+    )
+    try:
+        with pytest.raises(grpc.RpcError) as refused:
+            deliver_raw(channel, world.forge().build())
+    finally:
+        channel.close()
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert world.inspector.count_messages() == stored
