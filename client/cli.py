@@ -286,7 +286,10 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     api.add_argument("--identity", default="admin", help="local API credential to use")
 
     parser = argparse.ArgumentParser(
-        prog="liaison", description="Liaison Exchange: sealed case notices between agencies."
+        prog="liaison",
+        description="Liaison Exchange: sealed case notices between agencies.",
+        epilog="Exit codes: 0 success, 1 other error, 2 usage or configuration error, "
+        "3 node unreachable, 4 request refused by the node, 5 message not found.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
