@@ -135,6 +135,12 @@ class Inspector:
     def close(self) -> None:
         self.store.close()
 
+    def __enter__(self) -> Inspector:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
 
 def peer_channel(sender: NodeIdentity, receiver: PeerCard) -> grpc.Channel:
     """A real mutual-TLS channel from ``sender``'s TLS identity to ``receiver``'s peer port."""
@@ -170,11 +176,17 @@ def node_factory(tmp_path: Path) -> Iterator[Callable[[NodeHome], RunningNode]]:
 
 
 @pytest.fixture
-def pair(
-    tmp_path: Path, node_factory: Callable[[NodeHome], RunningNode]
-) -> tuple[RunningNode, RunningNode]:
-    """Two running nodes that have pinned each other."""
+def homes(tmp_path: Path) -> tuple[NodeHome, NodeHome]:
+    """Two node homes (MA.DGSN.CCPI, DE.BPOL.LO-RABAT) that have pinned each other."""
     a = make_home(tmp_path, "MA.DGSN.CCPI")
     b = make_home(tmp_path, "DE.BPOL.LO-RABAT")
     pin_each_other(a, b)
-    return node_factory(a), node_factory(b)
+    return a, b
+
+
+@pytest.fixture
+def pair(
+    homes: tuple[NodeHome, NodeHome], node_factory: Callable[[NodeHome], RunningNode]
+) -> tuple[RunningNode, RunningNode]:
+    """Two running nodes that have pinned each other."""
+    return node_factory(homes[0]), node_factory(homes[1])

@@ -15,7 +15,7 @@ from liaison.server.config import CONFIG_FILE
 from liaison.server.home import NodeHome, init_home
 from liaison.server.store.models import Direction
 from liaison.v1 import envelope_pb2, node_pb2
-from tests.conftest import Inspector, RunningNode, make_home, pin, pin_each_other
+from tests.conftest import Inspector, RunningNode, pin
 from tests.notices import sample_notice
 
 WAIT = 30
@@ -78,11 +78,9 @@ def test_sender_stores_the_receipt_signed_by_the_receiver(
 
 
 def test_delivery_waits_for_a_peer_that_is_down_then_delivers_once(
-    tmp_path: Path, node_factory: Callable[[NodeHome], RunningNode]
+    homes: tuple[NodeHome, NodeHome], node_factory: Callable[[NodeHome], RunningNode]
 ) -> None:
-    home_a = make_home(tmp_path, "MA.DGSN.CCPI")
-    home_b = make_home(tmp_path, "DE.BPOL.LO-RABAT")
-    pin_each_other(home_a, home_b)
+    home_a, home_b = homes
     a = node_factory(home_a)
     with a.client() as client_a:
         queued = client_a.send_notice("DE.BPOL.LO-RABAT", sample_notice(), wait_seconds=2)
@@ -93,19 +91,14 @@ def test_delivery_waits_for_a_peer_that_is_down_then_delivers_once(
     events = [e.event for e in status.timeline]
     assert "delivery-retry" in events
     assert events[-1] == "delivered"
-    inspector = Inspector(home_b)
-    try:
+    with Inspector(home_b) as inspector:
         assert inspector.count_messages(Direction.INBOUND) == 1
-    finally:
-        inspector.close()
 
 
 def test_a_restarted_node_keeps_its_messages(
-    tmp_path: Path, node_factory: Callable[[NodeHome], RunningNode]
+    homes: tuple[NodeHome, NodeHome], node_factory: Callable[[NodeHome], RunningNode]
 ) -> None:
-    home_a = make_home(tmp_path, "MA.DGSN.CCPI")
-    home_b = make_home(tmp_path, "DE.BPOL.LO-RABAT")
-    pin_each_other(home_a, home_b)
+    home_a, home_b = homes
     a, b = node_factory(home_a), node_factory(home_b)
     with a.client() as client_a:
         sent = client_a.send_notice("DE.BPOL.LO-RABAT", sample_notice(), wait_seconds=WAIT)
@@ -119,11 +112,8 @@ def test_send_to_an_unpinned_agency_is_refused(pair: tuple[RunningNode, RunningN
     a, _ = pair
     with a.client() as client_a, pytest.raises(RequestRejected, match="not a pinned peer"):
         client_a.send_notice("FR.DGPN.SCCOPOL", sample_notice())
-    inspector = Inspector(a.home)
-    try:
+    with Inspector(a.home) as inspector:
         assert inspector.count_messages() == 0
-    finally:
-        inspector.close()
 
 
 def test_an_invalid_notice_is_refused_before_sealing(pair: tuple[RunningNode, RunningNode]) -> None:
@@ -141,16 +131,14 @@ def test_unknown_message_id(pair: tuple[RunningNode, RunningNode]) -> None:
 
 
 def test_a_rejection_without_a_message_id_still_fails_the_message(
-    tmp_path: Path, node_factory: Callable[[NodeHome], RunningNode]
+    homes: tuple[NodeHome, NodeHome], node_factory: Callable[[NodeHome], RunningNode]
 ) -> None:
     """The receiver refuses an oversized envelope unread; the sender must not retry forever."""
-    home_a = make_home(tmp_path, "MA.DGSN.CCPI")
-    home_b = make_home(tmp_path, "DE.BPOL.LO-RABAT")
+    home_a, home_b = homes
     config = home_b.path / CONFIG_FILE
     config.write_text(
         config.read_text().replace("max_envelope_bytes = 16777216", "max_envelope_bytes = 65536")
     )
-    pin_each_other(home_a, home_b)
     a, _ = node_factory(home_a), node_factory(home_b)
     with a.client() as client_a:
         sent = client_a.send_notice(
@@ -178,11 +166,9 @@ def test_logs_never_hold_content(
 
 
 def test_a_notice_the_peer_never_takes_expires(
-    tmp_path: Path, node_factory: Callable[[NodeHome], RunningNode]
+    homes: tuple[NodeHome, NodeHome], node_factory: Callable[[NodeHome], RunningNode]
 ) -> None:
-    home_a = make_home(tmp_path, "MA.DGSN.CCPI")
-    home_b = make_home(tmp_path, "DE.BPOL.LO-RABAT")  # pinned, never started
-    pin_each_other(home_a, home_b)
+    home_a, _ = homes  # the peer is pinned and never started
     a = node_factory(home_a)
     with a.client() as client_a:
         queued = client_a.send_notice("DE.BPOL.LO-RABAT", sample_notice(), ttl_seconds=2)
@@ -195,12 +181,12 @@ def test_a_notice_the_peer_never_takes_expires(
 
 
 def test_the_sender_refuses_a_server_that_is_not_the_pinned_peer(
-    tmp_path: Path, node_factory: Callable[[NodeHome], RunningNode]
+    tmp_path: Path,
+    homes: tuple[NodeHome, NodeHome],
+    node_factory: Callable[[NodeHome], RunningNode],
 ) -> None:
     """Another node answers at the peer's endpoint: its certificate is not the pinned one."""
-    home_a = make_home(tmp_path, "MA.DGSN.CCPI")
-    home_b = make_home(tmp_path, "DE.BPOL.LO-RABAT")
-    pin_each_other(home_a, home_b)
+    home_a, home_b = homes
     endpoint = home_b.config().endpoint
     impostor = init_home(
         tmp_path / "impostor",
@@ -218,8 +204,5 @@ def test_the_sender_refuses_a_server_that_is_not_the_pinned_peer(
         timeline = client_a.get_status(sent.message_id).timeline
     assert sent.state in {"queued", "sent"}
     assert any(e.event == "delivery-retry" and "UNAVAILABLE" in e.detail for e in timeline)
-    inspector = Inspector(impostor)
-    try:
+    with Inspector(impostor) as inspector:
         assert inspector.count_messages() == 0
-    finally:
-        inspector.close()
