@@ -7,9 +7,9 @@ import contextlib
 import datetime as dt
 from dataclasses import dataclass
 
-from liaison.keys.envelope import seal_notice
+from liaison.keys.envelope import seal_content
 from liaison.keys.identity import NodeIdentity
-from liaison.keys.notice import notice_problems
+from liaison.keys.notice import CASE_NOTICE_CONTENT_TYPE, notice_problems
 from liaison.server.committer import GroupCommitter
 from liaison.server.config import Limits
 from liaison.server.delivery import Delivery
@@ -82,8 +82,9 @@ class Notices:
         if ttl > self.limits.max_lifetime_days * 86400:
             raise RequestError(f"ttl exceeds the limit of {self.limits.max_lifetime_days} days")
         sealed = await asyncio.to_thread(
-            seal_notice,
-            notice,
+            seal_content,
+            notice.SerializeToString(),
+            content_type=CASE_NOTICE_CONTENT_TYPE,
             sender=self.identity,
             recipient=card,
             ttl=dt.timedelta(seconds=ttl),
@@ -134,8 +135,9 @@ class Notices:
         found = await asyncio.to_thread(self.store.message, message_id)
         if found is None:
             raise NotFound(f"no message {message_id}")
-        timeline = await asyncio.to_thread(self.store.timeline, message_id)
-        return MessageView(found[0], found[1], timeline)
+        message, receipt = found
+        timeline = await asyncio.to_thread(self.store.timeline, message)
+        return MessageView(message, receipt, timeline)
 
 
 def _complete(

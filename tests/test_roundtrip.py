@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -15,8 +16,9 @@ from liaison.server.config import CONFIG_FILE
 from liaison.server.home import NodeHome, init_home
 from liaison.server.store.models import Direction
 from liaison.v1 import envelope_pb2, node_pb2
-from tests.conftest import Inspector, RunningNode, pin
-from tests.notices import sample_notice
+from tests.conftest import Inspector, RunningNode, deliver_raw, peer_channel, pin
+from tests.forge import Forge
+from tests.notices import complete, sample_notice
 
 WAIT = 30
 
@@ -206,3 +208,32 @@ def test_the_sender_refuses_a_server_that_is_not_the_pinned_peer(
     assert any(e.event == "delivery-retry" and "UNAVAILABLE" in e.detail for e in timeline)
     with Inspector(impostor) as inspector:
         assert inspector.count_messages() == 0
+
+
+def test_a_peer_reusing_one_of_our_message_ids_does_not_mix_into_our_message(
+    pair: tuple[RunningNode, RunningNode],
+) -> None:
+    """Message ids are unique per sender: a peer may reuse ours; our views stay ours."""
+    a, b = pair
+    with b.client() as client_b:
+        ours = client_b.send_notice(a.card.agency_id, sample_notice("B-OWN"), wait_seconds=WAIT)
+        theirs = Forge(
+            sender=a.identity,
+            recipient=b.card,
+            notice=complete(sample_notice("A-REUSED"), a.card.agency_id),
+            now=dt.datetime.now(dt.UTC),
+            message_id=ours.message_id,
+        ).build()
+        channel = peer_channel(a.identity, b.card)
+        try:
+            receipt = envelope_pb2.SignedReceipt.FromString(deliver_raw(channel, theirs))
+        finally:
+            channel.close()
+        assert envelope_pb2.Receipt.FromString(receipt.receipt).status == (
+            envelope_pb2.RECEIPT_STATUS_ACCEPTED
+        )
+        shown = client_b.get_message(ours.message_id)
+        status = client_b.get_status(ours.message_id)
+    assert shown.summary.direction == node_pb2.DIRECTION_OUTBOUND
+    assert shown.notice.case_reference == "B-OWN"
+    assert [e.event for e in status.timeline] == ["sealed", "sent", "receipt-verified", "delivered"]

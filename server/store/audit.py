@@ -30,6 +30,25 @@ class AuditKind(enum.StrEnum):
     REJECTED = "rejected"
 
 
+# The events that belong to a message of each direction. Message ids are unique per
+# sender only: a peer may reuse an id of ours, and a timeline must not mix the two.
+OUTBOUND_EVENTS = frozenset(
+    {
+        AuditKind.SEALED,
+        AuditKind.SENT,
+        AuditKind.DELIVERY_RETRY,
+        AuditKind.DELIVERED,
+        AuditKind.RECEIPT_VERIFIED,
+        AuditKind.RECEIPT_INVALID,
+        AuditKind.REJECTED_BY_PEER,
+        AuditKind.EXPIRED,
+    }
+)
+INBOUND_EVENTS = frozenset(
+    {AuditKind.RECEIVED, AuditKind.RECEIPT_ISSUED, AuditKind.DUPLICATE, AuditKind.REJECTED}
+)
+
+
 def append(
     session: Session,
     kind: AuditKind,

@@ -126,10 +126,16 @@ class Store:
     # Messages ----------------------------------------------------------------
 
     def message(self, message_id: str) -> tuple[Message, Receipt | None] | None:
-        """A message by id (either direction), with its receipt if it has one."""
+        """A message by id, with its receipt if it has one.
+
+        Should a peer have reused an id of ours, this node's own message is the one found.
+        """
         with self.read() as session:
             row = session.scalars(
-                select(Message).where(Message.message_id == message_id).order_by(Message.id)
+                select(Message)
+                .where(Message.message_id == message_id)
+                # "outbound" sorts after "inbound": descending puts our own message first.
+                .order_by(Message.direction.desc(), Message.id)
             ).first()
             if row is None:
                 return None
@@ -157,11 +163,23 @@ class Store:
                 query = query.where(Message.direction == direction.value)
             return list(session.scalars(query).all())
 
-    def timeline(self, message_id: str) -> list[AuditEvent]:
+    def timeline(self, message: Message) -> list[AuditEvent]:
+        """Audit events of one message, in order.
+
+        Ids are unique per sender only, so events are matched by id, peer and the
+        kinds of the message's direction: a peer that reuses one of our ids cannot
+        mix its events into our message's timeline.
+        """
+        outbound = message.direction == Direction.OUTBOUND.value
+        kinds = audit.OUTBOUND_EVENTS if outbound else audit.INBOUND_EVENTS
         with self.read() as session:
             query = (
                 select(AuditEvent)
-                .where(AuditEvent.message_id == message_id)
+                .where(
+                    AuditEvent.message_id == message.message_id,
+                    AuditEvent.peer == (message.recipient if outbound else message.sender),
+                    AuditEvent.event.in_([kind.value for kind in kinds]),
+                )
                 .order_by(AuditEvent.seq)
             )
             return list(session.scalars(query).all())
