@@ -42,6 +42,3 @@ class TrustStore:
 
     def cards(self) -> list[PeerCard]:
         return sorted(self._by_agency.values(), key=lambda card: card.agency_id)
-
-    def __len__(self) -> int:
-        return len(self._by_agency)

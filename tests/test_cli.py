@@ -59,11 +59,17 @@ class CliHome:
         return NodeHome(self.path)
 
 
-def cli_init(capsys: pytest.CaptureFixture[str], root: Path, agency_id: str) -> CliHome:
-    """``liaison init`` on loopback ports, then ``liaison card export`` into a file."""
-    path = root / agency_id
-    peer, api = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    code, out, err = run(
+def run_init(
+    capsys: pytest.CaptureFixture[str],
+    path: Path,
+    agency_id: str,
+    *,
+    name: str = "Agency",
+    endpoint: str = "127.0.0.1:7001",
+    extra: tuple[str, ...] = (),
+) -> tuple[int, str, str]:
+    """``liaison init --home PATH --agency ID --name NAME --endpoint ENDPOINT [extra]``."""
+    return run(
         capsys,
         "init",
         "--home",
@@ -71,13 +77,24 @@ def cli_init(capsys: pytest.CaptureFixture[str], root: Path, agency_id: str) -> 
         "--agency",
         agency_id,
         "--name",
-        f"Agency {agency_id}",
+        name,
         "--endpoint",
-        peer,
-        "--listen",
-        peer,
-        "--api",
-        api,
+        endpoint,
+        *extra,
+    )
+
+
+def cli_init(capsys: pytest.CaptureFixture[str], root: Path, agency_id: str) -> CliHome:
+    """``liaison init`` on loopback ports, then ``liaison card export`` into a file."""
+    path = root / agency_id
+    peer, api = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    code, out, err = run_init(
+        capsys,
+        path,
+        agency_id,
+        name=f"Agency {agency_id}",
+        endpoint=peer,
+        extra=("--listen", peer, "--api", api),
     )
     assert code == 0, err
     assert f"Initialised node {agency_id} in {path}" in out
@@ -224,18 +241,7 @@ def test_init_creates_a_home(a_home: CliHome) -> None:
 
 def test_init_refuses_an_existing_home(a_home: CliHome, capsys: pytest.CaptureFixture[str]) -> None:
     before = snapshot(a_home.path)
-    code, out, err = run(
-        capsys,
-        "init",
-        "--home",
-        str(a_home.path),
-        "--agency",
-        "FR.DGPN.SCCOPOL",
-        "--name",
-        "Other",
-        "--endpoint",
-        "127.0.0.1:7001",
-    )
+    code, out, err = run_init(capsys, a_home.path, "FR.DGPN.SCCOPOL")
     assert code == 2
     assert out == ""
     assert "already holds a node" in err
@@ -247,18 +253,7 @@ def test_init_refuses_a_folder_left_by_an_interrupted_init(
 ) -> None:
     (a_home.path / "config.toml").unlink()
     before = snapshot(a_home.path)
-    code, out, err = run(
-        capsys,
-        "init",
-        "--home",
-        str(a_home.path),
-        "--agency",
-        A_ID,
-        "--name",
-        "Again",
-        "--endpoint",
-        "127.0.0.1:7001",
-    )
+    code, out, err = run_init(capsys, a_home.path, A_ID)
     assert code == 2
     assert out == ""
     assert err.startswith("liaison: ")
@@ -272,18 +267,7 @@ def test_init_refuses_an_invalid_agency_id(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], agency_id: str
 ) -> None:
     path = tmp_path / "home"
-    code, out, err = run(
-        capsys,
-        "init",
-        "--home",
-        str(path),
-        "--agency",
-        agency_id,
-        "--name",
-        "Agency",
-        "--endpoint",
-        "127.0.0.1:7001",
-    )
+    code, out, err = run_init(capsys, path, agency_id)
     assert code == 2
     assert out == ""
     assert "invalid agency id" in err

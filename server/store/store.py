@@ -193,12 +193,3 @@ class Store:
                 .limit(limit)
             )
             return list(session.scalars(query).all())
-
-    def inbound_digest(self, sender: str, message_id: str) -> str | None:
-        """SHA-256 (hex) of the stored envelope with this sender and id, if any."""
-        with self.read() as session:
-            return session.scalar(
-                select(Message.envelope_sha256).where(
-                    Message.sender == sender, Message.message_id == message_id
-                )
-            )
