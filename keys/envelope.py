@@ -21,7 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from liaison.keys.card import PeerCard
 from liaison.keys.errors import EnvelopeRejected, ReceiptError
 from liaison.keys.identity import NodeIdentity
-from liaison.keys.ids import is_message_id, new_message_id
+from liaison.keys.ids import is_agency_id, is_message_id, new_message_id
 from liaison.keys.labels import (
     CONTENT_SIGNATURE_LABEL,
     ENVELOPE_SIGNATURE_LABEL,
@@ -197,7 +197,7 @@ def check_envelope(
     if authenticated_peer != header.sender:
         raise reject(R.REJECT_REASON_SENDER_MISMATCH, f"connection is from {authenticated_peer}")
     if header.recipient != receiver.agency_id:
-        raise reject(R.REJECT_REASON_WRONG_RECIPIENT, f"addressed to {header.recipient}")
+        raise reject(R.REJECT_REASON_WRONG_RECIPIENT, f"addressed to {_shown(header.recipient)}")
     if header.sender_signing_key_id != sender.signing_key_id:
         raise reject(R.REJECT_REASON_UNKNOWN_SIGNING_KEY, "not the sender's pinned key")
     try:
@@ -218,6 +218,16 @@ def check_envelope(
         envelope_sha256=hashlib.sha256(envelope).digest(),
         sender=sender,
     )
+
+
+def _shown(agency_id: str) -> str:
+    """A claimed agency id as a reject detail may hold it: as is only if well-formed."""
+    return agency_id if is_agency_id(agency_id) else _digest_of(agency_id)
+
+
+def _digest_of(text: str) -> str:
+    """Names unchecked header text in a reject detail without repeating it."""
+    return f"sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]}…"
 
 
 def _parse(
@@ -291,7 +301,10 @@ def open_checked(checked: CheckedEnvelope, *, receiver: NodeIdentity) -> OpenedN
     except InvalidSignature:
         raise reject(R.REJECT_REASON_BAD_INNER_SIGNATURE, "inner signature fails") from None
     if header.content_type != CASE_NOTICE_CONTENT_TYPE:
-        raise reject(R.REJECT_REASON_UNSUPPORTED_CONTENT_TYPE, header.content_type[:100])
+        raise reject(
+            R.REJECT_REASON_UNSUPPORTED_CONTENT_TYPE,
+            f"content type {_digest_of(header.content_type)}",
+        )
     try:
         notice = notice_pb2.CaseNotice.FromString(signed.content)
     except DecodeError:

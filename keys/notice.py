@@ -4,8 +4,10 @@ by the receiver after opening."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 
 from liaison.keys.ids import is_agency_id, is_message_id
+from liaison.keys.text import code_point, first_control_character
 from liaison.v1 import notice_pb2
 
 CASE_NOTICE_CONTENT_TYPE = "application/vnd.liaison.case-notice.v1+proto"
@@ -14,7 +16,11 @@ MAX_CASE_REFERENCE_LENGTH = 100
 
 
 def notice_problems(notice: notice_pb2.CaseNotice) -> list[str]:
-    """Everything wrong with ``notice``; an empty list means it is valid."""
+    """Everything wrong with ``notice``; an empty list means it is valid.
+
+    One-line fields may hold no control character of ``liaison.keys.text``;
+    the body may hold line breaks and tabs but no other.
+    """
     problems: list[str] = []
     if not notice.case_reference.strip():
         problems.append("case reference is empty")
@@ -45,4 +51,32 @@ def notice_problems(notice: notice_pb2.CaseNotice) -> list[str]:
             problems.append(f"attachment {index} has no name")
         if hashlib.sha256(attachment.content).digest() != attachment.sha256:
             problems.append(f"attachment {index} does not match its SHA-256")
+    for field, text in _one_line_fields(notice):
+        control = first_control_character(text)
+        if control is not None:
+            problems.append(f"{field} contains control character {code_point(control)}")
+    control = first_control_character(notice.body, multiline=True)
+    if control is not None:
+        problems.append(f"body contains control character {code_point(control)}")
     return problems
+
+
+def _one_line_fields(notice: notice_pb2.CaseNotice) -> Iterator[tuple[str, str]]:
+    """Every one-line text field of ``notice``, named by position as problems name it."""
+    yield "case reference", notice.case_reference
+    yield "subject", notice.subject
+    yield "originator agency id", notice.originator.agency_id
+    yield "originator unit", notice.originator.unit
+    yield "originator officer", notice.originator.officer
+    for index, subject in enumerate(notice.subjects, 1):
+        yield f"subject {index} name", subject.name
+        yield f"subject {index} role", subject.role
+        yield f"subject {index} date of birth", subject.date_of_birth
+        for number, nationality in enumerate(subject.nationalities, 1):
+            yield f"subject {index} nationality {number}", nationality
+        for number, identifier in enumerate(subject.identifiers, 1):
+            yield f"subject {index} identifier {number} value", identifier.value
+            yield f"subject {index} identifier {number} issuing country", identifier.issuing_country
+    for index, attachment in enumerate(notice.attachments, 1):
+        yield f"attachment {index} name", attachment.name
+        yield f"attachment {index} media type", attachment.media_type
