@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import datetime as dt
 import hashlib
-import json
 import logging
 import mimetypes
 import os
@@ -59,7 +58,7 @@ def _home(args: argparse.Namespace) -> Path:
 
 
 def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False))
+    print(render.json_text(value))
 
 
 def _client(args: argparse.Namespace) -> LiaisonClient:
@@ -107,7 +106,7 @@ def cmd_card_show(args: argparse.Namespace) -> int:
         _print_json(_card_json(card))
     else:
         for key, value in _card_json(card).items():
-            print(f"{key:<20} {value}")
+            print(f"{key:<20} {render.safe(value)}")
     return 0
 
 
@@ -141,7 +140,7 @@ def cmd_peers_add(args: argparse.Namespace) -> int:
         store.pin_peer(card, actor="admin", now=dt.datetime.now(dt.UTC))
     finally:
         store.close()
-    print(f"Pinned {card.agency_id} ({card.name}) at {card.endpoint}")
+    print(f"Pinned {card.agency_id} ({render.safe(card.name)}) at {render.safe(card.endpoint)}")
     print(f"  card fingerprint {card.fingerprint}")
     if args.fingerprint is None:
         print("  Compare this fingerprint with the peer over a separate channel.")
@@ -158,7 +157,7 @@ def cmd_peers_list(args: argparse.Namespace) -> int:
         _print_json([_card_json(card) for card in cards])
     else:
         for card in cards:
-            print(f"{card.agency_id:<24} {card.endpoint:<24} {card.fingerprint}")
+            print(f"{card.agency_id:<24} {render.safe(card.endpoint):<24} {card.fingerprint}")
     return 0
 
 

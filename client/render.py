@@ -1,15 +1,55 @@
-"""How the CLI shows messages: one readable form, one ``--json`` form."""
+"""How the CLI shows messages: one readable form, one ``--json`` form.
+
+Every string a peer could have written (its agency id, a notice's fields, a
+receipt, an audit detail, a card) goes through ``safe`` before it reaches
+the terminal, and every ``--json`` document through ``json_text``: a control
+or bidi character is printed as an escape, never as itself.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import re
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from liaison.client.api import state_name
 from liaison.keys.errors import reason_name
+from liaison.keys.text import control_characters
 from liaison.v1 import envelope_pb2, node_pb2, notice_pb2
+
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(found: re.Match[str]) -> str:
+    char = found[0]
+    if char in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[char]
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+def safe(text: str, *, multiline: bool = False) -> str:
+    """``text`` with each control or bidi character (``liaison.keys.text``) escaped.
+
+    ESC becomes ``\\x1b``, U+202E ``\\u202e``, a line feed ``\\n``. With
+    ``multiline``, tabs, line feeds and a carriage return before a line feed
+    are kept. Backslashes are not doubled: a peer can make text look like an
+    escape, never act as a control.
+    """
+    return control_characters(multiline=multiline).sub(_escape, text)
+
+
+def json_text(value: Any) -> str:
+    """``value`` as indented JSON that parses back to the same strings.
+
+    ``json.dumps`` escapes C0 controls; DEL, C1, bidi controls and the line
+    and paragraph separators are written as ``\\uXXXX`` escapes too.
+    """
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    # Outside strings, JSON text holds only ASCII structure, spaces and line feeds.
+    return control_characters(multiline=True).sub(lambda c: f"\\u{ord(c[0]):04x}", text)
 
 
 def enum_label(enum: Any, value: int, prefix: str) -> str:
@@ -57,8 +97,9 @@ def summary_json(m: node_pb2.MessageSummary) -> dict[str, Any]:
 def summary_line(m: node_pb2.MessageSummary) -> str:
     arrow = "<-" if m.direction == node_pb2.DIRECTION_INBOUND else "->"
     return (
-        f"{m.message_id}  {iso(m.created_at)}  {arrow} {m.peer:<20} {state_name(m.state):<9} "
-        f"{priority(m.priority):<8} {tlp(m.handling):<16} {m.case_reference}  {m.subject}"
+        f"{safe(m.message_id)}  {iso(m.created_at)}  {arrow} {safe(m.peer):<20} "
+        f"{state_name(m.state):<9} {priority(m.priority):<8} {tlp(m.handling):<16} "
+        f"{safe(m.case_reference)}  {safe(m.subject)}"
     )
 
 
@@ -67,7 +108,7 @@ def timeline_json(events: Any) -> list[dict[str, str]]:
 
 
 def timeline_lines(events: Any) -> list[str]:
-    return [f"  {iso(e.at)}  {e.event:<17} {e.detail}".rstrip() for e in events]
+    return [f"  {iso(e.at)}  {safe(e.event):<17} {safe(e.detail)}".rstrip() for e in events]
 
 
 def receipt_json(receipt: envelope_pb2.Receipt) -> dict[str, Any]:
@@ -107,6 +148,8 @@ def notice_json(notice: notice_pb2.CaseNotice) -> dict[str, Any]:
                 "kind": enum_label(notice_pb2.SubjectKind, s.kind, "SUBJECT_KIND_"),
                 "name": s.name,
                 "role": s.role,
+                "date_of_birth": s.date_of_birth,
+                "nationalities": list(s.nationalities),
                 "identifiers": [
                     {
                         "type": enum_label(notice_pb2.IdentifierType, i.type, "IDENTIFIER_TYPE_"),
@@ -137,6 +180,17 @@ def notice_json(notice: notice_pb2.CaseNotice) -> dict[str, Any]:
     }
 
 
+def _subject_line(s: dict[str, Any]) -> str:
+    ids = ", ".join(
+        f"{i['type']} {safe(i['value'])} {safe(i['issuing_country'])}".rstrip()
+        for i in s["identifiers"]
+    )
+    born = f"born {safe(s['date_of_birth'])}" if s["date_of_birth"] else ""
+    nationalities = ", ".join(safe(n) for n in s["nationalities"])
+    parts = (s["kind"].ljust(12), safe(s["name"]), safe(s["role"]), born, nationalities, ids)
+    return "  " + " ".join(p for p in parts if p)
+
+
 def detail_json(d: node_pb2.MessageDetail) -> dict[str, Any]:
     return {
         **summary_json(d.summary),
@@ -148,35 +202,42 @@ def detail_json(d: node_pb2.MessageDetail) -> dict[str, Any]:
 
 
 def detail_lines(d: node_pb2.MessageDetail) -> list[str]:
+    """The readable form of one message, every peer string escaped.
+
+    Attachment names are shown, never used as paths: a name such as
+    ``../../etc/cron.d/x`` is only text here, and nothing in the client or
+    the node opens a file by it.
+    """
     n = d.notice
     info = notice_json(n)
     evaluation = info["evaluation"]
+    originator = " ".join(safe(v) for v in info["originator"].values())
     lines = [
-        f"Message     {d.summary.message_id} ({direction(d.summary.direction)}, "
+        f"Message     {safe(d.summary.message_id)} ({direction(d.summary.direction)}, "
         f"{state_name(d.summary.state)})",
-        f"Peer        {d.summary.peer}",
-        f"Case        {n.case_reference}",
+        f"Peer        {safe(d.summary.peer)}",
+        f"Case        {safe(n.case_reference)}",
         f"Category    {category(n.category)}    Priority {priority(n.priority)}    "
         f"{tlp(n.handling)}",
         f"Evaluation  {evaluation['source_reliability'].upper()}"
         f"{evaluation['information_assessment']}",
-        f"Originator  {n.originator.agency_id} {n.originator.unit} {n.originator.officer}".rstrip(),
+        f"Originator  {originator}".rstrip(),
         f"Created     {iso(n.created_at)}",
-        f"Subject     {n.subject}",
+        f"Subject     {safe(n.subject)}",
     ]
-    for s in info["subjects"]:
-        ids = ", ".join(f"{i['type']} {i['value']}" for i in s["identifiers"])
-        lines.append(f"  {s['kind']:<12} {s['name']} {s['role']} {ids}".rstrip())
+    lines += [_subject_line(s) for s in info["subjects"]]
     for a in info["attachments"]:
-        lines.append(f"Attachment  {a['name']} ({a['media_type']}, {a['size']} bytes)")
+        lines.append(f"Attachment  {safe(a['name'])} ({safe(a['media_type'])}, {a['size']} bytes)")
     for reference in n.references:
-        lines.append(f"Refers to   {reference}")
-    lines += ["", n.body, ""]
+        lines.append(f"Refers to   {safe(reference)}")
+    lines += ["", safe(n.body, multiline=True), ""]
     if d.HasField("receipt"):
         r = receipt_json(d.receipt)
         reason = f" ({r['reason']})" if r["reason"] else ""
-        lines.append(f"Receipt     {r['status']}{reason} by {r['receiver']} at {r['received_at']}")
-    lines.append(f"Envelope    sha256 {d.envelope_sha256}")
+        lines.append(
+            f"Receipt     {r['status']}{reason} by {safe(r['receiver'])} at {r['received_at']}"
+        )
+    lines.append(f"Envelope    sha256 {safe(d.envelope_sha256)}")
     lines.append("Timeline")
     lines += timeline_lines(d.timeline)
     return lines
