@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime as dt
 import hashlib
 from dataclasses import dataclass
@@ -23,6 +22,10 @@ from liaison.v1 import envelope_pb2
 CARD_VERSION = 1
 _ARMOR_BEGIN = "-----BEGIN LIAISON AGENCY CARD-----"
 _ARMOR_END = "-----END LIAISON AGENCY CARD-----"
+# A valid google.protobuf.Timestamp: years 1 to 9999 (PROTOCOL.md section 1).
+MIN_TIMESTAMP_SECONDS = -62_135_596_800
+MAX_TIMESTAMP_SECONDS = 253_402_300_799
+MAX_TIMESTAMP_NANOS = 999_999_999
 
 
 @dataclass(frozen=True)
@@ -103,9 +106,19 @@ def parse_card(signed_card: bytes) -> PeerCard:
         encryption_key_id=encryption_key_id(card.kem_mlkem768_key, card.kem_x25519_key),
         tls_certificate=card.tls_certificate,
         tls_fingerprint=certificate_sha256(card.tls_certificate),
-        created_at=card.created_at.ToDatetime(tzinfo=dt.UTC),
+        created_at=_created_at(card),
         signed_card=signed_card,
     )
+
+
+def _created_at(card: envelope_pb2.AgencyCard) -> dt.datetime:
+    stamp = card.created_at
+    if not (
+        MIN_TIMESTAMP_SECONDS <= stamp.seconds <= MAX_TIMESTAMP_SECONDS
+        and 0 <= stamp.nanos <= MAX_TIMESTAMP_NANOS
+    ):
+        raise CardError(f"the card of {card.agency_id} has an invalid creation time")
+    return stamp.ToDatetime(tzinfo=dt.UTC)
 
 
 def _check_tls_name(agency_id: str, certificate: x509.Certificate) -> None:
@@ -114,6 +127,10 @@ def _check_tls_name(agency_id: str, certificate: x509.Certificate) -> None:
     except x509.ExtensionNotFound as exc:
         raise CardError(
             f"the TLS certificate of {agency_id} has no subject alternative name"
+        ) from exc
+    except (ValueError, x509.DuplicateExtension) as exc:  # extensions parse lazily
+        raise CardError(
+            f"the TLS certificate of {agency_id} has malformed extensions: {exc}"
         ) from exc
     if tls_name(agency_id) not in san.value.get_values_for_type(x509.DNSName):
         raise CardError(
@@ -135,5 +152,5 @@ def dearmor_card(text: str) -> bytes:
         raise CardError("not an armored Liaison agency card")
     try:
         return base64.b64decode("".join(lines[1:-1]), validate=True)
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or a character outside ASCII
         raise CardError("the card's base64 body is corrupt") from exc
