@@ -96,7 +96,10 @@ def read_private_file(path: Path) -> bytes:
             f"key file {path} is accessible to others (mode {mode & 0o777:o}); "
             "run: chmod 600 " + str(path)
         )
-    return path.read_bytes()
+    try:
+        return path.read_bytes()
+    except OSError as exc:  # a directory, a dangling link, no permission
+        raise KeyStoreError(f"key file {path} is unreadable: {exc.strerror}") from exc
 
 
 def _pkcs8(
