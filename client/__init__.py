@@ -1,13 +1,34 @@
-"""The client library for a node's local API, and the ``liaison`` CLI built on it."""
+"""The client library for a node's local API, and the ``liaison`` CLI built on it.
 
-from liaison.client.api import LiaisonClient, SendResult, state_name
-from liaison.client.errors import (
-    ClientError,
-    MessageNotFound,
-    NodeUnavailable,
-    RequestRejected,
-    UsageError,
-)
+The names below are imported on first use, so that importing the CLI does
+not load gRPC before the CLI has set gRPC's log verbosity.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from liaison.client.api import LiaisonClient, SendResult, state_name
+    from liaison.client.errors import (
+        ClientError,
+        MessageNotFound,
+        NodeUnavailable,
+        RequestRejected,
+        UsageError,
+    )
+
+_HOMES = {
+    "LiaisonClient": "liaison.client.api",
+    "SendResult": "liaison.client.api",
+    "state_name": "liaison.client.api",
+    "ClientError": "liaison.client.errors",
+    "MessageNotFound": "liaison.client.errors",
+    "NodeUnavailable": "liaison.client.errors",
+    "RequestRejected": "liaison.client.errors",
+    "UsageError": "liaison.client.errors",
+}
 
 __all__ = [
     "ClientError",
@@ -19,3 +40,10 @@ __all__ = [
     "UsageError",
     "state_name",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'liaison.client' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -10,13 +10,19 @@ Exit codes: 0 success, 1 other error, 2 usage or configuration error,
 
 from __future__ import annotations
 
+import os
+
+# gRPC core reads its log verbosity once, when it is first imported, and by
+# default logs every refused TLS handshake: anyone on the network could fill a
+# node's log. Its errors still show; GRPC_VERBOSITY=info brings the rest back.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import argparse
 import asyncio
 import datetime as dt
 import hashlib
 import logging
 import mimetypes
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path

@@ -36,6 +36,25 @@ class Limits:
     list_default: int = 50
     list_max: int = 1000
     max_wait_seconds: int = 120
+    # Both listeners: a TLS handshake must finish within this time.
+    handshake_timeout_seconds: float = 5.0
+    # Peer listener: all connections, and HTTP/2 streams on one connection.
+    peer_max_connections: int = 1024
+    peer_streams_per_connection: int = 32
+    # A connection with no call for this long is closed.
+    peer_idle_seconds: float = 300.0
+    # Per pinned peer: connections with calls in flight, calls in flight, rate.
+    peer_connections: int = 4
+    peer_calls: int = 64
+    peer_rate_per_second: float = 50.0
+    peer_rate_burst: int = 500
+    # Per pinned peer: envelope bytes stored (quota) and held in memory at once.
+    peer_quota_bytes: int = 8 * 1024**3
+    peer_receive_bytes: int = 16 * 1024 * 1024
+    # A request must have arrived this long after its call began.
+    peer_read_timeout_seconds: float = 60.0
+    # All peers together: envelope bytes being checked and stored at once.
+    receive_bytes: int = 64 * 1024 * 1024
 
     def envelope(self) -> EnvelopeLimits:
         return EnvelopeLimits(

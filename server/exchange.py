@@ -43,22 +43,24 @@ class Receiver:
     committer: GroupCommitter
     limits: EnvelopeLimits
     clock: Clock = utc_now
+    # Told (sender, envelope bytes) of every envelope stored: the peers' quotas.
+    on_stored: Callable[[str, int], None] | None = None
 
-    async def deliver(self, envelope: bytes, tls_fingerprint: str | None) -> bytes:
-        """Process one envelope from the connection with ``tls_fingerprint``.
+    async def deliver(self, envelope: bytes, peer: str) -> bytes:
+        """Process one envelope from the pinned peer ``peer`` (its agency id).
 
-        Returns the serialized ``SignedReceipt``: the original one for a replay.
+        The caller has matched the connection's certificate to that peer's
+        pinned one. Returns the serialized ``SignedReceipt``: the original one
+        for a replay.
         """
         now = self.clock()
         trust = self.peers.trust
-        peer = trust.peer_by_tls_fingerprint(tls_fingerprint) if tls_fingerprint else None
-        authenticated = peer.agency_id if peer else None
         try:
             checked = check_envelope(
                 envelope,
                 receiver=self.identity,
                 trust=trust,
-                authenticated_peer=authenticated,
+                authenticated_peer=peer,
                 now=now,
                 limits=self.limits,
             )
@@ -71,13 +73,13 @@ class Receiver:
                 return await self._duplicate(earlier, header, digest, now)
             opened = await asyncio.to_thread(open_checked, checked, receiver=self.identity)
         except EnvelopeRejected as rejection:
-            return await self._reject(rejection, envelope, authenticated, now)
+            return await self._reject(rejection, envelope, peer, now)
         except Exception as error:  # a check that broke must still refuse, audit and answer
             log.error("an envelope could not be checked: %s", type(error).__name__)
             broken = EnvelopeRejected(
                 envelope_pb2.REJECT_REASON_MALFORMED_ENVELOPE, "could not be checked"
             )
-            return await self._reject(broken, envelope, authenticated, now)
+            return await self._reject(broken, envelope, peer, now)
 
         receipt = issue_receipt(
             receiver=self.identity,
@@ -99,6 +101,8 @@ class Receiver:
         )
         if earlier is not None:
             return await self._duplicate(earlier, header, digest, now)
+        if self.on_stored is not None:
+            self.on_stored(header.sender, len(envelope))
         log.info("received %s from %s", header.message_id, header.sender)
         return receipt
 
@@ -139,14 +143,12 @@ class Receiver:
         self,
         rejection: EnvelopeRejected,
         envelope: bytes,
-        authenticated: str | None,
+        peer: str,
         now: dt.datetime,
     ) -> bytes:
         digest = hashlib.sha256(envelope).digest()
         reason = reason_name(rejection.reason)
-        log.warning(
-            "rejected envelope sha256:%s from %s: %s", digest.hex()[:16], authenticated, reason
-        )
+        log.warning("rejected envelope sha256:%s from %s: %s", digest.hex()[:16], peer, reason)
         # What the header claimed is untrusted: keep it only if well-formed.
         message_id = rejection.message_id if is_message_id(rejection.message_id) else ""
         claimed = rejection.sender if is_agency_id(rejection.sender) else ""
@@ -154,7 +156,7 @@ class Receiver:
             lambda session: inbox.record_rejection(
                 session,
                 claimed_sender=claimed,
-                authenticated_peer=authenticated,
+                authenticated_peer=peer,
                 message_id=message_id,
                 envelope_sha256=digest.hex(),
                 reason=reason,
@@ -166,7 +168,7 @@ class Receiver:
             receiver=self.identity,
             message_id=message_id,
             envelope_sha256=digest,
-            sender=claimed or authenticated or "",
+            sender=claimed or peer,
             status=envelope_pb2.RECEIPT_STATUS_REJECTED,
             reason=rejection.reason,
             now=now,

@@ -10,7 +10,9 @@ credentials/<name>/      client credentials for the local API (ca.crt, client.cr
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,19 @@ from liaison.server.store.store import Store, sqlite_url
 
 ADMIN = "admin"
 DATABASE_FILE = "node.db"
+LOCK_FILE = "node.lock"
+
+
+class HomeLock:
+    """An exclusive lock on a node home, held by the one node serving from it."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +70,44 @@ class NodeHome:
 
     def config(self) -> NodeConfig:
         return load_config(self.path)
+
+    def lock(self) -> HomeLock:
+        """Take the home's exclusive lock; ``ConfigError`` if a node already holds it."""
+        path = self.path / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise ConfigError(
+                f"another node is already serving from {self.path}"
+                + (f" (process {holder})" if holder.isdigit() else "")
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return HomeLock(fd)
+
+    def check_private(self) -> None:
+        """Refuse a home, configuration or database file that others can write.
+
+        Whoever can write them can replace keys, pins or settings. Raises
+        ``ConfigError`` naming the ``chmod`` that fixes it.
+        """
+        for path, mode in (
+            (self.path, 0o700),
+            (self.path / CONFIG_FILE, 0o600),
+            (self.path / DATABASE_FILE, 0o600),
+        ):
+            try:
+                current = path.stat().st_mode
+            except FileNotFoundError:
+                continue
+            if current & (stat.S_IWGRP | stat.S_IWOTH):
+                raise ConfigError(
+                    f"{path} can be written by others (mode {current & 0o777:o}); "
+                    f"run: chmod {mode:o} {path}"
+                )
 
     def database_url(self, config: NodeConfig | None = None) -> str:
         config = config or self.config()
@@ -142,7 +195,7 @@ def init_home(
         created_at=identity.created_at,
         database_url=database_url,
     )
-    (path / CONFIG_FILE).write_text(config.to_toml(), encoding="utf-8")
+    write_private_file(path / CONFIG_FILE, config.to_toml().encode())
     if not database_url:
         # SQLite gives its -wal and -shm files the database file's mode.
         os.close(os.open(path / DATABASE_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
@@ -189,6 +242,7 @@ def _init_api(home: NodeHome, agency_id: str, api_listen: str) -> None:
 
 def issue_client_credential(home: NodeHome, name: str, ca: IssuedCertificate, target: str) -> Path:
     """Issue a local-API client credential ``name`` into ``credentials/<name>/``."""
+    (home.path / "credentials").mkdir(mode=0o700, exist_ok=True)
     issued = issue_api_client_certificate(ca, name)
     folder = home.credential_dir(name)
     ClientCredential(

@@ -1,18 +1,23 @@
 """A running node: its two listeners and the services behind them.
 
 The peer listener (``listen.peer``) serves ``PeerExchange`` to pinned peers
-only: mutual TLS whose trusted roots are exactly the pinned peers' self-signed
-certificates, reloaded at each handshake. The local API (``listen.api``,
+only: mutual TLS whose trusted roots are the pinned peers' self-signed
+certificates (rebuilt when the pinned set changes, see ``peers.TlsTrust``),
+then the ``PeerGate``, which admits a call only from exactly a pinned
+certificate and within that peer's limits. The local API (``listen.api``,
 loopback by default) serves ``NodeService`` to holders of a client credential
 issued by the node's local CA. Both serve gRPC health; the local API also
-serves reflection.
+serves reflection. Neither listener shares its port (no ``SO_REUSEPORT``), and
+one home runs one node at a time (``NodeHome.lock``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import signal
+import sys
 from dataclasses import dataclass
 
 import grpc
@@ -20,21 +25,27 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
-from liaison.keys.certs import der_to_pem
 from liaison.keys.identity import NodeIdentity
 from liaison.server.committer import GroupCommitter
-from liaison.server.config import NodeConfig
+from liaison.server.config import ConfigError, Limits, NodeConfig
 from liaison.server.delivery import Delivery
-from liaison.server.exchange import Receiver
-from liaison.server.home import NodeHome
+from liaison.server.exchange import Receiver, utc_now
+from liaison.server.gate import Limit, PeerGate
+from liaison.server.home import HomeLock, NodeHome
 from liaison.server.notices import Notices
-from liaison.server.peers import PeerDirectory
+from liaison.server.peers import PeerDirectory, TlsTrust
 from liaison.server.services import NodeServicer, PeerExchangeServicer
+from liaison.server.store import audit
+from liaison.server.store.audit import AuditKind
 from liaison.server.store.store import Store
-from liaison.v1 import node_pb2, node_pb2_grpc, peer_pb2, peer_pb2_grpc
+from liaison.v1 import node_pb2, node_pb2_grpc, peer_pb2
 
 log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_SECONDS = 5.0
+# How often the node looks for newly pinned peers and ends quiet refusal bursts.
+HOUSEKEEPING_SECONDS = 1.0
+# How often the count of TLS handshakes on the peer listener is logged (if it moved).
+HANDSHAKE_REPORT_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -46,15 +57,28 @@ class BoundPorts:
 class Node:
     def __init__(self, home: NodeHome) -> None:
         self.home = home
+        home.check_private()
         self.config: NodeConfig = home.config()
         self.identity: NodeIdentity = home.identity(self.config)
         self.store: Store = home.open_store(self.config)
         self.peers = PeerDirectory(self.store)
         limits = self.config.limits
         self.committer = GroupCommitter(self.store, max_batch=limits.commit_batch)
-        self.receiver = Receiver(
-            self.identity, self.peers, self.store, self.committer, limits.envelope()
+        self.gate = PeerGate(
+            limits,
+            self.peers,
+            stored_bytes=self.store.stored_bytes_by_sender(),
+            audit=self._audit_refusal,
         )
+        self.receiver = Receiver(
+            self.identity,
+            self.peers,
+            self.store,
+            self.committer,
+            limits.envelope(),
+            on_stored=self.gate.stored,
+        )
+        self.tls_trust = TlsTrust(self.identity, self.peers)
         self.delivery = Delivery(
             identity=self.identity,
             peers=self.peers,
@@ -67,27 +91,37 @@ class Node:
         )
         self._servers: list[grpc.aio.Server] = []
         self._health: list[tuple[health_aio.HealthServicer, str]] = []
+        self._lock: HomeLock | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
 
     async def start(self) -> BoundPorts:
-        """Start storage workers and both listeners; returns the bound ports."""
+        """Lock the home, start storage workers and both listeners; returns the bound ports.
+
+        Raises ``ConfigError`` if another node runs from this home or a port is taken.
+        """
+        try:
+            self._lock = self.home.lock()
+            return await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> BoundPorts:
         self.committer.start()
         await self.delivery.start()
-        size = self.config.limits.max_grpc_message_bytes
-        options = [
-            ("grpc.max_receive_message_length", size),
-            ("grpc.max_send_message_length", size),
-        ]
+        limits = self.config.limits
 
-        peer_server = grpc.aio.server(options=options)
-        peer_pb2_grpc.add_PeerExchangeServicer_to_server(
-            PeerExchangeServicer(self.receiver), peer_server
-        )
+        peer_server = grpc.aio.server(options=_peer_listener_options(limits))
+        servicer = PeerExchangeServicer(self.receiver, self.gate)
+        peer_server.add_generic_rpc_handlers((servicer.handler(),))
         self._add_health(
             peer_server, peer_pb2.DESCRIPTOR.services_by_name["PeerExchange"].full_name
         )
-        peer_port = peer_server.add_secure_port(self.config.peer_listen, self._peer_credentials())
+        peer_port = _bind(
+            peer_server, self.config.peer_listen, "listen.peer", self.tls_trust.credentials()
+        )
 
-        api_server = grpc.aio.server(options=options)
+        api_server = grpc.aio.server(options=_api_listener_options(limits))
         node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(self.notices), api_server)
         node_service = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
         self._add_health(api_server, node_service)
@@ -100,8 +134,10 @@ class Node:
             api_server,
         )
         ca, cert, key = self.home.api_server_credential()
-        api_port = api_server.add_secure_port(
+        api_port = _bind(
+            api_server,
             self.config.api_listen,
+            "listen.api",
             grpc.ssl_server_credentials(
                 [(key, cert)], root_certificates=ca, require_client_auth=True
             ),
@@ -109,6 +145,7 @@ class Node:
         for server in (peer_server, api_server):
             await server.start()
             self._servers.append(server)
+        self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
         for health, service in self._health:
             for name in ("", service):
                 await health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -128,22 +165,50 @@ class Node:
         for name in ("", service):
             health._server_status[name] = health_pb2.HealthCheckResponse.SERVING
 
-    def _peer_credentials(self) -> grpc.ServerCredentials:
-        key = self.identity.tls.key_pem()
-        cert = self.identity.tls.certificate_pem()
-
-        def current() -> grpc.ServerCertificateConfiguration:
-            cards = self.peers.reload().cards()
-            # With no peer pinned yet, trust only ourselves: nobody else gets in.
-            roots = b"".join(der_to_pem(c.tls_certificate) for c in cards) or cert
-            return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=roots)
-
-        return grpc.dynamic_ssl_server_credentials(
-            current(), current, require_client_authentication=True
+    async def _audit_refusal(self, limit: Limit, agency_id: str | None, message: str) -> None:
+        now = utc_now()
+        await self.committer.submit(
+            lambda session: audit.append(
+                session,
+                AuditKind.PEER_REFUSED,
+                at=now,
+                peer=agency_id,
+                reason=limit.value,
+                detail=message,
+            )
         )
 
+    async def _housekeep(self) -> None:
+        """Pick up newly pinned peers, end quiet refusal bursts, count handshakes.
+
+        Survives any error: it is logged at once and the next round runs.
+        """
+        reported, reported_at = 0, asyncio.get_running_loop().time()
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_SECONDS)
+            try:
+                if await asyncio.to_thread(self.peers.refresh):
+                    log.info("pinned peers changed: %d pinned", len(self.peers.trust.cards()))
+                self.gate.end_quiet_bursts()
+            except Exception:
+                log.exception("housekeeping failed; retrying in %g s", HOUSEKEEPING_SECONDS)
+            now = asyncio.get_running_loop().time()
+            if now - reported_at >= HANDSHAKE_REPORT_SECONDS:
+                count = self.tls_trust.handshakes
+                if count != reported:
+                    log.info(
+                        "peer listener: %d TLS handshakes in the last %.0f s",
+                        count - reported,
+                        now - reported_at,
+                    )
+                reported, reported_at = count, now
+
     async def stop(self) -> None:
-        """Stop accepting calls, finish the ones in flight, flush storage."""
+        """Stop accepting calls, finish the ones in flight, flush storage, unlock the home."""
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            await asyncio.gather(self._housekeeping, return_exceptions=True)
+            self._housekeeping = None
         for health, _service in self._health:
             await health.enter_graceful_shutdown()
         await asyncio.gather(*(s.stop(SHUTDOWN_GRACE_SECONDS) for s in self._servers))
@@ -151,10 +216,69 @@ class Node:
         await self.delivery.stop()
         await self.committer.stop()
         self.store.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+def _common_options(limits: Limits) -> list[tuple[str, int]]:
+    size = limits.max_grpc_message_bytes
+    return [
+        # gRPC binds with SO_REUSEPORT by default: a second node would share the port.
+        ("grpc.so_reuseport", 0),
+        ("grpc.server_handshake_timeout_ms", int(limits.handshake_timeout_seconds * 1000)),
+        ("grpc.max_receive_message_length", size),
+        ("grpc.max_send_message_length", size),
+    ]
+
+
+def _peer_listener_options(limits: Limits) -> list[tuple[str, int]]:
+    return [
+        *_common_options(limits),
+        ("grpc.max_allowed_incoming_connections", limits.peer_max_connections),
+        ("grpc.max_concurrent_streams", limits.peer_streams_per_connection),
+        ("grpc.max_connection_idle_ms", int(limits.peer_idle_seconds * 1000)),
+        ("grpc.http2.bdp_probe", 0),
+    ]
+
+
+def _api_listener_options(limits: Limits) -> list[tuple[str, int]]:
+    return _common_options(limits)
+
+
+def _bind(
+    server: grpc.aio.Server, address: str, setting: str, credentials: grpc.ServerCredentials
+) -> int:
+    try:
+        return server.add_secure_port(address, credentials)
+    except RuntimeError:
+        raise ConfigError(
+            f"cannot listen on {address}: the port is taken or the address is not this "
+            f"machine's; choose another with {setting} in config.toml"
+        ) from None
+
+
+def _return_large_buffers_to_the_system() -> None:
+    """Have glibc serve every allocation of 1 MiB or more from its own mapping.
+
+    By default glibc raises its mmap threshold each time a large block is
+    freed, after which blocks of that size come from the heap and stay with
+    the process: a node that had opened a few 16 MiB envelopes kept hundreds
+    of MiB it no longer used. Setting the threshold fixes it in place.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return
+    m_mmap_threshold = -3
+    mallopt(m_mmap_threshold, 1024 * 1024)
 
 
 async def serve(home: NodeHome, *, ready: asyncio.Event | None = None) -> None:
     """Run the node until SIGINT or SIGTERM."""
+    _return_large_buffers_to_the_system()
     node = Node(home)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,37 +1,108 @@
 """The node's view of its pinned peers, kept current with the database.
 
 ``liaison peers add`` writes to the database from another process. The node
-reloads its trust store at every TLS handshake (the peer listener's
-certificate fetcher) and when a send names a peer it does not know yet, so a
-new peer needs no restart. The receive path reads the current snapshot only:
-a connection exists, so its handshake already loaded its peer.
+notices by polling a cheap summary of the ``peers`` table (agency ids, TLS
+fingerprints and pin times; no card is parsed) and re-verifies the cards only
+when that summary changes. Every change bumps ``version``; the peer
+listener's TLS configuration is rebuilt only then, never per handshake (see
+``TlsTrust``), so a flood of handshakes costs the same whatever the number
+of pinned peers.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import cast
+
+import grpc
 
 from liaison.keys.card import PeerCard
+from liaison.keys.certs import der_to_pem
+from liaison.keys.identity import NodeIdentity
 from liaison.keys.trust import TrustStore
-from liaison.server.store.store import Store
+from liaison.server.store.store import PinSummary, Store
 
 
 class PeerDirectory:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._lock = threading.Lock()
+        self._summary: PinSummary = store.pin_summary()
         self._trust = TrustStore.of(store.peer_cards())
+        self.version = 1
 
     @property
     def trust(self) -> TrustStore:
         return self._trust
 
-    def reload(self) -> TrustStore:
-        """Load the pinned cards again (called from gRPC's handshake thread too)."""
+    def refresh(self) -> bool:
+        """Reload the pinned cards if the ``peers`` table changed; True if it did.
+
+        Blocking (database reads): call it from a worker thread.
+        """
         with self._lock:
+            summary = self._store.pin_summary()
+            if summary == self._summary:
+                return False
             self._trust = TrustStore.of(self._store.peer_cards())
-            return self._trust
+            self._summary = summary
+            self.version += 1
+            return True
 
     def peer(self, agency_id: str) -> PeerCard | None:
+        """The pinned card of ``agency_id``, looking in the database once if it is not known."""
         card = self._trust.peer(agency_id)
-        return card if card is not None else self.reload().peer(agency_id)
+        if card is None and self.refresh():
+            card = self._trust.peer(agency_id)
+        return card
+
+
+class TlsTrust:
+    """The peer listener's TLS configuration: our certificate, the pinned ones as roots.
+
+    gRPC calls ``fetch`` at every TLS handshake, from its own threads. It must
+    return ``None`` unless the trust list changed: grpcio 1.85 crashes the
+    process when a new configuration arrives under concurrent handshakes, so a
+    new one is handed out once per change of the pinned set, and the per-
+    handshake cost is a counter and a comparison.
+
+    The roots are trust anchors, so a certificate *issued* by a pinned
+    certificate's key passes this layer; the servicer checks that the
+    presented leaf is exactly a pinned certificate (``PeerGate``).
+    """
+
+    def __init__(self, identity: NodeIdentity, peers: PeerDirectory) -> None:
+        self._key = identity.tls.key_pem()
+        self._cert = identity.tls.certificate_pem()
+        self._peers = peers
+        self._lock = threading.Lock()
+        self._served = 0
+        self.handshakes = 0
+
+    def credentials(self) -> grpc.ServerCredentials:
+        initial = self._configuration()
+        # grpc-stubs type the fetcher without the None that grpcio documents and needs.
+        fetch = cast("Callable[[], grpc.ServerCertificateConfiguration]", self.fetch)
+        return grpc.dynamic_ssl_server_credentials(
+            initial, fetch, require_client_authentication=True
+        )
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        with self._lock:
+            self.handshakes += 1
+            if self._peers.version == self._served:
+                return None
+            return self._configuration()
+
+    def _configuration(self) -> grpc.ServerCertificateConfiguration:
+        # The version first: the trust store is replaced before the version moves on,
+        # so these cards are at least that new.
+        version = self._peers.version
+        cards = self._peers.trust.cards()
+        self._served = version
+        # With no peer pinned yet, trust only ourselves: nobody else gets in.
+        roots = b"".join(der_to_pem(card.tls_certificate) for card in cards) or self._cert
+        return grpc.ssl_server_certificate_configuration(
+            [(self._key, self._cert)], root_certificates=roots
+        )

@@ -13,9 +13,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from liaison.keys.certs import pem_to_der
 from liaison.server.errors import NotFound, RequestError
 from liaison.server.exchange import Receiver
+from liaison.server.gate import Limit, PeerGate, Refused
 from liaison.server.notices import MessageView, Notices
 from liaison.server.store.models import AuditEvent, Direction, Message, MessageState
-from liaison.v1 import envelope_pb2, node_pb2, node_pb2_grpc, notice_pb2, peer_pb2, peer_pb2_grpc
+from liaison.v1 import envelope_pb2, node_pb2, node_pb2_grpc, notice_pb2, peer_pb2
 
 _STATES = {
     state: node_pb2.MessageState.Value(f"MESSAGE_STATE_{state.name}") for state in MessageState
@@ -39,15 +40,56 @@ def _caller(context: Context) -> str:
     return names[0].decode() if names else "unknown"
 
 
-class PeerExchangeServicer(peer_pb2_grpc.PeerExchangeServicer):
-    def __init__(self, receiver: Receiver) -> None:
-        self._receiver = receiver
+class PeerExchangeServicer:
+    """``PeerExchange`` for pinned peers, behind the ``PeerGate``.
 
-    async def Deliver(
-        self, request: peer_pb2.DeliverRequest, context: Context
-    ) -> peer_pb2.DeliverResponse:
-        receipt = await self._receiver.deliver(request.envelope, _peer_certificate_sha256(context))
+    ``Deliver`` is unary on the wire, but is served as a stream-unary method
+    so that the gate admits the call before the request is read: a refused or
+    waiting call costs no memory for its envelope.
+    """
+
+    def __init__(self, receiver: Receiver, gate: PeerGate) -> None:
+        self._receiver = receiver
+        self._gate = gate
+
+    def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
+        service = peer_pb2.DESCRIPTOR.services_by_name["PeerExchange"].full_name
+        deliver = grpc.stream_unary_rpc_method_handler(
+            self.Deliver,
+            request_deserializer=peer_pb2.DeliverRequest.FromString,
+            response_serializer=peer_pb2.DeliverResponse.SerializeToString,
+        )
+        return grpc.method_handlers_generic_handler(service, {"Deliver": deliver})
+
+    async def Deliver(self, _requests: object, context: Context) -> peer_pb2.DeliverResponse:
+        peer = self._gate.identify(_peer_certificate_sha256(context))
+        try:
+            if peer is None:
+                raise await self._gate.refuse(
+                    Limit.UNPINNED_CERTIFICATE,
+                    None,
+                    "the client certificate is not a pinned peer's certificate",
+                )
+            async with self._gate.admit(peer, context.peer()) as admitted:
+                request = await admitted.read(context.read, _request_size)
+                if not isinstance(request, peer_pb2.DeliverRequest):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no DeliverRequest sent")
+                envelope = request.envelope
+                del request  # the parsed copy of a 16 MiB envelope need not live on
+                receipt = await self._receiver.deliver(envelope, peer.agency_id)
+                del envelope  # before the budget it was read under is released
+        except Refused as refused:
+            code = (
+                grpc.StatusCode.UNAUTHENTICATED
+                if refused.limit is Limit.UNPINNED_CERTIFICATE
+                else grpc.StatusCode.RESOURCE_EXHAUSTED
+            )
+            await context.abort(code, refused.message)
         return peer_pb2.DeliverResponse(receipt=receipt)
+
+
+def _request_size(request: object) -> int:
+    return len(request.envelope) if isinstance(request, peer_pb2.DeliverRequest) else 0
 
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):

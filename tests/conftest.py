@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +22,7 @@ from liaison.client.demo import free_port
 from liaison.keys.card import PeerCard
 from liaison.keys.certs import der_to_pem
 from liaison.keys.identity import NodeIdentity
+from liaison.server.config import CONFIG_FILE
 from liaison.server.home import NodeHome, init_home
 from liaison.server.node import Node
 from liaison.server.store.models import AuditEvent, Direction, Message
@@ -95,6 +100,16 @@ def make_home(root: Path, agency_id: str) -> NodeHome:
         peer_listen=f"127.0.0.1:{peer_port}",
         api_listen=f"127.0.0.1:{api_port}",
     )
+
+
+def set_limits(home: NodeHome, **limits: float) -> None:
+    """Change ``[limits]`` settings in a home's config.toml before its node starts."""
+    path = home.path / CONFIG_FILE
+    text = path.read_text(encoding="utf-8")
+    for name, value in limits.items():
+        text, found = re.subn(rf"(?m)^{name} = .*$", f"{name} = {value!r}", text)
+        assert found == 1, f"no limit {name} in {path}"
+    path.write_text(text, encoding="utf-8")
 
 
 def pin(home: NodeHome, card: PeerCard) -> None:
@@ -190,3 +205,59 @@ def pair(
 ) -> tuple[RunningNode, RunningNode]:
     """Two running nodes that have pinned each other."""
     return node_factory(homes[0]), node_factory(homes[1])
+
+
+class ServedNode:
+    """``liaison serve`` in a process of its own, so that a crash is seen, not shared."""
+
+    def __init__(self, home: NodeHome, log_path: Path) -> None:
+        self.home = home
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "liaison.client.cli", "serve", "--home", str(home.path)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        with LiaisonClient.from_home(home.path) as client:
+            client.wait_ready(START_TIMEOUT_SECONDS)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def memory_kib(self, field: str = "VmHWM") -> int:
+        """``VmHWM`` (peak resident memory) or ``VmRSS`` of the node, in KiB."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise LookupError(field)
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self) -> int:
+        if self.alive:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(START_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Callable[[NodeHome], ServedNode]]:
+    """Start ``liaison serve`` processes; stopped at the end of the test."""
+    running: list[ServedNode] = []
+
+    def start(home: NodeHome) -> ServedNode:
+        node = ServedNode(home, tmp_path / f"{home.path.name}.log")
+        running.append(node)
+        return node
+
+    yield start
+    for node in running:
+        node.stop()

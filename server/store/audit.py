@@ -28,6 +28,8 @@ class AuditKind(enum.StrEnum):
     RECEIPT_ISSUED = "receipt-issued"
     DUPLICATE = "duplicate"
     REJECTED = "rejected"
+    # A pinned peer's call refused by a limit, or a call with an unpinned certificate.
+    PEER_REFUSED = "peer-refused"
 
 
 # The events that belong to a message of each direction. Message ids are unique per

@@ -95,7 +95,7 @@ def record_rejection(
     session: Session,
     *,
     claimed_sender: str,
-    authenticated_peer: str | None,
+    authenticated_peer: str,
     message_id: str,
     envelope_sha256: str,
     reason: str,

@@ -16,7 +16,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from liaison.keys.card import PeerCard, parse_card
@@ -24,6 +24,8 @@ from liaison.server.store import audit
 from liaison.server.store.audit import AuditKind
 from liaison.server.store.models import AuditEvent, Direction, Message, Peer, Receipt
 
+# What identifies the pinned set without parsing a card: (agency id, TLS fingerprint, pinned at).
+PinSummary = tuple[tuple[str, str, dt.datetime], ...]
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _WRITE = "liaison_write"
 
@@ -117,6 +119,14 @@ class Store:
                 detail=f"card {card.fingerprint.replace(' ', '')}",
             )
 
+    def pin_summary(self) -> PinSummary:
+        """A cheap fingerprint of the ``peers`` table: it changes whenever a pin does."""
+        with self.read() as session:
+            rows = session.execute(
+                select(Peer.agency_id, Peer.tls_fingerprint, Peer.added_at).order_by(Peer.agency_id)
+            ).all()
+        return tuple((row[0], row[1], row[2]) for row in rows)
+
     def peer_cards(self) -> list[PeerCard]:
         """Every pinned card, each verified again."""
         with self.read() as session:
@@ -124,6 +134,16 @@ class Store:
         return [parse_card(row) for row in rows]
 
     # Messages ----------------------------------------------------------------
+
+    def stored_bytes_by_sender(self) -> dict[str, int]:
+        """Envelope bytes stored from each peer: what counts against its quota."""
+        with self.read() as session:
+            rows = session.execute(
+                select(Message.sender, func.sum(func.length(Message.envelope)))
+                .where(Message.direction == Direction.INBOUND.value)
+                .group_by(Message.sender)
+            ).all()
+        return {row[0]: int(row[1] or 0) for row in rows}
 
     def message(self, message_id: str) -> tuple[Message, Receipt | None] | None:
         """A message by id, with its receipt if it has one.
