@@ -31,6 +31,7 @@ from liaison.keys.labels import (
     signing_input,
 )
 from liaison.keys.notice import CASE_NOTICE_CONTENT_TYPE, notice_problems
+from liaison.keys.times import is_valid_timestamp
 from liaison.keys.trust import TrustStore
 from liaison.v1 import envelope_pb2, notice_pb2
 
@@ -398,7 +399,8 @@ def verify_receipt(
     for name, value in expected.items():
         actual = getattr(receipt, name)
         if actual != value and not (unread and name in ("sender", "message_id") and not actual):
-            raise ReceiptError(f"receipt names {name} {actual!r}, not {value!r}")
+            # The peer's value is not repeated: this message reaches logs and the audit trail.
+            raise ReceiptError(f"receipt names another {name.replace('_', ' ')} than {value}")
     if receipt.envelope_sha256 != envelope_sha256:
         raise ReceiptError("receipt is for other envelope bytes")
     if receipt.status not in (
@@ -407,4 +409,8 @@ def verify_receipt(
         envelope_pb2.RECEIPT_STATUS_REJECTED,
     ):
         raise ReceiptError(f"receipt has unknown status {receipt.status}")
+    if receipt.reason not in R.values() or (receipt.reason == 0) == unread:
+        raise ReceiptError(f"receipt has reason {receipt.reason} for its status")
+    if not is_valid_timestamp(receipt.received_at):
+        raise ReceiptError("receipt's received time is not a valid Timestamp")
     return receipt

@@ -5,14 +5,23 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from typing import Any
 
 from liaison.keys.ids import is_agency_id, is_message_id
 from liaison.keys.text import code_point, first_control_character
+from liaison.keys.times import is_valid_timestamp
 from liaison.v1 import notice_pb2
 
 CASE_NOTICE_CONTENT_TYPE = "application/vnd.liaison.case-notice.v1+proto"
 MAX_SUBJECT_LENGTH = 300
 MAX_CASE_REFERENCE_LENGTH = 100
+# Caps on repeated fields, checked before anything looks at the items: a 16 MiB
+# notice could otherwise hold eight million empty references to check one by one.
+MAX_REFERENCES = 100
+MAX_SUBJECTS = 200
+MAX_ATTACHMENTS = 100
+MAX_IDENTIFIERS = 50
+MAX_NATIONALITIES = 10
 
 
 def notice_problems(notice: notice_pb2.CaseNotice) -> list[str]:
@@ -21,7 +30,9 @@ def notice_problems(notice: notice_pb2.CaseNotice) -> list[str]:
     One-line fields may hold no control character of ``liaison.keys.text``;
     the body may hold line breaks and tabs but no other.
     """
-    problems: list[str] = []
+    problems = _count_problems(notice)
+    if problems:
+        return problems
     if not notice.case_reference.strip():
         problems.append("case reference is empty")
     elif len(notice.case_reference) > MAX_CASE_REFERENCE_LENGTH:
@@ -42,6 +53,9 @@ def notice_problems(notice: notice_pb2.CaseNotice) -> list[str]:
         problems.append("originator agency id is missing or invalid")
     if not notice.HasField("created_at"):
         problems.append("created time is missing")
+    elif not is_valid_timestamp(notice.created_at):
+        problems.append("created time is not a valid Timestamp")
+    problems += _enum_problems(notice)
     # Problems name positions, never values: they end up in errors and the audit trail.
     for index, reference in enumerate(notice.references, 1):
         if not is_message_id(reference):
@@ -59,6 +73,52 @@ def notice_problems(notice: notice_pb2.CaseNotice) -> list[str]:
     if control is not None:
         problems.append(f"body contains control character {code_point(control)}")
     return problems
+
+
+def _count_problems(notice: notice_pb2.CaseNotice) -> list[str]:
+    """Repeated fields over their caps; counting is all this does."""
+    counts = [
+        ("references", len(notice.references), MAX_REFERENCES),
+        ("subjects", len(notice.subjects), MAX_SUBJECTS),
+        ("attachments", len(notice.attachments), MAX_ATTACHMENTS),
+    ]
+    for index, subject in enumerate(notice.subjects, 1):
+        counts.append((f"subject {index} identifiers", len(subject.identifiers), MAX_IDENTIFIERS))
+        counts.append(
+            (f"subject {index} nationalities", len(subject.nationalities), MAX_NATIONALITIES)
+        )
+    return [f"more than {cap} {field}" for field, count, cap in counts if count > cap]
+
+
+def _enum_problems(notice: notice_pb2.CaseNotice) -> list[str]:
+    """Optional enum fields (zero allowed) holding a value the schema does not define."""
+    fields: list[tuple[str, int, Any]] = [
+        (
+            "evaluation source reliability",
+            notice.evaluation.source_reliability,
+            notice_pb2.SourceReliability,
+        ),
+        (
+            "evaluation information assessment",
+            notice.evaluation.information_assessment,
+            notice_pb2.InformationAssessment,
+        ),
+    ]
+    for index, subject in enumerate(notice.subjects, 1):
+        fields.append((f"subject {index} kind", subject.kind, notice_pb2.SubjectKind))
+        for number, identifier in enumerate(subject.identifiers, 1):
+            fields.append(
+                (
+                    f"subject {index} identifier {number} type",
+                    identifier.type,
+                    notice_pb2.IdentifierType,
+                )
+            )
+    return [
+        f"{field} is unknown ({value})"
+        for field, value, enum in fields
+        if value not in enum.values()
+    ]
 
 
 def _one_line_fields(notice: notice_pb2.CaseNotice) -> Iterator[tuple[str, str]]:

@@ -575,9 +575,9 @@ def test_verify_receipt_accepts_the_receivers_receipt(
     [
         ("issuer-key", "signature of DE.BPOL.LO-RABAT fails"),
         ("issuer-agency", "signature of MA.DGSN.CCPI fails"),
-        ("message-id", "names message_id"),
+        ("message-id", "names another message id than"),
         ("digest", "other envelope bytes"),
-        ("sender", "names sender"),
+        ("sender", "names another sender than"),
         ("garbage", "does not parse"),
     ],
 )

@@ -17,10 +17,12 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from liaison.keys.certs import der_to_pem
 from liaison.keys.identity import NodeIdentity
+from liaison.keys.ids import new_message_id
 from liaison.keys.labels import RECEIPT_SIGNATURE_LABEL, signing_input
+from liaison.keys.notice import MAX_ATTACHMENTS, MAX_IDENTIFIERS, MAX_REFERENCES
 from liaison.server.config import CONFIG_FILE
 from liaison.server.store.models import Direction
-from liaison.v1 import envelope_pb2
+from liaison.v1 import envelope_pb2, notice_pb2
 from tests.conftest import Inspector, RunningNode, deliver_raw, make_home, peer_channel, pin
 from tests.forge import Forge, assemble
 from tests.notices import complete, sample_notice
@@ -187,7 +189,64 @@ def _bad_attachment(w: World) -> bytes:
     return w.forge(notice=notice).build()
 
 
+def _notice_with(change: Callable[[notice_pb2.CaseNotice], None]) -> Case:
+    """A case: a valid notice changed by ``change``, correctly signed and sealed."""
+
+    def build(w: World) -> bytes:
+        notice = complete(sample_notice(), w.a.agency_id)
+        change(notice)
+        return w.forge(notice=notice).build()
+
+    return build
+
+
+def _many_references(notice: notice_pb2.CaseNotice) -> None:
+    notice.references.extend(new_message_id() for _ in range(MAX_REFERENCES + 1))
+
+
+def _many_attachments(notice: notice_pb2.CaseNotice) -> None:
+    for index in range(MAX_ATTACHMENTS + 1):
+        notice.attachments.add(name=f"a{index}", sha256=hashlib.sha256(b"").digest())
+
+
+def _many_identifiers(notice: notice_pb2.CaseNotice) -> None:
+    notice.subjects[0].identifiers.extend(
+        notice_pb2.Identifier(value=str(i)) for i in range(MAX_IDENTIFIERS + 1)
+    )
+
+
+# Notice rules: each case and the problem the audit detail must name.
+NOTICE_CASES: dict[str, tuple[Case, str]] = {
+    "too-many-references": (_notice_with(_many_references), "more than 100 references"),
+    "too-many-attachments": (_notice_with(_many_attachments), "more than 100 attachments"),
+    "too-many-identifiers": (
+        _notice_with(_many_identifiers),
+        "more than 50 subject 1 identifiers",
+    ),
+    "unknown-source-reliability": (
+        _notice_with(lambda n: setattr(n.evaluation, "source_reliability", 42)),
+        "evaluation source reliability is unknown (42)",
+    ),
+    "unknown-subject-kind": (
+        _notice_with(lambda n: setattr(n.subjects[0], "kind", 9)),
+        "subject 1 kind is unknown (9)",
+    ),
+    "unknown-identifier-type": (
+        _notice_with(lambda n: setattr(n.subjects[0].identifiers[0], "type", 99)),
+        "subject 1 identifier 1 type is unknown (99)",
+    ),
+    "invalid-created-at": (
+        _notice_with(lambda n: setattr(n.created_at, "nanos", -1)),
+        "created time is not a valid Timestamp",
+    ),
+}
+
+
 OTHER_CASES: dict[str, tuple[Case, int]] = {
+    **{
+        name: (build, R.REJECT_REASON_INVALID_NOTICE)
+        for name, (build, _problem) in NOTICE_CASES.items()
+    },
     "header-changed-and-resigned": (
         lambda w: tamper_header(
             w.forge(), resign=True, message_id="01a22488-44ca-7885-9083-333333333333"
@@ -299,6 +358,19 @@ def test_rejected_with_reason_audited_and_not_stored(
     ]
     assert events[0].envelope_sha256 == hashlib.sha256(envelope).hexdigest()
     assert events[0].peer == world.a.agency_id
+
+
+@pytest.mark.parametrize(
+    ("build", "problem"), [pytest.param(*case, id=name) for name, case in NOTICE_CASES.items()]
+)
+def test_a_broken_notice_rule_is_named_in_the_audit_detail(
+    world: World, build: Case, problem: str
+) -> None:
+    seq = world.inspector.last_audit_seq()
+    world.deliver(build(world))
+    [event] = world.inspector.audit_since(seq)
+    assert event.detail is not None
+    assert problem in event.detail
 
 
 def test_unpinned_client_certificate_is_refused_at_the_handshake(world: World) -> None:
