@@ -32,6 +32,7 @@ from liaison.client import render
 from liaison.client.api import LiaisonClient, state_name
 from liaison.client.demo import run_demo
 from liaison.client.errors import ClientError, UsageError
+from liaison.client.notice_file import NoticeFile, load_notice_file
 from liaison.keys.card import armor_card, dearmor_card, parse_card
 from liaison.keys.errors import KeysError
 from liaison.server.config import ConfigError
@@ -186,29 +187,58 @@ def _read_text(path: str) -> str:
         raise UsageError(f"cannot read {path}: {exc}") from exc
 
 
+def _choice(name: str, value: str, choices: dict[str, Any]) -> Any:
+    key = value.lower().removeprefix("tlp:") if name == "TLP" else value.lower()
+    if key not in choices:
+        raise UsageError(f"unknown {name} {value!r}; choose from {', '.join(choices)}")
+    return choices[key]
+
+
 def build_notice(args: argparse.Namespace) -> notice_pb2.CaseNotice:
+    """The notice from ``--notice FILE`` and the options; options win over the file."""
+    given = load_notice_file(args.notice) if args.notice else NoticeFile()
+
+    def text(option: str, key: str, default: str | None = None) -> str:
+        value = getattr(args, option)
+        value = value if value is not None else given.text.get(key, default)
+        if value is None:
+            raise UsageError(
+                f"the notice needs {key.replace('_', ' ')}: give --{option.replace('_', '-')} "
+                "or put it in the --notice file"
+            )
+        return value
+
+    # Keyword arguments are evaluated in order: errors name the first missing field.
     notice = notice_pb2.CaseNotice(
-        case_reference=args.case_ref,
-        category=CATEGORIES[args.category],
-        priority=PRIORITIES[args.priority],
-        handling=TLPS[args.tlp.lower().removeprefix("tlp:")],
-        subject=args.subject,
-        body=_read_text(args.body_file),
-        references=args.reference,
-        originator=notice_pb2.Originator(unit=args.unit or "", officer=args.officer or ""),
+        case_reference=text("case_ref", "case_reference"),
+        category=_choice("category", text("category", "category"), CATEGORIES),
+        priority=_choice("priority", text("priority", "priority", "routine"), PRIORITIES),
+        handling=_choice("TLP", text("tlp", "tlp"), TLPS),
+        subject=text("subject", "subject"),
+        body=_read_text(args.body_file) if args.body_file else text("body_file", "body"),
+        references=[*given.references, *args.reference],
+        originator=notice_pb2.Originator(
+            unit=text("unit", "unit", ""), officer=text("officer", "officer", "")
+        ),
         evaluation=notice_pb2.Evaluation(
-            source_reliability=RELIABILITY[args.source_reliability.lower()],
-            information_assessment=ASSESSMENT[args.information],
+            source_reliability=_choice(
+                "source reliability",
+                text("source_reliability", "source_reliability", "x"),
+                RELIABILITY,
+            ),
+            information_assessment=_choice(
+                "information assessment", text("information", "information", "4"), ASSESSMENT
+            ),
         ),
     )
-    for path in args.attach:
+    for path in [*given.attachments, *map(Path, args.attach)]:
         try:
-            content = Path(path).read_bytes()
+            content = path.read_bytes()
         except OSError as exc:
             raise UsageError(f"cannot read attachment {path}: {exc}") from exc
-        media_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
+        media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         notice.attachments.add(
-            name=Path(path).name,
+            name=path.name,
             media_type=media_type,
             content=content,
             sha256=hashlib.sha256(content).digest(),
@@ -217,8 +247,6 @@ def build_notice(args: argparse.Namespace) -> notice_pb2.CaseNotice:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    if args.tlp.lower().removeprefix("tlp:") not in TLPS:
-        raise UsageError(f"unknown TLP {args.tlp!r}; choose from {', '.join(TLPS)}")
     notice = build_notice(args)
     with _client(args) as client:
         result = client.send_notice(args.to, notice, ttl_seconds=args.ttl, wait_seconds=args.wait)
@@ -303,7 +331,10 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     p.add_argument("--name", required=True, help="human-readable agency name")
     p.add_argument("--endpoint", required=True, help="HOST:PORT peers dial")
     p.add_argument("--listen", help="HOST:PORT the peer listener binds (default 0.0.0.0:PORT)")
-    p.add_argument("--api", default="127.0.0.1:7700", help="HOST:PORT of the local API")
+    p.add_argument(
+        "--api",
+        help="HOST:PORT of the local API (default 127.0.0.1:7700, or a free port if that is taken)",
+    )
     p.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite in the home)")
     p.set_defaults(run=cmd_init)
 
@@ -329,16 +360,23 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     p = commands.add_parser("serve", parents=[common], help="run the node")
     p.set_defaults(run=cmd_serve)
 
-    p = commands.add_parser("send", parents=[api, as_json], help="seal and send a notice")
+    p = commands.add_parser(
+        "send",
+        parents=[api, as_json],
+        help="seal and send a notice",
+        description="Seal a notice to a pinned peer and queue it. Prefer --notice FILE: "
+        "options are visible to other users of the machine and stay in shell history.",
+    )
     p.add_argument("--to", required=True, help="recipient agency id")
-    p.add_argument("--category", required=True, choices=sorted(CATEGORIES))
-    p.add_argument("--tlp", required=True, help=f"one of {', '.join(TLPS)}")
-    p.add_argument("--case-ref", required=True, help="case reference")
-    p.add_argument("--subject", required=True, help="one-line subject")
-    p.add_argument("--body-file", required=True, help="body text file, or - for standard input")
-    p.add_argument("--priority", default="routine", choices=list(PRIORITIES))
-    p.add_argument("--source-reliability", default="x", choices=list(RELIABILITY))
-    p.add_argument("--information", default="4", choices=list(ASSESSMENT))
+    p.add_argument("--notice", help="TOML file with the notice's fields, or - for standard input")
+    p.add_argument("--category", help=f"one of {', '.join(sorted(CATEGORIES))}")
+    p.add_argument("--tlp", help=f"one of {', '.join(TLPS)}")
+    p.add_argument("--case-ref", help="case reference")
+    p.add_argument("--subject", help="one-line subject")
+    p.add_argument("--body-file", help="body text file, or - for standard input")
+    p.add_argument("--priority", help=f"one of {', '.join(PRIORITIES)} (default routine)")
+    p.add_argument("--source-reliability", help=f"one of {', '.join(RELIABILITY)} (default x)")
+    p.add_argument("--information", help=f"one of {', '.join(ASSESSMENT)} (default 4)")
     p.add_argument("--reference", action="append", default=[], help="earlier message id")
     p.add_argument("--attach", action="append", default=[], help="file to attach")
     p.add_argument("--unit", help="originating unit")

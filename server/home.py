@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import os
+import socket
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,7 +148,7 @@ def init_home(
     name: str,
     endpoint: str,
     peer_listen: str | None = None,
-    api_listen: str = "127.0.0.1:7700",
+    api_listen: str | None = None,
     database_url: str = "",
 ) -> NodeHome:
     """Create a new node home with fresh keys, credentials and an empty database.
@@ -160,6 +161,7 @@ def init_home(
             "separated by '.' or '-', e.g. MA.DGSN.CCPI"
         )
     _check_endpoint("--endpoint", endpoint)
+    api_listen = api_listen or default_api_listen()
     _check_endpoint("--api", api_listen)
     if peer_listen is not None:
         _check_endpoint("--listen", peer_listen)
@@ -213,6 +215,25 @@ def init_home(
     finally:
         store.close()
     return home
+
+
+DEFAULT_API_PORT = 7700
+
+
+def default_api_listen() -> str:
+    """``127.0.0.1:7700`` if that port is free now, else a port the kernel has free.
+
+    A second node set up on the same machine then gets its own local API port
+    instead of failing at its first ``serve``.
+    """
+    for port in (DEFAULT_API_PORT, 0):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return f"127.0.0.1:{probe.getsockname()[1]}"
+    raise ConfigError("no free port on 127.0.0.1 for the local API; give one with --api")
 
 
 def _check_endpoint(option: str, value: str) -> None:

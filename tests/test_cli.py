@@ -599,6 +599,91 @@ def test_send_carries_an_attachment(
     assert f"Attachment  seizure-report.pdf (application/pdf, {len(content)} bytes)" in out
 
 
+NOTICE_FILE = """\
+case_reference = "CCPI-2026-0412"
+category = "migrant-smuggling"
+tlp = "amber"
+priority = "urgent"
+subject = "Crossing network"
+body = \"\"\"
+First line.
+Second line.\"\"\"
+source_reliability = "b"
+information = 2
+attachments = ["scan.pdf"]
+unit = "CCPI Rabat"
+"""
+
+
+def test_send_takes_the_whole_notice_from_a_file_or_standard_input(
+    running: tuple[CliHome, CliHome],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing the notice says has to be on the command line (where `ps` shows it)."""
+    a, b = running
+    (tmp_path / "scan.pdf").write_bytes(b"%PDF-1.4 scan")
+    notice_file = tmp_path / "notice.toml"
+    notice_file.write_text(NOTICE_FILE, encoding="utf-8")
+    common = ["send", "--to", B_ID, "--home", str(a.path), "--wait", WAIT]
+
+    sent = run_json(capsys, *common, "--notice", str(notice_file))
+    assert isinstance(sent, dict)
+    assert sent["state"] == "delivered"
+    shown = run_json(capsys, "show", sent["message_id"], "--home", str(b.path))
+    assert isinstance(shown, dict)
+    notice = shown["notice"]
+    assert (notice["case_reference"], notice["category"], notice["tlp"]) == (
+        "CCPI-2026-0412",
+        "migrant-smuggling",
+        "TLP:AMBER",
+    )
+    assert (notice["priority"], notice["subject"]) == ("urgent", "Crossing network")
+    assert notice["body"] == "First line.\nSecond line."
+    assert notice["evaluation"] == {"source_reliability": "b", "information_assessment": "2"}
+    assert notice["originator"]["unit"] == "CCPI Rabat"
+    assert [x["name"] for x in notice["attachments"]] == ["scan.pdf"]
+
+    # From standard input, with an option that wins over the file.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(NOTICE_FILE.encode())))
+    sent = run_json(capsys, *common, "--notice", "-", "--priority", "flash")
+    assert isinstance(sent, dict)
+    shown = run_json(capsys, "show", sent["message_id"], "--home", str(b.path))
+    assert isinstance(shown, dict)
+    assert shown["notice"]["priority"] == "flash"
+    assert shown["notice"]["subject"] == "Crossing network"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('subject = "x"\n', "the notice needs case reference: give --case-ref"),
+        ('colour = "red"\n', "unknown keys: colour"),
+        ("subject = 3.5\n", "subject must be a string"),
+        ('attachments = "a.pdf"\n', "attachments must be a list of strings"),
+        ("subject = \n", "cannot read the notice file"),
+        ('case_reference = "C"\ncategory = "fraud"\n', "unknown category 'fraud'"),
+    ],
+)
+def test_send_refuses_a_broken_notice_file_in_one_line(
+    a_home: CliHome,
+    tmp_path: Path,
+    content: str,
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    notice_file = tmp_path / "notice.toml"
+    notice_file.write_text(content, encoding="utf-8")
+    code, _, err = run(
+        capsys, "send", "--to", B_ID, "--home", str(a_home.path), "--notice", str(notice_file)
+    )
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_send_to_an_unknown_recipient_exits_4(
     running: tuple[CliHome, CliHome], body_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -10,6 +10,8 @@ crash must be observable, ``liaison serve`` in a process of its own.
 from __future__ import annotations
 
 import datetime as dt
+import socket
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,11 +21,13 @@ from pathlib import Path
 import grpc
 import pytest
 
+from liaison.client.cli import main
 from liaison.keys.card import PeerCard
 from liaison.keys.certs import der_to_pem
 from liaison.keys.identity import NodeIdentity
 from liaison.keys.ids import new_message_id
-from liaison.server.home import NodeHome
+from liaison.server.config import CONFIG_FILE, ConfigError
+from liaison.server.home import DATABASE_FILE, DEFAULT_API_PORT, NodeHome, init_home
 from liaison.server.store.audit import AuditKind
 from liaison.server.store.models import AuditEvent
 from liaison.v1 import envelope_pb2, peer_pb2
@@ -341,3 +345,80 @@ def test_maximum_size_envelopes_from_one_peer_neither_exhaust_memory_nor_block_a
     assert pending_when_delivered > 0
     assert peak < 300 * 1024
     assert b.alive
+
+
+# One node per home and per port ---------------------------------------------------------
+
+
+def test_a_home_serves_one_node_at_a_time(
+    pair: tuple[NodeIdentity, NodeHome], node_factory: Callable[[NodeHome], RunningNode]
+) -> None:
+    _a, b_home = pair
+    node_factory(b_home)
+    with pytest.raises(ConfigError, match="another node is already serving from"):
+        RunningNode(b_home).start()
+
+
+def test_a_taken_port_is_one_clear_error_naming_the_setting(
+    tmp_path: Path,
+    pair: tuple[NodeIdentity, NodeHome],
+    node_factory: Callable[[NodeHome], RunningNode],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _a, b_home = pair
+    node_factory(b_home)
+    taken = b_home.config().peer_listen
+    other = make_home(tmp_path / "other", C_ID)
+    config = other.path / CONFIG_FILE
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text.replace(other.config().peer_listen, taken), encoding="utf-8")
+
+    assert main(["serve", "--home", str(other.path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"liaison: cannot listen on {taken}: the port is taken or the address is not this "
+        "machine's; choose another with listen.peer in config.toml"
+    )
+
+
+def test_init_gives_a_second_node_its_own_local_api_port(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        try:
+            holder.bind(("127.0.0.1", DEFAULT_API_PORT))
+        except OSError:
+            pass  # taken by someone else already: just as good
+        else:
+            holder.listen()
+        home = init_home(tmp_path / "n", agency_id=A_ID, name="A", endpoint="127.0.0.1:7443")
+        api = home.config().api_listen
+    assert api.startswith("127.0.0.1:")
+    assert api != f"127.0.0.1:{DEFAULT_API_PORT}"
+    assert (home.path / "credentials" / "admin" / "target").read_text().strip() == api
+
+
+@pytest.mark.parametrize("relative", [".", CONFIG_FILE, DATABASE_FILE])
+def test_serve_refuses_a_home_others_can_write(
+    pair: tuple[NodeIdentity, NodeHome], relative: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _a, b_home = pair
+    path = (b_home.path / relative).resolve()
+    mode = stat.S_IMODE(path.stat().st_mode)
+    path.chmod(mode | stat.S_IWGRP)
+
+    assert main(["serve", "--home", str(b_home.path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path} can be written by others" in err
+    assert f"run: chmod {mode:o} {path}" in err
+    assert "Traceback" not in err
+
+
+def test_init_keeps_the_home_private(tmp_path: Path) -> None:
+    home = make_home(tmp_path, A_ID)
+    for relative, mode in (
+        (".", 0o700),
+        ("credentials", 0o700),
+        ("credentials/admin", 0o700),
+        (CONFIG_FILE, 0o600),
+        (DATABASE_FILE, 0o600),
+    ):
+        assert stat.S_IMODE((home.path / relative).stat().st_mode) == mode, relative
