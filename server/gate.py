@@ -164,7 +164,10 @@ class PeerGate:
             self.end_quiet_bursts()
             self._bursts[key] = _Burst(started=now, last=now)
             log.warning("peer %s: refusing calls: %s", agency_id or "(unpinned)", limit.value)
-            await self._audit(limit, agency_id, message)
+            try:
+                await self._audit(limit, agency_id, message)
+            except Exception:  # the refusal stands even if the audit trail cannot take it now
+                log.exception("could not audit the refusal of %s", agency_id or "(unpinned)")
         return Refused(limit, message)
 
     def end_quiet_bursts(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import re
 import signal
 import subprocess
@@ -232,6 +233,11 @@ class ServedNode:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
         raise LookupError(field)
+
+    def cpu_seconds(self) -> float:
+        """User and system CPU time the node has used so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")

@@ -104,20 +104,32 @@ def test_a_handshake_flood_leaves_the_node_serving(
     set_limits(b_home, handshake_timeout_seconds=2.0)
     b = served(b_home)
     address = peer_address(b_home)
+    api_host, _, api_port = b_home.config().api_listen.rpartition(":")
     a = a_home.identity()
     pinned = {"cert_pem": a.tls.certificate_pem(), "key_pem": a.tls.key_pem()}
 
-    with idle_connections(address, 300) as idle, ThreadPoolExecutor(2) as pool:
-        refused = pool.submit(handshake_flood, address, count=3000, threads=3)
-        accepted = pool.submit(handshake_flood, address, count=1000, threads=2, **pinned)
-        unauthenticated, authenticated = refused.result(), accepted.result()
+    cpu_before = b.cpu_seconds()
+    refused = handshake_flood(address, count=1000, threads=2)
+    cpu_per_refusal = (b.cpu_seconds() - cpu_before) / refused.attempts
+    with idle_connections(address, 300) as idle, ThreadPoolExecutor(3) as pool:
+        floods = [
+            pool.submit(handshake_flood, address, count=3000, threads=3),
+            pool.submit(handshake_flood, address, count=1000, threads=2, **pinned),
+            pool.submit(handshake_flood, (api_host, int(api_port)), count=1000, threads=1),
+        ]
+        unauthenticated, authenticated, api = (flood.result() for flood in floods)
         # They have waited longer than the handshake deadline by now.
         still_open = sum(not closed_by_server(sock, timeout=5.0) for sock in idle[:20])
 
-    report(f"refused handshakes {unauthenticated}, pinned handshakes {authenticated}")
+    report(
+        f"refused handshakes {unauthenticated}, pinned handshakes {authenticated}, "
+        f"local API {api}; node CPU per refused handshake {cpu_per_refusal * 1000:.2f} ms"
+    )
     assert b.alive, f"the node died with exit code {b.process.returncode}"
+    assert refused.refused == 1000
     assert unauthenticated.refused == 3000
     assert authenticated.completed == 1000
+    assert api.refused == 1000
     assert still_open == 0, "idle connections outlived the handshake deadline"
 
     a_node = node_factory(a_home)
@@ -128,6 +140,33 @@ def test_a_handshake_flood_leaves_the_node_serving(
     log = b.log()
     assert "Handshake failed" not in log, "every refused handshake was logged"
     assert len(log.splitlines()) < 50
+
+
+def test_connections_over_the_listener_cap_are_closed_at_once(
+    tmp_path: Path, node_factory: Callable[[NodeHome], RunningNode]
+) -> None:
+    home = make_home(tmp_path, B_ID)
+    set_limits(home, peer_max_connections=2, handshake_timeout_seconds=60.0)
+    node_factory(home)
+    with idle_connections(peer_address(home), 2) as held:
+        with idle_connections(peer_address(home), 1) as [over]:
+            assert closed_by_server(over, timeout=10.0)
+        assert not any(closed_by_server(sock, timeout=0.2) for sock in held)
+
+
+def test_an_idle_peer_connection_is_closed(
+    pair: tuple[NodeIdentity, NodeHome], node_factory: Callable[[NodeHome], RunningNode]
+) -> None:
+    a, b_home = pair
+    set_limits(b_home, peer_idle_seconds=0.5)
+    b = node_factory(b_home)
+    went_idle = threading.Event()
+    with peer_channel(a, b.card) as channel:
+        deliver_raw(channel, envelope(a, b.card))
+        channel.subscribe(
+            lambda state: went_idle.set() if state is grpc.ChannelConnectivity.IDLE else None
+        )
+        assert went_idle.wait(WAIT_SECONDS), "the server never closed the idle connection"
 
 
 # A peer is exactly its pinned certificate ---------------------------------------------
