@@ -23,12 +23,13 @@ from liaison.client.demo import free_port
 from liaison.keys.card import PeerCard
 from liaison.keys.certs import der_to_pem
 from liaison.keys.identity import NodeIdentity
+from liaison.keys.labels import RECEIPT_SIGNATURE_LABEL, signing_input
 from liaison.server.config import CONFIG_FILE
 from liaison.server.home import NodeHome, init_home
 from liaison.server.node import Node
 from liaison.server.store.models import AuditEvent, Direction, Message
 from liaison.server.store.store import Store
-from liaison.v1 import peer_pb2, peer_pb2_grpc
+from liaison.v1 import envelope_pb2, peer_pb2, peer_pb2_grpc
 
 START_TIMEOUT_SECONDS = 30
 
@@ -175,6 +176,17 @@ def peer_channel(sender: NodeIdentity, receiver: PeerCard) -> grpc.Channel:
 def deliver_raw(channel: grpc.Channel, envelope: bytes) -> bytes:
     stub = peer_pb2_grpc.PeerExchangeStub(channel)
     return stub.Deliver(peer_pb2.DeliverRequest(envelope=envelope), timeout=30).receipt
+
+
+def deliver_checked(
+    channel: grpc.Channel, envelope: bytes, receiver: PeerCard
+) -> envelope_pb2.Receipt:
+    """Deliver ``envelope`` and return the receipt, its signature checked under ``receiver``."""
+    signed = envelope_pb2.SignedReceipt.FromString(deliver_raw(channel, envelope))
+    receiver.signing_key.verify(
+        signed.signature, signing_input(RECEIPT_SIGNATURE_LABEL, signed.receipt)
+    )
+    return envelope_pb2.Receipt.FromString(signed.receipt)
 
 
 @pytest.fixture

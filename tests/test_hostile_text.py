@@ -29,7 +29,6 @@ from liaison.client.errors import RequestRejected
 from liaison.keys.card import armor_card, sign_card
 from liaison.keys.identity import NodeIdentity
 from liaison.keys.ids import new_message_id
-from liaison.keys.labels import RECEIPT_SIGNATURE_LABEL, signing_input
 from liaison.keys.notice import CASE_NOTICE_CONTENT_TYPE, notice_problems
 from liaison.keys.text import first_control_character
 from liaison.server.home import NodeHome
@@ -38,7 +37,14 @@ from liaison.server.store.models import Direction, Message, MessageState, Receip
 from liaison.server.store.store import Store
 from liaison.v1 import envelope_pb2
 from liaison.v1 import notice_pb2 as N
-from tests.conftest import Inspector, RunningNode, deliver_raw, make_home, peer_channel, pin
+from tests.conftest import (
+    Inspector,
+    RunningNode,
+    deliver_checked,
+    make_home,
+    peer_channel,
+    pin,
+)
 from tests.forge import Forge
 from tests.notices import complete, sample_notice
 
@@ -141,11 +147,7 @@ class World:
         )
 
     def deliver(self, envelope: bytes) -> envelope_pb2.Receipt:
-        signed = envelope_pb2.SignedReceipt.FromString(deliver_raw(self.channel, envelope))
-        self.b.card.signing_key.verify(
-            signed.signature, signing_input(RECEIPT_SIGNATURE_LABEL, signed.receipt)
-        )
-        return envelope_pb2.Receipt.FromString(signed.receipt)
+        return deliver_checked(self.channel, envelope, self.b.card)
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,19 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from liaison.keys.certs import der_to_pem
 from liaison.keys.identity import NodeIdentity
 from liaison.keys.ids import new_message_id
-from liaison.keys.labels import RECEIPT_SIGNATURE_LABEL, signing_input
 from liaison.keys.notice import MAX_ATTACHMENTS, MAX_IDENTIFIERS, MAX_REFERENCES
 from liaison.server.config import CONFIG_FILE
 from liaison.server.store.models import Direction
 from liaison.v1 import envelope_pb2, notice_pb2
-from tests.conftest import Inspector, RunningNode, deliver_raw, make_home, peer_channel, pin
+from tests.conftest import (
+    Inspector,
+    RunningNode,
+    deliver_checked,
+    deliver_raw,
+    make_home,
+    peer_channel,
+    pin,
+)
 from tests.forge import Forge, assemble
 from tests.notices import complete, sample_notice
 
@@ -50,11 +57,7 @@ class World:
         return forge.but(**changes)
 
     def deliver(self, envelope: bytes) -> envelope_pb2.Receipt:
-        signed = envelope_pb2.SignedReceipt.FromString(deliver_raw(self.channel, envelope))
-        self.b.card.signing_key.verify(
-            signed.signature, signing_input(RECEIPT_SIGNATURE_LABEL, signed.receipt)
-        )
-        return envelope_pb2.Receipt.FromString(signed.receipt)
+        return deliver_checked(self.channel, envelope, self.b.card)
 
 
 @pytest.fixture(scope="module")
