@@ -32,6 +32,7 @@ from liaison.server.delivery import Delivery
 from liaison.server.exchange import Receiver, utc_now
 from liaison.server.gate import Limit, PeerGate
 from liaison.server.home import HomeLock, NodeHome
+from liaison.server.interceptors import ErrorInterceptor
 from liaison.server.notices import Notices
 from liaison.server.peers import PeerDirectory, TlsTrust
 from liaison.server.services import NodeServicer, PeerExchangeServicer
@@ -111,7 +112,9 @@ class Node:
         await self.delivery.start()
         limits = self.config.limits
 
-        peer_server = grpc.aio.server(options=_peer_listener_options(limits))
+        peer_server = grpc.aio.server(
+            interceptors=[ErrorInterceptor()], options=_peer_listener_options(limits)
+        )
         servicer = PeerExchangeServicer(self.receiver, self.gate)
         peer_server.add_generic_rpc_handlers((servicer.handler(),))
         self._add_health(
@@ -121,7 +124,9 @@ class Node:
             peer_server, self.config.peer_listen, "listen.peer", self.tls_trust.credentials()
         )
 
-        api_server = grpc.aio.server(options=_api_listener_options(limits))
+        api_server = grpc.aio.server(
+            interceptors=[ErrorInterceptor()], options=_api_listener_options(limits)
+        )
         node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(self.notices), api_server)
         node_service = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
         self._add_health(api_server, node_service)

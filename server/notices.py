@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from liaison.keys.envelope import seal_content
+from liaison.keys.card import PeerCard
+from liaison.keys.envelope import ED25519_SIGNATURE_LENGTH, SealedMessage, seal_content
 from liaison.keys.identity import NodeIdentity
+from liaison.keys.ids import is_agency_id, is_message_id
 from liaison.keys.notice import CASE_NOTICE_CONTENT_TYPE, notice_problems
 from liaison.server.committer import GroupCommitter
 from liaison.server.config import Limits
@@ -25,9 +27,18 @@ from liaison.server.store.models import (
     MessageState,
     Receipt,
 )
-from liaison.server.store.records import NoticeRecord
+from liaison.server.store.records import MessageSummaryRow, NoticeRecord
 from liaison.server.store.store import Store
-from liaison.v1 import notice_pb2
+from liaison.v1 import node_pb2, notice_pb2
+
+# HPKE adds the ML-KEM-768+X25519 encapsulated key (1088 + 32 bytes) and the AES-GCM tag (16).
+HPKE_OVERHEAD = 1088 + 32 + 16
+AGENCY_ID_FORM = "upper-case letters and digits in parts separated by '.' or '-', e.g. MA.DGSN.CCPI"
+_DIRECTIONS: dict[int, Direction | None] = {
+    node_pb2.DIRECTION_UNSPECIFIED: None,
+    node_pb2.DIRECTION_INBOUND: Direction.INBOUND,
+    node_pb2.DIRECTION_OUTBOUND: Direction.OUTBOUND,
+}
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,8 @@ class Notices:
     delivery: Delivery
     limits: Limits
     clock: Clock = utc_now
+    # Encoded header size per (recipient, its encryption key id); see ``_seal``.
+    _header_sizes: dict[tuple[str, str], int] = field(default_factory=dict, init=False)
 
     async def send(
         self,
@@ -64,8 +77,13 @@ class Notices:
     ) -> SendOutcome:
         """Seal ``notice`` to ``recipient`` and queue it; optionally wait for a final state.
 
-        Raises ``RequestError`` for an unknown recipient or an invalid notice.
+        Raises ``RequestError`` for a recipient that is not a pinned peer, an
+        invalid notice, a ttl or wait over its limit, or a notice that would be
+        larger than ``limits.max_envelope_bytes`` once sealed.
         """
+        if not is_agency_id(recipient):
+            raise RequestError(f"the recipient is not an agency id ({AGENCY_ID_FORM})")
+        wait = self._wait(wait_seconds)
         card = await asyncio.to_thread(self.peers.peer, recipient)
         if card is None:
             raise RequestError(f"{recipient} is not a pinned peer; add its card first")
@@ -82,13 +100,7 @@ class Notices:
         if ttl > self.limits.max_lifetime_days * 86400:
             raise RequestError(f"ttl exceeds the limit of {self.limits.max_lifetime_days} days")
         sealed = await asyncio.to_thread(
-            seal_content,
-            notice.SerializeToString(),
-            content_type=CASE_NOTICE_CONTENT_TYPE,
-            sender=self.identity,
-            recipient=card,
-            ttl=dt.timedelta(seconds=ttl),
-            now=now,
+            self._seal, notice.SerializeToString(), card, dt.timedelta(seconds=ttl), now
         )
         record = NoticeRecord.of(
             sealed.header,
@@ -101,7 +113,6 @@ class Notices:
         try:
             await self.committer.submit(lambda session: outbox.queue(session, record, actor=actor))
             self.delivery.notify(recipient)
-            wait = min(wait_seconds, self.limits.max_wait_seconds)
             if not wait:
                 return SendOutcome(sealed.message_id, MessageState.QUEUED)
             with contextlib.suppress(TimeoutError):
@@ -111,12 +122,54 @@ class Notices:
         state = await asyncio.to_thread(self.store.state, sealed.message_id)
         return SendOutcome(sealed.message_id, MessageState(state))
 
+    def _seal(
+        self, content: bytes, card: PeerCard, ttl: dt.timedelta, now: dt.datetime
+    ) -> SealedMessage:
+        """Seal ``content`` if the envelope will fit ``limits.max_envelope_bytes``.
+
+        The size is known before sealing. Of the header, only the recipient's
+        agency id varies in length (message ids, key ids and the content type
+        have fixed lengths, and timestamps encode in five bytes from 1978 to
+        3058), so its size is measured once per recipient key by sealing nothing.
+        """
+        key = (card.agency_id, card.encryption_key_id)
+        header_size = self._header_sizes.get(key)
+        if header_size is None:
+            probe = seal_content(
+                b"",
+                content_type=CASE_NOTICE_CONTENT_TYPE,
+                sender=self.identity,
+                recipient=card,
+                ttl=ttl,
+                now=now,
+            )
+            header_size = self._header_sizes[key] = probe.header.ByteSize()
+        size = sealed_envelope_size(len(content), header_size)
+        limit = self.limits.max_envelope_bytes
+        if size > limit:
+            raise RequestError(
+                f"the notice is {size:,} bytes sealed; this node's limit is {limit:,} bytes "
+                "(limits.max_envelope_bytes)"
+            )
+        return seal_content(
+            content,
+            content_type=CASE_NOTICE_CONTENT_TYPE,
+            sender=self.identity,
+            recipient=card,
+            ttl=ttl,
+            now=now,
+        )
+
     async def status(self, message_id: str, *, wait_seconds: int = 0) -> MessageView:
-        """Like ``get``; with ``wait_seconds``, first wait for a final outbound state."""
+        """Like ``get``; with ``wait_seconds``, first wait for a final outbound state.
+
+        Raises ``RequestError`` for a malformed id or a wait over the limit, ``NotFound``.
+        """
+        _check_message_id(message_id)
+        wait = self._wait(wait_seconds)
         settled = self.delivery.watch(message_id)
         try:
             view = await self.get(message_id)
-            wait = min(wait_seconds, self.limits.max_wait_seconds)
             pending = view.message.state not in {s.value for s in FINAL_OUTBOUND_STATES}
             if wait and pending and view.message.direction == Direction.OUTBOUND.value:
                 with contextlib.suppress(TimeoutError):
@@ -126,18 +179,69 @@ class Notices:
             self.delivery.unwatch(message_id, settled)
         return view
 
-    async def list(self, direction: Direction | None, limit: int) -> list[Message]:
-        limit = min(limit or self.limits.list_default, self.limits.list_max)
-        return await asyncio.to_thread(self.store.messages, direction, limit)
+    async def list(
+        self, direction: node_pb2.Direction.ValueType, limit: int
+    ) -> list[MessageSummaryRow]:
+        """Summaries of the newest messages in ``direction`` (unspecified: both).
+
+        Raises ``RequestError`` for an unknown direction or a limit over ``limits.list_max``.
+        """
+        if direction not in _DIRECTIONS:
+            raise RequestError(
+                f"direction {direction} is unknown; use 0 (both), 1 (inbound) or 2 (outbound)"
+            )
+        if limit > self.limits.list_max:
+            raise RequestError(
+                f"the limit is {limit:,}; this node lists at most {self.limits.list_max:,} "
+                "messages (limits.list_max)"
+            )
+        count = limit or self.limits.list_default
+        return await asyncio.to_thread(self.store.messages, _DIRECTIONS[direction], count)
 
     async def get(self, message_id: str) -> MessageView:
-        """Raises ``NotFound``."""
+        """Raises ``RequestError`` for a malformed id, ``NotFound``."""
+        _check_message_id(message_id)
         found = await asyncio.to_thread(self.store.message, message_id)
         if found is None:
             raise NotFound(f"no message {message_id}")
         message, receipt = found
         timeline = await asyncio.to_thread(self.store.timeline, message)
         return MessageView(message, receipt, timeline)
+
+    def _wait(self, wait_seconds: int) -> int:
+        """``wait_seconds`` if within ``limits.max_wait_seconds``, else ``RequestError``."""
+        most = self.limits.max_wait_seconds
+        if wait_seconds > most:
+            raise RequestError(
+                f"wait_seconds is {wait_seconds:,}; this node waits at most {most:,} seconds "
+                "(limits.max_wait_seconds)"
+            )
+        return wait_seconds
+
+
+def _check_message_id(message_id: str) -> None:
+    # Never repeat a malformed id: it may carry control characters or megabytes.
+    if not is_message_id(message_id):
+        raise RequestError("message id is not a UUIDv7")
+
+
+def sealed_envelope_size(content_size: int, header_size: int) -> int:
+    """Bytes of the ``SealedEnvelope`` that seals ``content_size`` bytes under a
+    header of ``header_size`` bytes (docs/PROTOCOL.md): a ``SignedContent`` of the
+    content and the inner signature, HPKE-encrypted, beside the header and the
+    outer signature."""
+    signature = _bytes_field(ED25519_SIGNATURE_LENGTH)
+    ciphertext = HPKE_OVERHEAD + _bytes_field(content_size) + signature
+    return _bytes_field(header_size) + _bytes_field(ciphertext) + signature
+
+
+def _bytes_field(size: int) -> int:
+    """A protobuf bytes field numbered 1 to 15: tag, length varint, bytes; absent when empty."""
+    return 1 + _varint_size(size) + size if size else 0
+
+
+def _varint_size(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
 
 
 def _complete(

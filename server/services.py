@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -14,8 +15,9 @@ from liaison.keys.certs import pem_to_der
 from liaison.server.errors import NotFound, RequestError
 from liaison.server.exchange import Receiver
 from liaison.server.gate import Limit, PeerGate, Refused
-from liaison.server.notices import MessageView, Notices
-from liaison.server.store.models import AuditEvent, Direction, Message, MessageState
+from liaison.server.notices import Notices
+from liaison.server.store.models import AuditEvent, Direction, MessageState
+from liaison.server.store.records import MessageSummaryRow
 from liaison.v1 import envelope_pb2, node_pb2, node_pb2_grpc, notice_pb2, peer_pb2
 
 _STATES = {
@@ -28,6 +30,7 @@ _DIRECTIONS = {
 
 
 Context = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
 
 
 def _peer_certificate_sha256(context: Context) -> str | None:
@@ -93,37 +96,40 @@ def _request_size(request: object) -> int:
 
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
+    """The local API. Every request is checked by ``Notices``; a ``RequestError``
+    is ``INVALID_ARGUMENT`` and ``NotFound`` is ``NOT_FOUND`` (the error
+    interceptor maps everything else)."""
+
     def __init__(self, notices: Notices) -> None:
         self._notices = notices
 
     async def SendNotice(
         self, request: node_pb2.SendNoticeRequest, context: Context
     ) -> node_pb2.SendNoticeResponse:
-        try:
-            sent = await self._notices.send(
+        sent = await _answer(
+            context,
+            self._notices.send(
                 request.recipient,
                 request.notice,
                 actor=_caller(context),
                 ttl_seconds=request.ttl_seconds,
                 wait_seconds=request.wait_seconds,
-            )
-        except RequestError as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            ),
+        )
         return node_pb2.SendNoticeResponse(message_id=sent.message_id, state=_STATES[sent.state])
 
     async def ListMessages(
         self, request: node_pb2.ListMessagesRequest, context: Context
     ) -> node_pb2.ListMessagesResponse:
-        direction = {v: k for k, v in _DIRECTIONS.items()}.get(request.direction)
-        messages = await self._notices.list(direction, request.limit)
-        return node_pb2.ListMessagesResponse(messages=[_summary(m) for m in messages])
+        rows = await _answer(context, self._notices.list(request.direction, request.limit))
+        return node_pb2.ListMessagesResponse(messages=[_summary(row) for row in rows])
 
     async def GetMessage(
         self, request: node_pb2.GetMessageRequest, context: Context
     ) -> node_pb2.MessageDetail:
-        view = await self._view(request.message_id, context)
+        view = await _answer(context, self._notices.get(request.message_id))
         detail = node_pb2.MessageDetail(
-            summary=_summary(view.message),
+            summary=_summary(MessageSummaryRow.of(view.message)),
             notice=notice_pb2.CaseNotice.FromString(view.message.content),
             envelope_sha256=view.message.envelope_sha256,
             timeline=[_event(e) for e in view.timeline],
@@ -136,22 +142,25 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     async def GetStatus(
         self, request: node_pb2.GetStatusRequest, context: Context
     ) -> node_pb2.MessageStatus:
-        try:
-            view = await self._notices.status(request.message_id, wait_seconds=request.wait_seconds)
-        except NotFound as error:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+        view = await _answer(
+            context, self._notices.status(request.message_id, wait_seconds=request.wait_seconds)
+        )
         return node_pb2.MessageStatus(
             message_id=view.message.message_id,
             state=_STATES[MessageState(view.message.state)],
             timeline=[_event(e) for e in view.timeline],
         )
 
-    async def _view(self, message_id: str, context: Context) -> MessageView:
-        try:
-            return await self._notices.get(message_id)
-        except NotFound as error:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
-            raise  # abort raises; this line satisfies the type checker
+
+async def _answer(context: Context, work: Awaitable[T]) -> T:
+    """The result of ``work``, or the call aborted with the status its error maps to."""
+    try:
+        return await work
+    except RequestError as error:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+    except NotFound as error:
+        await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+    raise AssertionError("abort raises")  # for the type checker
 
 
 def _timestamp(moment: dt.datetime) -> Timestamp:
@@ -160,20 +169,19 @@ def _timestamp(moment: dt.datetime) -> Timestamp:
     return stamp
 
 
-def _summary(message: Message) -> node_pb2.MessageSummary:
-    direction = Direction(message.direction)
+def _summary(row: MessageSummaryRow) -> node_pb2.MessageSummary:
     return node_pb2.MessageSummary(
-        message_id=message.message_id,
-        direction=_DIRECTIONS[direction],
-        peer=message.recipient if direction is Direction.OUTBOUND else message.sender,
-        state=_STATES[MessageState(message.state)],
-        category=message.category,  # type: ignore[arg-type]
-        priority=message.priority,  # type: ignore[arg-type]
-        handling=message.handling,  # type: ignore[arg-type]
-        case_reference=message.case_reference,
-        subject=message.subject,
-        created_at=_timestamp(message.created_at),
-        updated_at=_timestamp(message.updated_at),
+        message_id=row.message_id,
+        direction=_DIRECTIONS[Direction(row.direction)],
+        peer=row.peer,
+        state=_STATES[MessageState(row.state)],
+        category=row.category,  # type: ignore[arg-type]
+        priority=row.priority,  # type: ignore[arg-type]
+        handling=row.handling,  # type: ignore[arg-type]
+        case_reference=row.case_reference,
+        subject=row.subject,
+        created_at=_timestamp(row.created_at),
+        updated_at=_timestamp(row.updated_at),
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from liaison.server.store.models import Direction, Message, MessageState
 from liaison.v1 import envelope_pb2, notice_pb2
@@ -77,3 +77,34 @@ class NoticeRecord:
             attempts=0,
             next_attempt_at=at if direction is Direction.OUTBOUND else None,
         )
+
+
+@dataclass(frozen=True)
+class MessageSummaryRow:
+    """What a listing shows of a message: its summary columns, never its envelope or content."""
+
+    message_id: str
+    direction: str
+    sender: str
+    recipient: str
+    state: str
+    category: int
+    priority: int
+    handling: int
+    case_reference: str
+    subject: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    @classmethod
+    def of(cls, message: Message) -> MessageSummaryRow:
+        return cls(**{name: getattr(message, name) for name in SUMMARY_COLUMNS})
+
+    @property
+    def peer(self) -> str:
+        """The other end: the recipient of an outbound message, the sender of an inbound one."""
+        return self.recipient if self.direction == Direction.OUTBOUND.value else self.sender
+
+
+# The columns of ``messages`` a listing reads, in ``MessageSummaryRow`` order.
+SUMMARY_COLUMNS = tuple(field.name for field in fields(MessageSummaryRow))

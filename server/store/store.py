@@ -23,11 +23,14 @@ from liaison.keys.card import PeerCard, parse_card
 from liaison.server.store import audit
 from liaison.server.store.audit import AuditKind
 from liaison.server.store.models import AuditEvent, Direction, Message, Peer, Receipt
+from liaison.server.store.records import SUMMARY_COLUMNS, MessageSummaryRow
 
 # What identifies the pinned set without parsing a card: (agency id, TLS fingerprint, pinned at).
 PinSummary = tuple[tuple[str, str, dt.datetime], ...]
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _WRITE = "liaison_write"
+# How long a statement waits for another writer's lock before failing (tests shorten it).
+SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
 class StoreError(Exception):
@@ -49,7 +52,7 @@ def _configure_sqlite(engine: Engine) -> None:
         # FULL: a receipt that was signed and returned is on disk, even after power loss.
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -175,13 +178,18 @@ class Store:
             raise StoreError(f"no outbound message {message_id}")
         return state
 
-    def messages(self, direction: Direction | None, limit: int) -> list[Message]:
-        """Newest first."""
+    def messages(self, direction: Direction | None, limit: int) -> list[MessageSummaryRow]:
+        """Summaries of the newest ``limit`` messages, newest first.
+
+        Only the summary columns are read: a listing never loads an envelope or
+        a notice, however large.
+        """
+        columns = [getattr(Message, name) for name in SUMMARY_COLUMNS]
         with self.read() as session:
-            query = select(Message).order_by(Message.id.desc()).limit(limit)
+            query = select(*columns).order_by(Message.id.desc()).limit(limit)
             if direction is not None:
                 query = query.where(Message.direction == direction.value)
-            return list(session.scalars(query).all())
+            return [MessageSummaryRow(**row._asdict()) for row in session.execute(query)]
 
     def timeline(self, message: Message) -> list[AuditEvent]:
         """Audit events of one message, in order.
