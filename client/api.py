@@ -133,6 +133,13 @@ def _translate(error: grpc.RpcError) -> ClientError:
         return RequestRejected(details)
     if code == grpc.StatusCode.NOT_FOUND:
         return MessageNotFound(details)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return RequestRejected(f"the request is too large ({code.name}): {details}")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return NodeUnavailable(f"the node's local API is unreachable ({code.name}): {details}")
+        # UNAVAILABLE is also the node's answer while its storage is unavailable.
+        return NodeUnavailable(
+            f"the node's local API is unreachable or unavailable ({code.name}): {details}"
+        )
+    if code == grpc.StatusCode.INTERNAL:
+        return ClientError(f"the node failed ({code.name}): {details}")
     return ClientError(f"the node answered {code.name}: {details}")

@@ -16,13 +16,14 @@ class UsageError(ClientError):
 
 
 class NodeUnavailable(ClientError):
-    """The node's local API could not be reached or refused the credential."""
+    """The node's local API could not be reached, refused the credential, or its
+    storage is unavailable for now."""
 
     exit_code = 3
 
 
 class RequestRejected(ClientError):
-    """The node refused the request as invalid (bad notice, unknown peer)."""
+    """The node refused the request as invalid (bad notice, unknown peer) or too large."""
 
     exit_code = 4
 
