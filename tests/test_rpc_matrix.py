@@ -32,7 +32,8 @@ from sqlalchemy import func as sql
 from sqlalchemy import inspect as schema_of
 from sqlalchemy.engine import make_url
 
-from liaison.client.errors import NodeUnavailable, RequestRejected
+from liaison.client.api import LiaisonClient
+from liaison.client.errors import ClientError, NodeUnavailable, RequestRejected
 from liaison.keys.credentials import API_SERVER_NAME, ClientCredential
 from liaison.keys.envelope import seal_content
 from liaison.keys.ids import new_message_id
@@ -417,6 +418,21 @@ def test_a_good_request_on_each_listener_is_answered(listeners: Listeners) -> No
     assert node_pb2.ListMessagesResponse.FromString(listed).messages == []
 
 
+def test_the_client_reports_an_oversized_request_as_rejected(listeners: Listeners) -> None:
+    before = database_digest(listeners.home)
+    with (
+        LiaisonClient.from_home(listeners.home.path) as client,
+        pytest.raises(RequestRejected) as rejected,
+    ):
+        client.send_notice(B_ID, notice_with_body(MAX_GRPC_MESSAGE + 1))
+    assert re.fullmatch(
+        r"the request is too large \(RESOURCE_EXHAUSTED\): .*Received message larger than max "
+        r"\(\d+ vs\. 16842752\)",
+        str(rejected.value),
+    )
+    assert database_digest(listeners.home) == before
+
+
 # The error interceptor against real failures ---------------------------------------
 
 
@@ -434,7 +450,7 @@ def test_an_unexpected_error_is_internal_and_logged_once_with_the_method(
 ) -> None:
     """A row the code cannot read (a state no version wrote) fails the listing and the
     message: the caller gets INTERNAL and a fixed message, the log the method name."""
-    node_factory(a_with_b_pinned)
+    node = node_factory(a_with_b_pinned)
     message_id = new_message_id()
     with Inspector(a_with_b_pinned) as inspector, inspector.store.write() as session:
         session.add(_stored_message(message_id, state="lost-in-transit"))
@@ -443,12 +459,16 @@ def test_an_unexpected_error_is_internal_and_logged_once_with_the_method(
     with api_channel(a_with_b_pinned) as channel:
         listed = refusal(channel, NODE + "ListMessages", list_messages())
         shown = refusal(channel, NODE + "GetStatus", get_status(message_id))
+    with node.client() as client, pytest.raises(ClientError) as failed:
+        client.get_message(message_id)
     assert listed == ("INTERNAL", INTERNAL_ERROR)
     assert shown == ("INTERNAL", INTERNAL_ERROR)
+    assert type(failed.value) is ClientError
+    assert str(failed.value) == f"the node failed (INTERNAL): {INTERNAL_ERROR}"
     failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert [(r.name, r.getMessage(), r.exc_info is not None) for r in failures] == [
-        ("liaison.server.interceptors", f"{NODE}ListMessages failed", True),
-        ("liaison.server.interceptors", f"{NODE}GetStatus failed", True),
+        ("liaison.server.interceptors", f"{NODE}{method} failed", True)
+        for method in ("ListMessages", "GetStatus", "GetMessage")
     ]
     assert "SECRET SUBJECT" not in caplog.text
     assert database_digest(a_with_b_pinned) == before
