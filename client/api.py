@@ -14,6 +14,9 @@ from liaison.keys.credentials import API_SERVER_NAME, ClientCredential
 from liaison.v1 import node_pb2, node_pb2_grpc, notice_pb2
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
+# The largest answer accepted from the node: a notice fills at most one envelope
+# (16 MiB by default) and gRPC's own default of 4 MiB would refuse larger ones.
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
@@ -48,7 +51,10 @@ class LiaisonClient:
         self._channel = grpc.secure_channel(
             credential.target,
             credentials,
-            options=[("grpc.ssl_target_name_override", API_SERVER_NAME)],
+            options=[
+                ("grpc.ssl_target_name_override", API_SERVER_NAME),
+                ("grpc.max_receive_message_length", MAX_ANSWER_BYTES),
+            ],
         )
         self._stub = node_pb2_grpc.NodeServiceStub(self._channel)
         self._timeout = timeout

@@ -59,6 +59,20 @@ def test_notice_round_trip_both_ways(pair: tuple[RunningNode, RunningNode]) -> N
         ]
 
 
+def test_a_notice_over_grpcs_default_4_mib_is_read_back_on_both_sides(
+    pair: tuple[RunningNode, RunningNode],
+) -> None:
+    a, b = pair
+    attachment = bytes(range(256)) * (6 * 4096)  # 6 MiB
+    with a.client() as client_a, b.client() as client_b:
+        sent = client_a.send_notice(
+            b.card.agency_id, sample_notice("A-6M", attachment=attachment), wait_seconds=WAIT
+        )
+        assert sent.state == "delivered"
+        for client in (client_a, client_b):
+            assert client.get_message(sent.message_id).notice.attachments[0].content == attachment
+
+
 def test_sender_stores_the_receipt_signed_by_the_receiver(
     pair: tuple[RunningNode, RunningNode],
 ) -> None:
