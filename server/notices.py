@@ -8,7 +8,12 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from liaison.keys.card import PeerCard
-from liaison.keys.envelope import ED25519_SIGNATURE_LENGTH, SealedMessage, seal_content
+from liaison.keys.envelope import (
+    ED25519_SIGNATURE_LENGTH,
+    HPKE_SUITE_OVERHEAD,
+    SealedMessage,
+    seal_content,
+)
 from liaison.keys.identity import NodeIdentity
 from liaison.keys.ids import is_agency_id, is_message_id
 from liaison.keys.notice import CASE_NOTICE_CONTENT_TYPE, notice_problems
@@ -31,8 +36,6 @@ from liaison.server.store.records import MessageSummaryRow, NoticeRecord
 from liaison.server.store.store import Store
 from liaison.v1 import node_pb2, notice_pb2
 
-# HPKE adds the ML-KEM-768+X25519 encapsulated key (1088 + 32 bytes) and the AES-GCM tag (16).
-HPKE_OVERHEAD = 1088 + 32 + 16
 AGENCY_ID_FORM = "upper-case letters and digits in parts separated by '.' or '-', e.g. MA.DGSN.CCPI"
 _DIRECTIONS: dict[int, Direction | None] = {
     node_pb2.DIRECTION_UNSPECIFIED: None,
@@ -231,7 +234,7 @@ def sealed_envelope_size(content_size: int, header_size: int) -> int:
     content and the inner signature, HPKE-encrypted, beside the header and the
     outer signature."""
     signature = _bytes_field(ED25519_SIGNATURE_LENGTH)
-    ciphertext = HPKE_OVERHEAD + _bytes_field(content_size) + signature
+    ciphertext = HPKE_SUITE_OVERHEAD + _bytes_field(content_size) + signature
     return _bytes_field(header_size) + _bytes_field(ciphertext) + signature
 
 
