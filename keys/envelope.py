@@ -196,6 +196,8 @@ def check_envelope(
     sender = trust.peer(header.sender)
     if sender is None:
         raise reject(R.REJECT_REASON_UNKNOWN_SENDER, "sender is not a pinned peer")
+    if trust.is_revoked(header.sender):  # check 5a
+        raise reject(R.REJECT_REASON_SENDER_REVOKED, "sender's pin is revoked on this node")
     if authenticated_peer != header.sender:
         raise reject(R.REJECT_REASON_SENDER_MISMATCH, f"connection is from {authenticated_peer}")
     if header.recipient != receiver.agency_id:

@@ -84,6 +84,10 @@ class _RejectReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RejectRe
     REJECT_REASON_BAD_INNER_SIGNATURE: _RejectReason.ValueType  # 14
     REJECT_REASON_UNSUPPORTED_CONTENT_TYPE: _RejectReason.ValueType  # 15
     REJECT_REASON_INVALID_NOTICE: _RejectReason.ValueType  # 16
+    REJECT_REASON_SENDER_REVOKED: _RejectReason.ValueType  # 17
+    """The sender is pinned, but the receiver's operator has revoked it (checked right after
+    the known-sender check).
+    """
 
 class RejectReason(_RejectReason, metaclass=_RejectReasonEnumTypeWrapper):
     """Why a receiver refused an envelope. docs/PROTOCOL.md gives the order of the checks."""
@@ -105,6 +109,10 @@ REJECT_REASON_MALFORMED_CONTENT: RejectReason.ValueType  # 13
 REJECT_REASON_BAD_INNER_SIGNATURE: RejectReason.ValueType  # 14
 REJECT_REASON_UNSUPPORTED_CONTENT_TYPE: RejectReason.ValueType  # 15
 REJECT_REASON_INVALID_NOTICE: RejectReason.ValueType  # 16
+REJECT_REASON_SENDER_REVOKED: RejectReason.ValueType  # 17
+"""The sender is pinned, but the receiver's operator has revoked it (checked right after
+the known-sender check).
+"""
 Global___RejectReason: _TypeAlias = RejectReason  # noqa: Y015
 
 @_typing.final
