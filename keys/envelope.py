@@ -31,7 +31,12 @@ from liaison.keys.labels import (
     signing_input,
 )
 from liaison.keys.notice import CASE_NOTICE_CONTENT_TYPE, notice_problems
-from liaison.keys.times import is_valid_timestamp
+from liaison.keys.times import (
+    datetime_nanos,
+    duration_nanos,
+    is_valid_timestamp,
+    timestamp_nanos,
+)
 from liaison.keys.trust import TrustStore
 from liaison.v1 import envelope_pb2, notice_pb2
 
@@ -90,11 +95,6 @@ def _timestamp(moment: dt.datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(moment)
     return stamp
-
-
-def _utc(stamp: Timestamp) -> dt.datetime:
-    """Raises ``ValueError`` or ``OverflowError`` for times outside years 1-9999."""
-    return stamp.ToDatetime(tzinfo=dt.UTC)
 
 
 def hpke_info(header_bytes: bytes) -> bytes:
@@ -211,9 +211,11 @@ def check_envelope(
         )
     except InvalidSignature:
         raise reject(R.REJECT_REASON_BAD_OUTER_SIGNATURE, "outer signature fails") from None
-    if now >= _utc(header.expires_at):
+    # Exact comparisons in nanoseconds: a datetime would drop a Timestamp's last digits.
+    now_nanos = datetime_nanos(now)
+    if now_nanos >= timestamp_nanos(header.expires_at):
         raise reject(R.REJECT_REASON_EXPIRED, "envelope has expired")
-    if _utc(header.created_at) > now + limits.clock_skew:
+    if timestamp_nanos(header.created_at) > now_nanos + duration_nanos(limits.clock_skew):
         raise reject(R.REJECT_REASON_NOT_YET_VALID, "created in the future")
     return CheckedEnvelope(
         header=header,
@@ -277,11 +279,10 @@ def _header_problem(sealed: _Parsed, limits: EnvelopeLimits) -> str | None:
         return "sender or recipient missing"
     if not header.HasField("created_at") or not header.HasField("expires_at"):
         return "created or expiry time missing"
-    try:
-        lifetime = _utc(header.expires_at) - _utc(header.created_at)
-    except (ValueError, OverflowError):
-        return "a time is outside the representable range"
-    if lifetime <= dt.timedelta(0) or lifetime > limits.max_lifetime:
+    if not is_valid_timestamp(header.created_at) or not is_valid_timestamp(header.expires_at):
+        return "a time is not a valid Timestamp"
+    lifetime = timestamp_nanos(header.expires_at) - timestamp_nanos(header.created_at)
+    if lifetime <= 0 or lifetime > duration_nanos(limits.max_lifetime):
         return "lifetime is not within limits"
     if len(sealed.signature) != ED25519_SIGNATURE_LENGTH:
         return "outer signature has the wrong length"
