@@ -17,6 +17,7 @@ from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hpke
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from liaison.keys.card import PeerCard
 from liaison.keys.errors import EnvelopeRejected, ReceiptError
@@ -254,6 +255,9 @@ class _Parsed:
 def _parse(envelope: bytes, limits: EnvelopeLimits) -> _Parsed:
     try:
         sealed = envelope_pb2.SealedEnvelope.FromString(envelope)
+        if len(UnknownFieldSet(sealed)):
+            # No signature covers them (only the envelope's digest does): refused, not kept.
+            raise EnvelopeRejected(R.REJECT_REASON_MALFORMED_ENVELOPE, "holds unknown fields")
         parsed = _Parsed(
             header_bytes=sealed.header,
             ciphertext=sealed.ciphertext,

@@ -29,7 +29,7 @@ from tests.conftest import (
     peer_channel,
     pin,
 )
-from tests.forge import Forge
+from tests.forge import Forge, assemble
 from tests.notices import complete, sample_notice
 
 R = envelope_pb2.RejectReason
@@ -222,3 +222,33 @@ def test_an_invalid_header_time_is_malformed(
     envelope = world.forge(mutate_header=change).build()
     with world.clock():
         assert_rejected(world, envelope, R.REJECT_REASON_MALFORMED_ENVELOPE)
+
+
+# 4. Fields of a SealedEnvelope that no signature covers --------------------------------
+
+UNKNOWN_FIELDS: dict[str, Callable[[bytes, bytes, bytes], bytes]] = {
+    "field-4-varint-after": lambda h, c, s: assemble(h, c, s) + b"\x20\x01",
+    "field-15-bytes-before": lambda h, c, s: b"\x7a\x03abc" + assemble(h, c, s),
+    "field-3-as-varint": lambda h, c, s: assemble(h, c, s) + b"\x18\x01",
+    "empty-field-99": lambda h, c, s: assemble(h, c, s) + b"\x9a\x06\x00",
+}
+
+
+@pytest.mark.parametrize("build", UNKNOWN_FIELDS.values(), ids=UNKNOWN_FIELDS.keys())
+def test_a_sealed_envelope_with_an_unknown_field_is_malformed(
+    world: World, build: Callable[[bytes, bytes, bytes], bytes]
+) -> None:
+    envelope = build(*world.forge(now=dt.datetime.now(dt.UTC)).parts())
+    receipt = assert_rejected(world, envelope, R.REJECT_REASON_MALFORMED_ENVELOPE)
+    assert (receipt.message_id, receipt.sender) == ("", world.a.agency_id)
+
+
+def test_unknown_header_fields_are_signed_and_accepted(world: World) -> None:
+    """The header's bytes are covered by both signatures and the HPKE info, unknown
+    fields included: they are not refused."""
+
+    def extend(header: envelope_pb2.EnvelopeHeader) -> None:
+        header.MergeFromString(b"\xa0\x06\x01")  # field 100, varint 1
+
+    forge = world.forge(now=dt.datetime.now(dt.UTC), mutate_header=extend)
+    assert_accepted(world, forge.build())
