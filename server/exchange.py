@@ -54,32 +54,28 @@ class Receiver:
         for a replay.
         """
         now = self.clock()
-        trust = self.peers.trust
         try:
             checked = check_envelope(
                 envelope,
                 receiver=self.identity,
-                trust=trust,
+                trust=self.peers.trust,
                 authenticated_peer=peer,
                 now=now,
                 limits=self.limits,
             )
-            digest = checked.envelope_sha256.hex()
-            header = checked.header
-            earlier = await asyncio.to_thread(
-                self._stored_receipt, header.sender, header.message_id
-            )
-            if earlier is not None:
-                return await self._duplicate(earlier, header, digest, now)
+        except Exception as error:
+            return await self._refuse(error, envelope, peer, now)
+        digest = checked.envelope_sha256.hex()
+        header = checked.header
+        # Outside the checks: a store that fails here is UNAVAILABLE to the caller, who
+        # retries, not a verdict on the envelope.
+        earlier = await asyncio.to_thread(self._stored_receipt, header.sender, header.message_id)
+        if earlier is not None:
+            return await self._duplicate(earlier, header, digest, now)
+        try:
             opened = await asyncio.to_thread(open_checked, checked, receiver=self.identity)
-        except EnvelopeRejected as rejection:
-            return await self._reject(rejection, envelope, peer, now)
-        except Exception as error:  # a check that broke must still refuse, audit and answer
-            log.error("an envelope could not be checked: %s", type(error).__name__)
-            broken = EnvelopeRejected(
-                envelope_pb2.REJECT_REASON_MALFORMED_ENVELOPE, "could not be checked"
-            )
-            return await self._reject(broken, envelope, peer, now)
+        except Exception as error:
+            return await self._refuse(error, envelope, peer, now)
 
         receipt = issue_receipt(
             receiver=self.identity,
@@ -105,6 +101,26 @@ class Receiver:
             self.on_stored(header.sender, len(envelope))
         log.info("received %s from %s", header.message_id, header.sender)
         return receipt
+
+    async def refuse_unparsed(self, request: bytes, peer: str) -> bytes:
+        """Answer request bytes that are not a ``DeliverRequest`` from the pinned peer
+        ``peer``: a ``MALFORMED_ENVELOPE`` rejection over the request's own bytes,
+        audited once. Returns the serialized ``SignedReceipt``."""
+        rejection = EnvelopeRejected(
+            envelope_pb2.REJECT_REASON_MALFORMED_ENVELOPE, "the request is not a DeliverRequest"
+        )
+        return await self._reject(rejection, request, peer, self.clock())
+
+    async def _refuse(
+        self, error: Exception, envelope: bytes, peer: str, now: dt.datetime
+    ) -> bytes:
+        """Reject for a failed check; a check that broke must still refuse, audit and answer."""
+        if not isinstance(error, EnvelopeRejected):
+            log.error("an envelope could not be checked: %s", type(error).__name__)
+            error = EnvelopeRejected(
+                envelope_pb2.REJECT_REASON_MALFORMED_ENVELOPE, "could not be checked"
+            )
+        return await self._reject(error, envelope, peer, now)
 
     def _stored_receipt(self, sender: str, message_id: str) -> inbox.StoredReceipt | None:
         with self.store.read() as session:

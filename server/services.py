@@ -9,6 +9,7 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from liaison.keys.certs import pem_to_der
@@ -48,7 +49,9 @@ class PeerExchangeServicer:
 
     ``Deliver`` is unary on the wire, but is served as a stream-unary method
     so that the gate admits the call before the request is read: a refused or
-    waiting call costs no memory for its envelope.
+    waiting call costs no memory for its envelope. Its request arrives as raw
+    bytes, parsed here: bytes that are not a ``DeliverRequest`` are answered
+    like any malformed envelope, with a signed receipt (PROTOCOL.md 9.1).
     """
 
     def __init__(self, receiver: Receiver, gate: PeerGate) -> None:
@@ -59,7 +62,7 @@ class PeerExchangeServicer:
         service = peer_pb2.DESCRIPTOR.services_by_name["PeerExchange"].full_name
         deliver = grpc.stream_unary_rpc_method_handler(
             self.Deliver,
-            request_deserializer=peer_pb2.DeliverRequest.FromString,
+            request_deserializer=None,
             response_serializer=peer_pb2.DeliverResponse.SerializeToString,
         )
         return grpc.method_handlers_generic_handler(service, {"Deliver": deliver})
@@ -74,13 +77,17 @@ class PeerExchangeServicer:
                     "the client certificate is not a pinned peer's certificate",
                 )
             async with self._gate.admit(peer, context.peer()) as admitted:
-                request = await admitted.read(context.read, _request_size)
-                if not isinstance(request, peer_pb2.DeliverRequest):
+                raw = await admitted.read(context.read, _request_size)
+                if not isinstance(raw, bytes):
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no DeliverRequest sent")
-                envelope = request.envelope
-                del request  # the parsed copy of a 16 MiB envelope need not live on
-                receipt = await self._receiver.deliver(envelope, peer.agency_id)
-                del envelope  # before the budget it was read under is released
+                try:
+                    envelope = peer_pb2.DeliverRequest.FromString(raw).envelope
+                except DecodeError:
+                    receipt = await self._receiver.refuse_unparsed(raw, peer.agency_id)
+                else:
+                    del raw  # the copies of a 16 MiB envelope need not live on
+                    receipt = await self._receiver.deliver(envelope, peer.agency_id)
+                    del envelope  # before the budget it was read under is released
         except Refused as refused:
             code = (
                 grpc.StatusCode.UNAUTHENTICATED
@@ -92,7 +99,7 @@ class PeerExchangeServicer:
 
 
 def _request_size(request: object) -> int:
-    return len(request.envelope) if isinstance(request, peer_pb2.DeliverRequest) else 0
+    return len(request) if isinstance(request, bytes) else 0
 
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):

@@ -8,26 +8,36 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import grpc
 import pytest
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from liaison.keys.identity import NodeIdentity
 from liaison.keys.ids import new_message_id
+from liaison.keys.labels import RECEIPT_SIGNATURE_LABEL, signing_input
+from liaison.server.home import NodeHome
+from liaison.server.interceptors import STORAGE_UNAVAILABLE
+from liaison.server.store import inbox
+from liaison.server.store import store as store_module
 from liaison.server.store.models import Direction
-from liaison.v1 import envelope_pb2
+from liaison.v1 import envelope_pb2, peer_pb2
 from tests.conftest import (
     Inspector,
     RunningNode,
     deliver_checked,
+    deliver_raw,
     make_home,
     peer_channel,
     pin,
+    pin_each_other,
 )
 from tests.forge import Forge, assemble
 from tests.notices import complete, sample_notice
@@ -222,6 +232,122 @@ def test_an_invalid_header_time_is_malformed(
     envelope = world.forge(mutate_header=change).build()
     with world.clock():
         assert_rejected(world, envelope, R.REJECT_REASON_MALFORMED_ENVELOPE)
+
+
+# 3. A request that does not parse; storage that fails ------------------------------
+
+
+def deliver_bytes(world: World) -> Callable[[bytes], envelope_pb2.Receipt]:
+    """Sends raw request bytes to Deliver; the receipt, its signature checked."""
+    raw: dict[str, Any] = {"request_serializer": None, "response_deserializer": None}
+    call = world.channel.unary_unary(DELIVER, **raw)
+
+    def send(request: bytes) -> envelope_pb2.Receipt:
+        response = peer_pb2.DeliverResponse.FromString(call(request, timeout=30))
+        signed = envelope_pb2.SignedReceipt.FromString(response.receipt)
+        world.b.card.signing_key.verify(
+            signed.signature, signing_input(RECEIPT_SIGNATURE_LABEL, signed.receipt)
+        )
+        return envelope_pb2.Receipt.FromString(signed.receipt)
+
+    return send
+
+
+NOT_A_DELIVER_REQUEST = {
+    "truncated": b"\x0a\x05ab",  # field 1 claims five bytes, two follow
+    "bad-wire-type": b"\x0f",  # wire type 7 does not exist
+    "envelope-then-garbage": peer_pb2.DeliverRequest(envelope=b"x").SerializeToString() + b"\xff",
+}
+
+
+@pytest.mark.parametrize("request_bytes", NOT_A_DELIVER_REQUEST.values(), ids=NOT_A_DELIVER_REQUEST)
+def test_a_request_that_does_not_parse_is_a_malformed_envelope(
+    world: World, request_bytes: bytes
+) -> None:
+    receipt = assert_rejected(
+        world, request_bytes, R.REJECT_REASON_MALFORMED_ENVELOPE, send=deliver_bytes(world)
+    )
+    assert (receipt.message_id, receipt.sender) == ("", world.a.agency_id)
+    assert receipt.receiver == world.b.card.agency_id
+
+
+def test_unknown_fields_of_a_deliver_request_are_ignored(world: World) -> None:
+    """Nothing of a DeliverRequest but its envelope is read, kept or covered."""
+    envelope = world.forge(now=dt.datetime.now(dt.UTC)).build()
+    request = peer_pb2.DeliverRequest(envelope=envelope).SerializeToString() + b"\x10\x01"
+    stored = world.inspector.count_messages(Direction.INBOUND)
+    receipt = deliver_bytes(world)(request)
+    assert receipt.status == envelope_pb2.RECEIPT_STATUS_ACCEPTED
+    assert receipt.envelope_sha256 == hashlib.sha256(envelope).digest()
+    assert world.inspector.count_messages(Direction.INBOUND) == stored + 1
+
+
+def _database_path(home: NodeHome) -> str:
+    path = make_url(home.database_url()).database
+    assert path is not None
+    return path
+
+
+@pytest.fixture
+def locked_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    """A world of its own whose store gives up on a held lock after 200 ms."""
+    monkeypatch.setattr(store_module, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    a_home = make_home(tmp_path, "MA.DGSN.CCPI")
+    b_home = make_home(tmp_path, "DE.BPOL.LO-RABAT")
+    pin_each_other(a_home, b_home)
+    b = RunningNode(b_home).start()
+    a = a_home.identity()
+    channel = peer_channel(a, b.card)
+    inspector = Inspector(b_home)
+    try:
+        yield World(a=a, b=b, channel=channel, inspector=inspector)
+    finally:
+        channel.close()
+        inspector.close()
+        b.stop()
+
+
+def test_a_locked_database_is_unavailable_and_the_same_bytes_are_accepted_later(
+    locked_world: World,
+) -> None:
+    world = locked_world
+    envelope = world.forge(now=dt.datetime.now(dt.UTC)).build()
+    seq = world.inspector.last_audit_seq()
+    stored = world.inspector.count_messages()
+    holder = sqlite3.connect(_database_path(world.b.home), isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(grpc.RpcError) as refused:
+            deliver_raw(world.channel, envelope)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert refused.value.details() == STORAGE_UNAVAILABLE
+    assert world.inspector.count_messages() == stored
+    assert world.inspector.audit_since(seq) == []
+    assert_accepted(world, envelope)
+
+
+def test_a_failed_replay_lookup_is_unavailable_not_a_rejection(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading the store for the replay check fails: the envelope is not judged."""
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise OperationalError("SELECT", {}, Exception("disk I/O error"))
+
+    envelope = world.forge(now=dt.datetime.now(dt.UTC)).build()
+    seq = world.inspector.last_audit_seq()
+    stored = world.inspector.count_messages()
+    monkeypatch.setattr(inbox, "stored_receipt", broken)
+    with pytest.raises(grpc.RpcError) as refused:
+        deliver_raw(world.channel, envelope)
+    monkeypatch.undo()
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert world.inspector.count_messages() == stored
+    assert world.inspector.audit_since(seq) == []
+    assert_accepted(world, envelope)
 
 
 # 4. Fields of a SealedEnvelope that no signature covers --------------------------------

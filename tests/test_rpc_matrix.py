@@ -358,8 +358,6 @@ HEALTH_CASES = [
 ]  # fmt: skip
 
 PEER_CASES = [
-    case("Deliver-not-a-request", DELIVER, lambda: TRUNCATED, "INVALID_ARGUMENT",
-         r"the request is not a liaison\.v1\.DeliverRequest: it does not parse", listener="peer"),
     case("Deliver-no-request", DELIVER, lambda: None, "INVALID_ARGUMENT",
          "no DeliverRequest sent", listener="peer"),
     case("Deliver-over-grpc-message-limit", DELIVER,
