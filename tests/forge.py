@@ -43,6 +43,8 @@ class Forge:
     inner_key: ed25519.Ed25519PrivateKey | None = None
     outer_key: ed25519.Ed25519PrivateKey | None = None
     inner_signature: bytes | None = None
+    # The HPKE plaintext as given instead of the SignedContent built from the parts.
+    plaintext: bytes | None = None
     # Changes the header before anything is signed, for fields ``header_fields`` cannot set.
     mutate_header: Callable[[envelope_pb2.EnvelopeHeader], None] | None = None
 
@@ -75,7 +77,10 @@ class Forge:
         header = self.header().SerializeToString()
         content = self.content if self.content is not None else self.notice.SerializeToString()
         inner = self.inner_signature or self.sign_inner(header, content)
-        plaintext = envelope_pb2.SignedContent(content=content, signature=inner).SerializeToString()
+        plaintext = self.plaintext
+        if plaintext is None:
+            signed = envelope_pb2.SignedContent(content=content, signature=inner)
+            plaintext = signed.SerializeToString()
         ciphertext = SUITE.encrypt(plaintext, self.recipient.encryption_key, info=hpke_info(header))
         outer = self.sign_outer(header, ciphertext)
         return header, ciphertext, outer

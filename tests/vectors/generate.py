@@ -4,10 +4,12 @@
 
 ``derivations.json`` is deterministic (fixed keys, Ed25519 is deterministic):
 ``tests/test_vectors.py`` recomputes every value in it, so a change in a label,
-a key id or a signed byte string fails the tests. The envelope vectors in
-``envelopes/`` contain HPKE ciphertexts, whose ephemeral randomness the
-``cryptography`` API does not let us fix; regenerating them gives other bytes
-with the same expectations. They are written once and kept.
+a key id, a signed byte string or an ML-KEM key derivation fails the tests.
+The envelope vectors in ``envelopes/`` contain HPKE ciphertexts, whose
+ephemeral randomness the ``cryptography`` API does not let us fix;
+regenerating them gives other bytes with the same expectations. They are
+written once and kept: only vectors whose file does not exist yet are written.
+The format is in docs/PROTOCOL.md section 11.
 """
 
 from __future__ import annotations
@@ -17,8 +19,12 @@ import datetime as dt
 import hashlib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import mlkem
 
 from liaison.keys import labels
 from liaison.keys.envelope import issue_receipt
@@ -30,6 +36,11 @@ from tests.vectors.keys import OTHER, RECEIVER, SENDER
 HERE = Path(__file__).resolve().parent
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
 MESSAGE_ID = "019ac9f0-8000-7000-8000-000000000001"
+NANOS = 1_000_000_000
+MAX_LIFETIME_NANOS = 30 * 86_400 * NANOS
+CLOCK_SKEW_NANOS = 300 * NANOS
+# Offset of the 64-byte seed in the PKCS#8 DER of an ML-KEM-768 private key (PROTOCOL.md B).
+MLKEM_PKCS8_SEED_OFFSET = 22
 
 
 def _iso(moment: dt.datetime) -> str:
@@ -84,6 +95,24 @@ def derivations() -> dict[str, Any]:
             "receipt": receipt.receipt.hex(),
             "signature": receipt.signature.hex(),
         },
+        "mlkem768": [mlkem768_derivation(keys.mlkem768_seed) for keys in (SENDER, RECEIVER)],
+    }
+
+
+def mlkem768_derivation(seed: bytes) -> dict[str, Any]:
+    """The public key derived from a 64-byte seed d || z, and the PKCS#8 that stores it."""
+    key = mlkem.MLKEM768PrivateKey.from_seed_bytes(seed)
+    pkcs8 = key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    assert pkcs8[MLKEM_PKCS8_SEED_OFFSET:] == seed
+    return {
+        "seed": seed.hex(),
+        "public_key": key.public_key().public_bytes_raw().hex(),
+        "pkcs8_der": pkcs8.hex(),
+        "pkcs8_seed_offset": MLKEM_PKCS8_SEED_OFFSET,
     }
 
 
@@ -101,17 +130,20 @@ def envelope_vectors() -> dict[str, dict[str, Any]]:
     base = Forge(
         sender=sender, recipient=receiver.card, notice=_notice(), now=NOW, message_id=MESSAGE_ID
     )
-    vectors: dict[str, tuple[str, Forge | bytes, dict[str, Any]]] = {}
+    vectors: dict[str, tuple[str, Forge | bytes, dict[str, Any], Inputs]] = {}
 
-    def accept(name: str, description: str, forge: Forge) -> None:
+    def accept(name: str, description: str, forge: Forge, **inputs: Any) -> None:
         vectors[name] = (
             description,
             forge,
             {"result": "accept", "content": forge.notice.SerializeToString().hex()},
+            inputs,
         )
 
-    def reject(name: str, description: str, envelope: Forge | bytes, reason: str) -> None:
-        vectors[name] = (description, envelope, {"result": "reject", "reason": reason})
+    def reject(
+        name: str, description: str, envelope: Forge | bytes, reason: str, **inputs: Any
+    ) -> None:
+        vectors[name] = (description, envelope, {"result": "reject", "reason": reason}, inputs)
 
     accept("accept-basic", "A valid case notice.", base)
     with_attachment = _notice(attachment=b"\x00\x01attachment bytes")
@@ -187,22 +219,258 @@ def envelope_vectors() -> dict[str, dict[str, Any]]:
         "INVALID_NOTICE",
     )
     reject("reject-malformed", "Not a SealedEnvelope.", b"\xff\xff\xff", "MALFORMED_ENVELOPE")
+    conformance_vectors(base, accept, reject)
 
     out = {}
-    for name, (description, source, expect) in vectors.items():
+    for name, (description, source, expect, inputs) in vectors.items():
         envelope = source.build() if isinstance(source, Forge) else source
-        out[name] = {
+        peer = OTHER.agency_id if name == "reject-unknown-sender" else SENDER.agency_id
+        vector: dict[str, Any] = {
             "description": description,
             "receiver": RECEIVER.to_json(),
             "trusted_senders": [SENDER.public_json()],
-            "authenticated_peer": SENDER.agency_id
-            if name != "reject-unknown-sender"
-            else OTHER.agency_id,
-            "now": _iso(NOW),
+            "authenticated_peer": inputs.get("authenticated_peer", peer),
+            "now": _iso(inputs.get("now", NOW)),
             "envelope": base64.b64encode(envelope).decode(),
-            "expect": expect,
         }
+        if "limits" in inputs:
+            vector["limits"] = inputs["limits"](envelope)
+        if "stored" in inputs:
+            vector["stored"] = inputs["stored"](envelope)
+        given = inputs.get("expect")
+        out[name] = {**vector, "expect": given(envelope) if given is not None else expect}
     return out
+
+
+Inputs = dict[str, Any]
+Accept = Callable[..., None]
+Reject = Callable[..., None]
+
+
+def _times(
+    created: tuple[int, int], expires: tuple[int, int]
+) -> Callable[[envelope_pb2.EnvelopeHeader], None]:
+    def change(header: envelope_pb2.EnvelopeHeader) -> None:
+        header.created_at.seconds, header.created_at.nanos = created
+        header.expires_at.seconds, header.expires_at.nanos = expires
+
+    return change
+
+
+def _after(start: tuple[int, int], nanos: int) -> tuple[int, int]:
+    return divmod(start[0] * NANOS + start[1] + nanos, NANOS)
+
+
+def _clear(field: str) -> Callable[[envelope_pb2.EnvelopeHeader], None]:
+    return lambda header: header.ClearField(field)  # type: ignore[arg-type]
+
+
+def _stored_receipt(envelope_sha256: bytes) -> str:
+    """The ACCEPTED receipt the receiver issued when it stored the envelope, a minute ago."""
+    receipt = issue_receipt(
+        receiver=RECEIVER.identity(),
+        message_id=MESSAGE_ID,
+        envelope_sha256=envelope_sha256,
+        sender=SENDER.agency_id,
+        status=envelope_pb2.RECEIPT_STATUS_ACCEPTED,
+        now=NOW - dt.timedelta(minutes=1),
+    )
+    return base64.b64encode(receipt).decode()
+
+
+def _stored(same_bytes: bool) -> Callable[[bytes], list[dict[str, str]]]:
+    """The receiver stored (sender, MESSAGE_ID) before: these envelope bytes, or others."""
+
+    def stored(envelope: bytes) -> list[dict[str, str]]:
+        digest = hashlib.sha256(envelope if same_bytes else b"other bytes").digest()
+        return [
+            {
+                "sender": SENDER.agency_id,
+                "message_id": MESSAGE_ID,
+                "envelope_sha256": digest.hex(),
+                "receipt": _stored_receipt(digest),
+            }
+        ]
+
+    return stored
+
+
+def conformance_vectors(base: Forge, accept: Accept, reject: Reject) -> None:
+    """Vectors for every reject reason, each header check, the exact-Timestamp
+    boundaries, unknown envelope fields, replays and duplicates (issue 6)."""
+    created = (int(NOW.timestamp()), 0)  # the forge writes NOW in whole seconds
+    header, ciphertext, signature = base.parts()
+    size = len(base.build())
+
+    accept(
+        "accept-size-at-limit",
+        f"max_envelope_bytes is the envelope's size, {size} bytes.",
+        base,
+        limits=lambda envelope: {"max_envelope_bytes": len(envelope)},
+    )
+    reject(
+        "reject-too-large",
+        "max_envelope_bytes is one byte less than the envelope.",
+        base,
+        "TOO_LARGE",
+        limits=lambda envelope: {"max_envelope_bytes": len(envelope) - 1},
+    )
+    reject(
+        "reject-sender-mismatch",
+        "A valid envelope from the sender, arriving on another pinned peer's connection.",
+        base,
+        "SENDER_MISMATCH",
+        authenticated_peer=OTHER.agency_id,
+    )
+    reject(
+        "reject-sender-mismatch-no-peer",
+        "A valid envelope with no authenticated peer.",
+        base,
+        "SENDER_MISMATCH",
+        authenticated_peer=None,
+    )
+    reject(
+        "reject-unknown-encryption-key",
+        "Header names an encryption key id the receiver does not hold.",
+        base.but(header_fields={"recipient_encryption_key_id": "11" * 16}),
+        "UNKNOWN_ENCRYPTION_KEY",
+    )
+    reject(
+        "reject-malformed-content",
+        "The HPKE plaintext is not a SignedContent.",
+        base.but(plaintext=b"\xff\xff\xff"),
+        "MALFORMED_CONTENT",
+    )
+    reject(
+        "reject-unsupported-content-type",
+        "Content type application/x-other, otherwise valid.",
+        base.but(header_fields={"content_type": "application/x-other"}),
+        "UNSUPPORTED_CONTENT_TYPE",
+    )
+
+    header_checks: dict[str, tuple[str, Forge | bytes]] = {
+        "3a-message-id-upper-case": (
+            "Message id in upper case (not canonical).",
+            base.but(message_id=MESSAGE_ID.upper()),
+        ),
+        "3b-sender-empty": ("Empty sender.", base.but(header_fields={"sender": ""})),
+        "3b-recipient-empty": ("Empty recipient.", base.but(header_fields={"recipient": ""})),
+        "3c-created-at-absent": ("No created_at.", base.but(mutate_header=_clear("created_at"))),
+        "3c-expires-at-absent": ("No expires_at.", base.but(mutate_header=_clear("expires_at"))),
+        "3d-created-at-nanos-negative": (
+            "created_at nanos is -1 (not a valid Timestamp).",
+            base.but(mutate_header=_times((created[0], -1), _after(created, NANOS))),
+        ),
+        "3d-expires-at-nanos-a-second": (
+            "expires_at nanos is 1000000000 (not a valid Timestamp).",
+            base.but(mutate_header=_times(created, (created[0], NANOS))),
+        ),
+        "3d-expires-at-after-year-9999": (
+            "expires_at seconds is 253402300800 (after 9999-12-31T23:59:59Z).",
+            base.but(mutate_header=_times(created, (253_402_300_800, 0))),
+        ),
+        "3d-lifetime-zero": ("expires_at equals created_at.", base.but(ttl=dt.timedelta(0))),
+        "3d-lifetime-negative": (
+            "expires_at one nanosecond before created_at.",
+            base.but(mutate_header=_times(created, _after(created, -1))),
+        ),
+        "3d-lifetime-30-days-and-1-ns": (
+            "Lifetime 30 days + 1 ns: over max_lifetime by one nanosecond.",
+            base.but(mutate_header=_times(created, _after(created, MAX_LIFETIME_NANOS + 1))),
+        ),
+        "3e-signature-63-bytes": (
+            "Outer signature of 63 bytes.",
+            assemble(header, ciphertext, signature[:63]),
+        ),
+        "3f-ciphertext-1136-bytes": (
+            "Ciphertext of exactly 1136 bytes (enc + tag, nothing encrypted).",
+            assemble(header, ciphertext[:1136], signature),
+        ),
+    }
+    for name, (description, source) in header_checks.items():
+        reject(f"reject-{name}", description, source, "MALFORMED_ENVELOPE")
+
+    accept(
+        "accept-lifetime-30-days",
+        "Lifetime exactly 30 days (max_lifetime).",
+        base.but(mutate_header=_times(created, _after(created, MAX_LIFETIME_NANOS))),
+    )
+    accept(
+        "accept-lifetime-1-ns",
+        "Lifetime of one nanosecond; the receiver's now is created_at.",
+        base.but(mutate_header=_times(created, _after(created, 1))),
+    )
+    now = NOW + dt.timedelta(microseconds=123_456)  # a clock with microseconds
+    now_stamp = (created[0], 123_456_000)
+    reject(
+        "reject-expired-at-now",
+        "expires_at equals the receiver's now to the nanosecond.",
+        base.but(mutate_header=_times(created, now_stamp)),
+        "EXPIRED",
+        now=now,
+    )
+    accept(
+        "accept-expires-1-ns-after-now",
+        "expires_at one nanosecond after the receiver's now.",
+        base.but(mutate_header=_times(created, _after(now_stamp, 1))),
+        now=now,
+    )
+    skew_later = _after(now_stamp, CLOCK_SKEW_NANOS)
+    accept(
+        "accept-created-at-the-skew",
+        "created_at is now + clock_skew exactly.",
+        base.but(mutate_header=_times(skew_later, _after(skew_later, NANOS))),
+        now=now,
+    )
+    reject(
+        "reject-not-yet-valid-1-ns",
+        "created_at is now + clock_skew + 1 ns.",
+        base.but(mutate_header=_times(_after(skew_later, 1), _after(skew_later, NANOS))),
+        "NOT_YET_VALID",
+        now=now,
+    )
+
+    reject(
+        "reject-unknown-field",
+        "A valid envelope followed by field 4 (varint 1), which no signature covers.",
+        assemble(header, ciphertext, signature) + b"\x20\x01",
+        "MALFORMED_ENVELOPE",
+    )
+    reject(
+        "reject-known-field-other-wire-type",
+        "A valid envelope followed by field 3 as a varint: an unknown field.",
+        assemble(header, ciphertext, signature) + b"\x18\x01",
+        "MALFORMED_ENVELOPE",
+    )
+
+    replayed = assemble(header, ciphertext, signature)
+    reject(
+        "replay-same-bytes",
+        "The receiver stored these bytes before: it returns the stored receipt.",
+        replayed,
+        "",
+        stored=_stored(same_bytes=True),
+        expect=lambda envelope: {
+            "result": "replay",
+            "receipt": _stored_receipt(hashlib.sha256(envelope).digest()),
+        },
+    )
+    reject(
+        "replay-other-bytes",
+        "The receiver stored other bytes under this sender and message id: a duplicate.",
+        replayed,
+        "",
+        stored=_stored(same_bytes=False),
+        expect=lambda _envelope: {"result": "duplicate"},
+    )
+    reject(
+        "replay-expired",
+        "A replay of stored bytes after their expiry: the expiry check comes first.",
+        replayed,
+        "EXPIRED",
+        stored=_stored(same_bytes=True),
+        now=NOW + dt.timedelta(hours=2),
+    )
 
 
 def write(path: Path, data: dict[str, Any]) -> None:
@@ -213,10 +481,10 @@ def main() -> int:
     write(HERE / "derivations.json", derivations())
     folder = HERE / "envelopes"
     folder.mkdir(exist_ok=True)
-    for old in folder.glob("*.json"):
-        old.unlink()
     for name, vector in envelope_vectors().items():
-        write(folder / f"{name}.json", vector)
+        path = folder / f"{name}.json"
+        if not path.exists():  # kept: regenerating would change every ciphertext
+            write(path, vector)
     return 0
 
 
