@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -11,6 +12,8 @@ import grpc
 
 from liaison.client.errors import ClientError, MessageNotFound, NodeUnavailable, RequestRejected
 from liaison.keys.credentials import API_SERVER_NAME, ClientCredential
+from liaison.keys.errors import KeyStoreError
+from liaison.keys.sealed import PASSPHRASE_VARIABLE, Passphrase, Unlocker
 from liaison.v1 import node_pb2, node_pb2_grpc, notice_pb2
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
@@ -60,13 +63,33 @@ class LiaisonClient:
         self._timeout = timeout
 
     @classmethod
-    def from_credential_dir(cls, folder: Path, **kwargs: float) -> LiaisonClient:
-        return cls(ClientCredential.load(folder), **kwargs)
+    def from_credential_dir(
+        cls,
+        folder: Path,
+        passphrase: Passphrase | str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    ) -> LiaisonClient:
+        """Use a credential folder; its key opens with ``passphrase``.
+
+        Without one, the ``LIAISON_PASSPHRASE`` environment variable is used.
+        Raises ``KeyStoreError`` if the folder is incomplete or the key does
+        not open.
+        """
+        unlocker = Unlocker(_passphrase(passphrase))
+        return cls(ClientCredential.load(folder, unlocker), timeout=timeout)
 
     @classmethod
-    def from_home(cls, home: Path, identity: str = "admin", **kwargs: float) -> LiaisonClient:
+    def from_home(
+        cls,
+        home: Path,
+        identity: str = "admin",
+        passphrase: Passphrase | str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    ) -> LiaisonClient:
         """Use the credential ``init`` issued into ``home/credentials/<identity>``."""
-        return cls.from_credential_dir(home / "credentials" / identity, **kwargs)
+        return cls.from_credential_dir(home / "credentials" / identity, passphrase, timeout=timeout)
 
     def __enter__(self) -> LiaisonClient:
         return self
@@ -130,6 +153,17 @@ class LiaisonClient:
             return method(request, timeout=timeout or self._timeout)
         except grpc.RpcError as error:
             raise _translate(error) from None
+
+
+def _passphrase(given: Passphrase | str | None) -> Passphrase:
+    if isinstance(given, Passphrase):
+        return given
+    secret = given if given is not None else os.environ.get(PASSPHRASE_VARIABLE)
+    if not secret:
+        raise KeyStoreError(
+            f"the credential's key is sealed: pass its passphrase or set {PASSPHRASE_VARIABLE}"
+        )
+    return Passphrase(secret)
 
 
 def _translate(error: grpc.RpcError) -> ClientError:

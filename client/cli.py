@@ -33,16 +33,19 @@ from liaison.client.api import LiaisonClient, state_name
 from liaison.client.demo import run_demo
 from liaison.client.errors import ClientError, UsageError
 from liaison.client.notice_file import NoticeFile, load_notice_file
+from liaison.client.passphrase import NEW_PASSPHRASE_VARIABLE, new_passphrase, passphrase
 from liaison.keys.card import armor_card, dearmor_card, parse_card
 from liaison.keys.errors import KeysError
+from liaison.keys.sealed import MIN_LOG2_N, NODE_KEYS_LOG2_N, PASSPHRASE_VARIABLE
 from liaison.server.config import ConfigError
 from liaison.server.errors import ServerError
-from liaison.server.home import NodeHome, init_home
+from liaison.server.home import NodeHome, change_passphrase, init_home
 from liaison.server.node import serve
 from liaison.server.store.store import StoreError
 from liaison.v1 import node_pb2, notice_pb2
 
 DEFAULT_HOME = Path("~/.liaison")
+MIN_KDF_COST = 10
 
 CATEGORIES = {render.category(v): v for v in notice_pb2.Category.values() if v}
 PRIORITIES = {render.priority(v): v for v in notice_pb2.Priority.values() if v}
@@ -69,13 +72,22 @@ def _print_json(value: Any) -> None:
 
 
 def _client(args: argparse.Namespace) -> LiaisonClient:
-    return LiaisonClient.from_home(_home(args), identity=args.identity)
+    secret = passphrase(args.passphrase_file, what="the credential's key")
+    return LiaisonClient.from_home(_home(args), identity=args.identity, passphrase=secret)
+
+
+def _unlocked_home(args: argparse.Namespace) -> NodeHome:
+    """The home, with the passphrase of its keys (asked for now, before any work)."""
+    return NodeHome.unlocked(_home(args), passphrase(args.passphrase_file, what="the node's keys"))
 
 
 # Commands that read the home folder ---------------------------------------------
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    secret = new_passphrase(
+        args.passphrase_file, variable=PASSPHRASE_VARIABLE, what="the node's keys"
+    )
     home = init_home(
         _home(args),
         agency_id=args.agency,
@@ -84,6 +96,9 @@ def cmd_init(args: argparse.Namespace) -> int:
         peer_listen=args.listen,
         api_listen=args.api,
         database_url=args.database_url or "",
+        passphrase=secret,
+        kdf_log2_n=args.kdf_cost,
+        credential_log2_n=max(MIN_KDF_COST, args.kdf_cost - 1),
     )
     card = home.identity().card
     print(f"Initialised node {card.agency_id} in {home.path}")
@@ -98,7 +113,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_card_export(args: argparse.Namespace) -> int:
-    card = NodeHome(_home(args)).identity().card
+    card = _unlocked_home(args).identity().card
     if args.json:
         _print_json(_card_json(card) | {"card": armor_card(card.signed_card)})
     else:
@@ -173,7 +188,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    asyncio.run(serve(NodeHome(_home(args))))
+    home = _unlocked_home(args)
+    asyncio.run(serve(home))
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    entries = NodeHome(_home(args)).keys.entries()
+    rows = [
+        {
+            "id": entry.key_id,
+            "role": entry.role,
+            "kind": entry.kind,
+            "state": entry.state,
+            "created": render.iso_datetime(entry.created),
+            "retire_after": render.iso_datetime(entry.retire_after) if entry.retire_after else None,
+        }
+        for entry in entries
+    ]
+    if args.json:
+        _print_json(rows)
+    else:
+        for row in rows:
+            print(
+                f"{row['role']:<14} {row['state']:<9} {row['created']}  "
+                f"{row['retire_after'] or '-':<20}  {row['id']}  {row['kind']}"
+            )
+    return 0
+
+
+def cmd_keys_passphrase(args: argparse.Namespace) -> int:
+    home = _unlocked_home(args)
+    new = new_passphrase(
+        args.new_passphrase_file, variable=NEW_PASSPHRASE_VARIABLE, what="the node's keys"
+    )
+    change_passphrase(home, new)
+    print(f"The keys of {home.path} are now sealed under the new passphrase.")
     return 0
 
 
@@ -313,6 +363,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list of commands
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", help="node home folder (default: $LIAISON_HOME or ~/.liaison)")
+    common.add_argument(
+        "--passphrase-file",
+        help="file holding the passphrase of the keys (mode 0600; default: "
+        f"${PASSPHRASE_VARIABLE}, else asked on the terminal)",
+    )
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON")
     api = argparse.ArgumentParser(add_help=False, parents=[common])
@@ -336,7 +391,27 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
         help="HOST:PORT of the local API (default 127.0.0.1:7700, or a free port if that is taken)",
     )
     p.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite in the home)")
+    p.add_argument(
+        "--kdf-cost",
+        type=_kdf_cost,
+        default=NODE_KEYS_LOG2_N,
+        help=f"scrypt cost of the passphrase, as log2 N (default {NODE_KEYS_LOG2_N}: 64 MiB)",
+    )
     p.set_defaults(run=cmd_init)
+
+    keys = commands.add_parser("keys", help="this node's private keys").add_subparsers(
+        dest="keys_command", required=True, metavar="COMMAND"
+    )
+    p = keys.add_parser("list", parents=[common, as_json], help="list the keys and their state")
+    p.set_defaults(run=cmd_keys_list)
+    p = keys.add_parser(
+        "passphrase", parents=[common], help="seal every key under a new passphrase"
+    )
+    p.add_argument(
+        "--new-passphrase-file",
+        help=f"file holding the new passphrase (default: ${NEW_PASSPHRASE_VARIABLE}, else asked)",
+    )
+    p.set_defaults(run=cmd_keys_passphrase)
 
     card = commands.add_parser("card", help="this node's public card").add_subparsers(
         dest="card_command", required=True, metavar="COMMAND"
@@ -406,6 +481,16 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     p.add_argument("--keep", help="keep the demo's node homes in this folder")
     p.set_defaults(run=cmd_demo)
     return parser
+
+
+def _kdf_cost(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not max(MIN_LOG2_N, MIN_KDF_COST) <= value <= 22:
+        raise argparse.ArgumentTypeError(f"choose from {MIN_KDF_COST} to 22, not {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

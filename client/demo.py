@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -14,6 +16,8 @@ from pathlib import Path
 
 from liaison.client.api import LiaisonClient
 from liaison.client.errors import NodeUnavailable
+from liaison.keys.keystore import write_private_file
+from liaison.keys.sealed import PASSPHRASE_VARIABLE, Passphrase
 from liaison.server.home import NodeHome, init_home
 from liaison.v1 import node_pb2, notice_pb2
 
@@ -107,8 +111,13 @@ def run_demo(keep: Path | None = None) -> int:
     """Run the demo; returns 0 if every notice was delivered with a verified receipt."""
     root = keep or Path(tempfile.mkdtemp(prefix="liaison-demo-"))
     processes: list[subprocess.Popen[bytes]] = []
+    # The demo's homes seal their keys under a passphrase made for this run.
+    secret = secrets.token_urlsafe(24)
+    env = {**os.environ, PASSPHRASE_VARIABLE: secret}
     try:
-        homes = _set_up(root)
+        homes = _set_up(root, Passphrase(secret))
+        if keep is not None:
+            write_private_file(root / "passphrase", secret.encode() + b"\n")
         for agency, home in homes.items():
             log = (root / f"{agency.agency_id}.log").open("wb")
             processes.append(
@@ -116,9 +125,13 @@ def run_demo(keep: Path | None = None) -> int:
                     [sys.executable, "-m", "liaison.client.cli", "serve", "--home", str(home.path)],
                     stdout=log,
                     stderr=subprocess.STDOUT,
+                    env=env,
                 )
             )
-        clients = {agency: LiaisonClient.from_home(home.path) for agency, home in homes.items()}
+        clients = {
+            agency: LiaisonClient.from_home(home.path, passphrase=secret)
+            for agency, home in homes.items()
+        }
         for (agency, client), process in zip(clients.items(), processes, strict=True):
             try:
                 client.wait_ready(READY_TIMEOUT_SECONDS)
@@ -154,10 +167,13 @@ def run_demo(keep: Path | None = None) -> int:
         if keep is None:
             shutil.rmtree(root, ignore_errors=True)
         else:
-            print(f"Node homes and logs kept in {root}")
+            print(
+                f"Node homes and logs kept in {root}; their passphrase is in "
+                f"{root / 'passphrase'} (LIAISON_PASSPHRASE=$(cat {root / 'passphrase'}))"
+            )
 
 
-def _set_up(root: Path) -> dict[DemoAgency, NodeHome]:
+def _set_up(root: Path, passphrase: Passphrase) -> dict[DemoAgency, NodeHome]:
     homes = {}
     for agency in (MOROCCO, GERMANY):
         peer_port, api_port = free_port(), free_port()
@@ -168,6 +184,7 @@ def _set_up(root: Path) -> dict[DemoAgency, NodeHome]:
             endpoint=f"127.0.0.1:{peer_port}",
             peer_listen=f"127.0.0.1:{peer_port}",
             api_listen=f"127.0.0.1:{api_port}",
+            passphrase=passphrase,
         )
         print(f"Initialised {agency.agency_id} ({agency.name}) on 127.0.0.1:{peer_port}")
     now = dt.datetime.now(dt.UTC)

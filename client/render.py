@@ -70,6 +70,10 @@ def tlp(value: int) -> str:
     return "TLP:" + enum_label(notice_pb2.Tlp, value, "TLP_").upper()
 
 
+def iso_datetime(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
 def iso(stamp: Timestamp) -> str:
     return stamp.ToDatetime(tzinfo=dt.UTC).isoformat().replace("+00:00", "Z")
 

@@ -23,7 +23,7 @@ from liaison.keys.errors import (
     ReceiptError,
     reason_name,
 )
-from liaison.keys.identity import NodeIdentity, generate_identity, load_identity, save_identity
+from liaison.keys.identity import NodeIdentity, generate_identity, load_identity
 from liaison.keys.trust import TrustStore
 
 __all__ = [
@@ -48,7 +48,6 @@ __all__ = [
     "open_checked",
     "parse_card",
     "reason_name",
-    "save_identity",
     "seal_notice",
     "verify_receipt",
 ]

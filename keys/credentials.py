@@ -2,7 +2,7 @@
 
 ca.crt        the node's local API CA (trusted for the server)
 client.crt    this client's certificate, issued by that CA
-client.key    its private key (mode 0600)
+client.key    its private key, sealed under the credential's passphrase (mode 0600)
 target        host:port of the node's local API
 """
 
@@ -16,39 +16,68 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
+from liaison.keys.certs import certificate_sha256, pem_to_der
 from liaison.keys.errors import KeyStoreError
-from liaison.keys.identity import read_private_file, write_private_file
+from liaison.keys.keystore import read_private_file, write_private_file
+from liaison.keys.sealed import CREDENTIAL_LOG2_N, KdfParams, SealedFile, Unlocker, seal
 
 API_SERVER_NAME = "localhost"
+CLIENT_KEY_ROLE = "client"
 
 
 @dataclass(frozen=True)
 class ClientCredential:
+    """A credential in memory; ``private_key`` is PEM, as gRPC takes it, and never on disk."""
+
     ca_certificate: bytes
     certificate: bytes
     private_key: bytes
     target: str
 
-    def save(self, folder: Path) -> None:
+    def save(self, folder: Path, unlocker: Unlocker, *, log2_n: int = CREDENTIAL_LOG2_N) -> None:
+        """Write the folder, the key sealed under ``unlocker``'s passphrase."""
         folder.mkdir(mode=0o700, parents=True)
         (folder / "ca.crt").write_bytes(self.ca_certificate)
         (folder / "client.crt").write_bytes(self.certificate)
-        write_private_file(folder / "client.key", self.private_key)
+        write_private_file(folder / "client.key", self._sealed_key(unlocker, log2_n))
         (folder / "target").write_text(self.target + "\n", encoding="utf-8")
 
+    def reseal(self, folder: Path, unlocker: Unlocker, *, log2_n: int) -> None:
+        """Replace ``folder/client.key`` (one rename) by this key sealed under ``unlocker``."""
+        fresh = folder / "client.key.new"
+        fresh.unlink(missing_ok=True)
+        write_private_file(fresh, self._sealed_key(unlocker, log2_n))
+        fresh.replace(folder / "client.key")
+
+    def _sealed_key(self, unlocker: Unlocker, log2_n: int) -> bytes:
+        key = serialization.load_pem_private_key(self.private_key, password=None)
+        der = key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return seal(
+            der,
+            role=CLIENT_KEY_ROLE,
+            key_id=certificate_sha256(pem_to_der(self.certificate)),
+            params=KdfParams.fresh(log2_n),
+            unlocker=unlocker,
+        )
+
     @classmethod
-    def load(cls, folder: Path) -> ClientCredential:
-        """Read a credential folder and check that each file holds what its name says.
+    def load(cls, folder: Path, unlocker: Unlocker) -> ClientCredential:
+        """Read a credential folder, open its key, and check each file holds what its name says.
 
         Raises ``KeyStoreError`` naming the file if one is missing or unreadable,
-        a certificate or the key does not parse, the key is unsafe or is not the
-        certificate's, or ``target`` is not one ``host:port`` line.
+        a certificate or the key does not parse, the key does not open with the
+        passphrase, is unsafe or is not the certificate's, or ``target`` is not
+        one ``host:port`` line.
         """
         try:
             credential = cls(
                 ca_certificate=_read(folder / "ca.crt"),
                 certificate=_read(folder / "client.crt"),
-                private_key=read_private_file(folder / "client.key"),
+                private_key=_open_key(folder / "client.key", unlocker),
                 target=_read(folder / "target").decode("utf-8").strip(),
             )
         except FileNotFoundError as exc:
@@ -77,6 +106,18 @@ class ClientCredential:
             raise KeyStoreError(f"{folder / 'client.key'} is not the key of client.crt")
         if not _TARGET.fullmatch(self.target):
             raise KeyStoreError(f"{folder / 'target'} does not hold one host:port line")
+
+
+def _open_key(path: Path, unlocker: Unlocker) -> bytes:
+    sealed = SealedFile.parse(read_private_file(path), str(path))
+    der = sealed.open(unlocker, role=CLIENT_KEY_ROLE, name=str(path))
+    try:
+        key = serialization.load_der_private_key(der, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise KeyStoreError(f"{path} holds no usable private key") from exc
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 # One line of printable characters without spaces, ending in a port.

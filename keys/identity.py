@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
-import stat
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
+from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mlkem, x25519
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -18,6 +17,7 @@ from liaison.keys.card import CARD_VERSION, PeerCard, parse_card, sign_card
 from liaison.keys.certs import IssuedCertificate, self_signed_peer_certificate
 from liaison.keys.errors import KeyStoreError
 from liaison.keys.ids import tls_name
+from liaison.keys.keystore import KeyEntry, NewKey, OpenedKeys
 from liaison.v1 import envelope_pb2
 
 SIGNING_KEY_FILE = "signing.key"
@@ -78,85 +78,96 @@ def generate_identity(agency_id: str, name: str, endpoint: str) -> NodeIdentity:
     )
 
 
-def write_private_file(path: Path, data: bytes) -> None:
-    """Create ``path`` with mode 0600; never overwrite an existing file."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
+# Roles of the node's own keys in its key store, and what each is.
+SIGNING, KEM_MLKEM, KEM_X25519, TLS = "signing", "kem-mlkem768", "kem-x25519", "tls"
+_KINDS = {
+    SIGNING: "Ed25519 signing key",
+    KEM_MLKEM: "ML-KEM-768 decryption key (hybrid HPKE, first half)",
+    KEM_X25519: "X25519 decryption key (hybrid HPKE, second half)",
+    TLS: "ECDSA P-256 TLS key of the peer listener",
+}
 
 
-def read_private_file(path: Path) -> bytes:
-    """Read a key file, refusing it if group or others can read or write it."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError as exc:
-        raise KeyStoreError(f"key file {path} is missing") from exc
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyStoreError(
-            f"key file {path} is accessible to others (mode {mode & 0o777:o}); "
-            "run: chmod 600 " + str(path)
-        )
-    try:
-        return path.read_bytes()
-    except OSError as exc:  # a directory, a dangling link, no permission
-        raise KeyStoreError(f"key file {path} is unreadable: {exc.strerror}") from exc
-
-
-def _pkcs8(
+def _der(
     key: ed25519.Ed25519PrivateKey
     | mlkem.MLKEM768PrivateKey
     | x25519.X25519PrivateKey
     | ec.EllipticCurvePrivateKey,
 ) -> bytes:
     return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
 
 
-def save_identity(identity: NodeIdentity, keys_dir: Path) -> None:
-    """Write the private keys (PKCS#8, mode 0600) and TLS certificate into ``keys_dir``."""
-    keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_private_file(keys_dir / SIGNING_KEY_FILE, _pkcs8(identity.signing_key))
-    write_private_file(keys_dir / KEM_MLKEM_FILE, _pkcs8(identity.kem_mlkem))
-    write_private_file(keys_dir / KEM_X25519_FILE, _pkcs8(identity.kem_x25519))
-    write_private_file(keys_dir / TLS_KEY_FILE, identity.tls.key_pem())
-    (keys_dir / TLS_CERT_FILE).write_bytes(identity.tls.certificate_pem())
+def identity_keys(identity: NodeIdentity) -> list[NewKey]:
+    """The node's private keys as key-store entries, ready to seal."""
+    card = identity.card
+    ids = {
+        SIGNING: card.signing_key_id,
+        KEM_MLKEM: card.encryption_key_id,
+        KEM_X25519: card.encryption_key_id,
+        TLS: card.tls_fingerprint,
+    }
+    secrets = {
+        SIGNING: _der(identity.signing_key),
+        KEM_MLKEM: _der(identity.kem_mlkem),
+        KEM_X25519: _der(identity.kem_x25519),
+        TLS: _der(identity.tls.key),
+    }
+    return [
+        NewKey(
+            KeyEntry(
+                role=role,
+                file=FILES[role],
+                key_id=ids[role],
+                kind=_KINDS[role],
+                state="active",
+                created=identity.created_at,
+            ),
+            secrets[role],
+        )
+        for role in (SIGNING, KEM_MLKEM, KEM_X25519, TLS)
+    ]
+
+
+FILES = {
+    SIGNING: SIGNING_KEY_FILE,
+    KEM_MLKEM: KEM_MLKEM_FILE,
+    KEM_X25519: KEM_X25519_FILE,
+    TLS: TLS_KEY_FILE,
+}
+
+
+def load_private_key(der: bytes, kind: type[Any], name: str) -> Any:
+    """Parse a PKCS#8 DER key of the class ``kind``; ``KeyStoreError`` naming ``name``.
+
+    (Typed ``Any``: the key classes are abstract, which ``type[T]`` does not admit.)
+    """
+    try:
+        key = serialization.load_der_private_key(der, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise KeyStoreError(f"the {name} key does not parse") from exc
+    if not isinstance(key, kind):
+        raise KeyStoreError(f"the {name} key is the wrong kind of key")
+    return key
 
 
 def load_identity(
-    keys_dir: Path, *, agency_id: str, name: str, endpoint: str, created_at: dt.datetime
+    keys: OpenedKeys, *, agency_id: str, name: str, endpoint: str, created_at: dt.datetime
 ) -> NodeIdentity:
-    """Load the keys written by ``save_identity``; raises ``KeyStoreError``."""
-
-    def load(file: str, kind: type) -> object:
-        data = read_private_file(keys_dir / file)
-        try:
-            key = serialization.load_pem_private_key(data, password=None)
-        except (ValueError, TypeError) as exc:
-            raise KeyStoreError(f"key file {keys_dir / file} is unreadable: {exc}") from exc
-        if not isinstance(key, kind):
-            raise KeyStoreError(f"key file {keys_dir / file} holds the wrong kind of key")
-        return key
-
-    signing = load(SIGNING_KEY_FILE, ed25519.Ed25519PrivateKey)
-    kem_mlkem = load(KEM_MLKEM_FILE, mlkem.MLKEM768PrivateKey)
-    kem_x25519 = load(KEM_X25519_FILE, x25519.X25519PrivateKey)
-    tls_key = load(TLS_KEY_FILE, ec.EllipticCurvePrivateKey)
+    """The node's identity from its unlocked key store; raises ``KeyStoreError``."""
     try:
-        certificate = x509.load_pem_x509_certificate((keys_dir / TLS_CERT_FILE).read_bytes())
-    except (OSError, ValueError, x509.InvalidVersion) as exc:
-        raise KeyStoreError(f"TLS certificate {keys_dir / TLS_CERT_FILE} is unreadable") from exc
-    assert isinstance(signing, ed25519.Ed25519PrivateKey)
-    assert isinstance(kem_mlkem, mlkem.MLKEM768PrivateKey)
-    assert isinstance(kem_x25519, x25519.X25519PrivateKey)
-    assert isinstance(tls_key, ec.EllipticCurvePrivateKey)
+        certificate = x509.load_pem_x509_certificate(keys.public(TLS_CERT_FILE))
+    except (ValueError, x509.InvalidVersion) as exc:
+        raise KeyStoreError(f"TLS certificate {TLS_CERT_FILE} is unreadable") from exc
+    tls_key = load_private_key(keys.private(TLS), ec.EllipticCurvePrivateKey, TLS)
     return NodeIdentity(
         agency_id=agency_id,
         name=name,
         endpoint=endpoint,
         created_at=created_at,
-        signing_key=signing,
-        kem_mlkem=kem_mlkem,
-        kem_x25519=kem_x25519,
+        signing_key=load_private_key(keys.private(SIGNING), ed25519.Ed25519PrivateKey, SIGNING),
+        kem_mlkem=load_private_key(keys.private(KEM_MLKEM), mlkem.MLKEM768PrivateKey, KEM_MLKEM),
+        kem_x25519=load_private_key(keys.private(KEM_X25519), x25519.X25519PrivateKey, KEM_X25519),
         tls=IssuedCertificate(tls_key, certificate),
     )

@@ -18,6 +18,8 @@ CARD_SIGNATURE_LABEL = b"liaison-exchange/v1/card-signature"
 HPKE_INFO_LABEL = b"liaison-exchange/v1/hpke-info"
 KEY_ID_LABEL_SIGNING = b"liaison-exchange/v1/signing-key-id"
 KEY_ID_LABEL_ENCRYPTION = b"liaison-exchange/v1/encryption-key-id"
+# Private keys at rest: the HKDF info and the AES-GCM associated data of a sealed key file.
+SEALED_KEY_LABEL = b"liaison-exchange/v1/sealed-key"
 
 
 def labelled(label: bytes, data: bytes) -> bytes:

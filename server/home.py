@@ -2,9 +2,11 @@
 
 config.toml              settings (server/config.py)
 node.db                  SQLite database (unless database.url is set)
-keys/                    private keys (0600) and the peer TLS certificate
-api/                     local API CA and server certificate
-credentials/<name>/      client credentials for the local API (ca.crt, client.crt, client.key)
+keys/                    the key store: every private key sealed under the passphrase
+                         (keys/current -> gen-NNNNNN/, see liaison.keys.keystore)
+api/                     local API CA and server certificates (their keys are in keys/)
+credentials/<name>/      client credentials for the local API (ca.crt, client.crt, a
+                         sealed client.key, target)
 """
 
 from __future__ import annotations
@@ -14,25 +16,38 @@ import fcntl
 import os
 import socket
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from liaison.keys.certs import (
     IssuedCertificate,
+    certificate_sha256,
     issue_api_client_certificate,
     issue_api_server_certificate,
     local_certificate_authority,
 )
 from liaison.keys.credentials import ClientCredential
+from liaison.keys.errors import KeyStoreError
 from liaison.keys.identity import (
+    TLS_CERT_FILE,
     NodeIdentity,
     generate_identity,
+    identity_keys,
     load_identity,
-    read_private_file,
-    save_identity,
-    write_private_file,
+    load_private_key,
 )
 from liaison.keys.ids import is_agency_id
+from liaison.keys.keystore import KeyEntry, NewKey, NodeKeys, OpenedKeys, write_private_file
+from liaison.keys.sealed import (
+    CREDENTIAL_LOG2_N,
+    NODE_KEYS_LOG2_N,
+    Passphrase,
+    SealedFile,
+    Unlocker,
+)
 from liaison.server.config import CONFIG_FILE, ConfigError, NodeConfig, load_config
 from liaison.server.store.audit import AuditKind, append
 from liaison.server.store.store import Store, sqlite_url
@@ -40,6 +55,8 @@ from liaison.server.store.store import Store, sqlite_url
 ADMIN = "admin"
 DATABASE_FILE = "node.db"
 LOCK_FILE = "node.lock"
+# Roles of the local API's keys in the key store.
+API_CA, API_SERVER = "api-ca", "api-server"
 
 
 class HomeLock:
@@ -56,7 +73,27 @@ class HomeLock:
 
 @dataclass(frozen=True)
 class NodeHome:
+    """A node's home folder; ``unlocker`` holds the passphrase of its keys, if given."""
+
     path: Path
+    unlocker: Unlocker | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def unlocked(cls, path: Path, passphrase: Passphrase) -> NodeHome:
+        return cls(path, Unlocker(passphrase))
+
+    @property
+    def keys(self) -> NodeKeys:
+        return NodeKeys(self.keys_dir)
+
+    def open_keys(self) -> OpenedKeys:
+        """The key store, unlocked; ``KeyStoreError`` without a passphrase or with a wrong one."""
+        if self.unlocker is None:
+            raise KeyStoreError(
+                "the node's keys are sealed: give the passphrase (LIAISON_PASSPHRASE, "
+                "--passphrase-file, or at the prompt)"
+            )
+        return self.keys.open(self.unlocker)
 
     @property
     def keys_dir(self) -> Path:
@@ -122,7 +159,7 @@ class NodeHome:
     def identity(self, config: NodeConfig | None = None) -> NodeIdentity:
         config = config or self.config()
         return load_identity(
-            self.keys_dir,
+            self.open_keys(),
             agency_id=config.agency_id,
             name=config.name,
             endpoint=config.endpoint,
@@ -131,14 +168,23 @@ class NodeHome:
 
     def api_server_credential(self) -> tuple[bytes, bytes, bytes]:
         """(CA certificate, server certificate, server key), PEM."""
+        key = load_private_key(
+            self.open_keys().private(API_SERVER), ec.EllipticCurvePrivateKey, API_SERVER
+        )
         return (
             (self.api_dir / "ca.crt").read_bytes(),
             (self.api_dir / "server.crt").read_bytes(),
-            read_private_file(self.api_dir / "server.key"),
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
         )
 
     def client_credential(self, name: str = ADMIN) -> ClientCredential:
-        return ClientCredential.load(self.credential_dir(name))
+        if self.unlocker is None:
+            raise KeyStoreError("the credential's key is sealed: give the passphrase")
+        return ClientCredential.load(self.credential_dir(name), self.unlocker)
 
 
 def init_home(
@@ -150,9 +196,14 @@ def init_home(
     peer_listen: str | None = None,
     api_listen: str | None = None,
     database_url: str = "",
+    passphrase: Passphrase,
+    kdf_log2_n: int = NODE_KEYS_LOG2_N,
+    credential_log2_n: int = CREDENTIAL_LOG2_N,
 ) -> NodeHome:
     """Create a new node home with fresh keys, credentials and an empty database.
 
+    Every private key is sealed under ``passphrase`` (scrypt cost ``2**kdf_log2_n``
+    for the node's keys, ``2**credential_log2_n`` for the admin credential's).
     Refuses to touch a folder that already holds a configuration.
     """
     if not is_agency_id(agency_id):
@@ -165,7 +216,7 @@ def init_home(
     _check_endpoint("--api", api_listen)
     if peer_listen is not None:
         _check_endpoint("--listen", peer_listen)
-    home = NodeHome(path)
+    home = NodeHome.unlocked(path, passphrase)
     leftovers = [
         p.name
         for p in (
@@ -186,8 +237,14 @@ def init_home(
     # The home holds keys and decrypted notices: only its owner may enter, even if it existed.
     path.chmod(0o700)
     identity = generate_identity(agency_id, name, endpoint)
-    save_identity(identity, home.keys_dir)
-    _init_api(home, agency_id, api_listen)
+    api_keys = _init_api(home, agency_id, api_listen, credential_log2_n)
+    assert home.unlocker is not None
+    home.keys.create(
+        [*identity_keys(identity), *api_keys],
+        {TLS_CERT_FILE: identity.tls.certificate_pem()},
+        home.unlocker,
+        log2_n=kdf_log2_n,
+    )
     config = NodeConfig(
         agency_id=agency_id,
         name=name,
@@ -215,6 +272,40 @@ def init_home(
     finally:
         store.close()
     return home
+
+
+def change_passphrase(home: NodeHome, new: Passphrase) -> None:
+    """Seal every key of ``home`` under ``new``.
+
+    The key store switches in one atomic step (a crash leaves the old set in
+    use); then each credential folder whose key opens with the old passphrase
+    gets its key file replaced by one rename. Audited.
+    """
+    if home.unlocker is None:
+        raise KeyStoreError("changing the passphrase needs the current one")
+    fresh = Unlocker(new)
+    home.keys.reseal(home.unlocker, fresh, log2_n=home.keys.params().log2_n)
+    credentials = home.path / "credentials"
+    folders = sorted(p for p in credentials.iterdir() if p.is_dir()) if credentials.is_dir() else []
+    for folder in folders:
+        try:
+            credential = ClientCredential.load(folder, home.unlocker)
+            log2_n = SealedFile.parse((folder / "client.key").read_bytes(), "").params.log2_n
+        except KeyStoreError:
+            continue  # sealed under another passphrase: its holder's to change
+        credential.reseal(folder, fresh, log2_n=log2_n)
+    store = home.open_store()
+    try:
+        with store.write() as session:
+            append(
+                session,
+                AuditKind.KEYS_PASSPHRASE_CHANGED,
+                at=dt.datetime.now(dt.UTC),
+                actor=ADMIN,
+                detail=f"key store {home.keys.current().name}",
+            )
+    finally:
+        store.close()
 
 
 DEFAULT_API_PORT = 7700
@@ -247,22 +338,48 @@ def _bind_all(endpoint: str) -> str:
     return f"0.0.0.0:{port}"
 
 
-def _init_api(home: NodeHome, agency_id: str, api_listen: str) -> None:
+def _init_api(
+    home: NodeHome, agency_id: str, api_listen: str, credential_log2_n: int
+) -> list[NewKey]:
+    """The local API's certificates and the admin credential; returns the keys to seal."""
     home.api_dir.mkdir(mode=0o700, parents=True)
     ca = local_certificate_authority(agency_id)
     host = api_listen.rpartition(":")[0] or "127.0.0.1"
     server = issue_api_server_certificate(ca, host)
     (home.api_dir / "ca.crt").write_bytes(ca.certificate_pem())
-    write_private_file(home.api_dir / "ca.key", ca.key_pem())
     (home.api_dir / "server.crt").write_bytes(server.certificate_pem())
-    write_private_file(home.api_dir / "server.key", server.key_pem())
     port = api_listen.rpartition(":")[2]
     target = api_listen if host not in ("0.0.0.0", "::", "[::]") else f"127.0.0.1:{port}"  # noqa: S104
-    issue_client_credential(home, ADMIN, ca, target)
+    issue_client_credential(home, ADMIN, ca, target, log2_n=credential_log2_n)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    return [
+        _api_key(API_CA, ca, "ECDSA P-256 key of the local API's certificate authority", now),
+        _api_key(API_SERVER, server, "ECDSA P-256 TLS key of the local API", now),
+    ]
 
 
-def issue_client_credential(home: NodeHome, name: str, ca: IssuedCertificate, target: str) -> Path:
-    """Issue a local-API client credential ``name`` into ``credentials/<name>/``."""
+def _api_key(role: str, issued: IssuedCertificate, kind: str, now: dt.datetime) -> NewKey:
+    der = issued.key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    key_id = certificate_sha256(issued.certificate.public_bytes(serialization.Encoding.DER))
+    return NewKey(KeyEntry(role, f"{role}.key", key_id, kind, "active", now), der)
+
+
+def issue_client_credential(
+    home: NodeHome,
+    name: str,
+    ca: IssuedCertificate,
+    target: str,
+    *,
+    log2_n: int = CREDENTIAL_LOG2_N,
+) -> Path:
+    """Issue a local-API client credential ``name`` into ``credentials/<name>/``.
+
+    Its key is sealed under the home's passphrase.
+    """
+    if home.unlocker is None:
+        raise KeyStoreError("issuing a credential needs the passphrase to seal its key")
     (home.path / "credentials").mkdir(mode=0o700, exist_ok=True)
     issued = issue_api_client_certificate(ca, name)
     folder = home.credential_dir(name)
@@ -271,5 +388,5 @@ def issue_client_credential(home: NodeHome, name: str, ca: IssuedCertificate, ta
         certificate=issued.certificate_pem(),
         private_key=issued.key_pem(),
         target=target,
-    ).save(folder)
+    ).save(folder, home.unlocker, log2_n=log2_n)
     return folder

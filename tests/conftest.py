@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -24,6 +25,7 @@ from liaison.keys.card import PeerCard
 from liaison.keys.certs import der_to_pem
 from liaison.keys.identity import NodeIdentity
 from liaison.keys.labels import RECEIPT_SIGNATURE_LABEL, signing_input
+from liaison.keys.sealed import PASSPHRASE_VARIABLE, Passphrase
 from liaison.server.config import CONFIG_FILE
 from liaison.server.home import NodeHome, init_home
 from liaison.server.node import Node
@@ -32,6 +34,11 @@ from liaison.server.store.store import Store
 from liaison.v1 import envelope_pb2, peer_pb2, peer_pb2_grpc
 
 START_TIMEOUT_SECONDS = 30
+# Every home in the tests seals its keys under this passphrase, at a cheap scrypt cost;
+# the CLI, the client library and `liaison serve` subprocesses find it in the environment.
+TEST_PASSPHRASE = "test passphrase, never a real one"
+TEST_KDF_LOG2_N = 8
+os.environ[PASSPHRASE_VARIABLE] = TEST_PASSPHRASE
 
 
 class RunningNode:
@@ -101,7 +108,15 @@ def make_home(root: Path, agency_id: str) -> NodeHome:
         endpoint=f"127.0.0.1:{peer_port}",
         peer_listen=f"127.0.0.1:{peer_port}",
         api_listen=f"127.0.0.1:{api_port}",
+        **TEST_KEYS,
     )
+
+
+TEST_KEYS: dict[str, Any] = {
+    "passphrase": Passphrase(TEST_PASSPHRASE),
+    "kdf_log2_n": TEST_KDF_LOG2_N,
+    "credential_log2_n": TEST_KDF_LOG2_N,
+}
 
 
 def set_limits(home: NodeHome, **limits: float) -> None:

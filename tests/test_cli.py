@@ -21,10 +21,11 @@ from liaison.client.cli import main
 from liaison.client.demo import free_port
 from liaison.keys.card import armor_card, dearmor_card, sign_card
 from liaison.keys.ids import is_message_id
+from liaison.keys.sealed import Passphrase
 from liaison.server.config import load_config
 from liaison.server.home import NodeHome
 from liaison.v1 import envelope_pb2
-from tests.conftest import Inspector, RunningNode
+from tests.conftest import TEST_PASSPHRASE, Inspector, RunningNode
 
 A_ID = "MA.DGSN.CCPI"
 B_ID = "DE.BPOL.LO-RABAT"
@@ -56,7 +57,7 @@ class CliHome:
 
     @property
     def home(self) -> NodeHome:
-        return NodeHome(self.path)
+        return NodeHome.unlocked(self.path, Passphrase(TEST_PASSPHRASE))
 
 
 def run_init(
@@ -80,6 +81,8 @@ def run_init(
         name,
         "--endpoint",
         endpoint,
+        "--kdf-cost",
+        "10",
         *extra,
     )
 
@@ -218,13 +221,21 @@ def test_init_creates_a_home(a_home: CliHome) -> None:
     assert config.api_listen == a_home.api
     assert config.peer_listen == config.endpoint
 
-    keys = path / "keys"
+    assert stat.S_IMODE((path / "keys").stat().st_mode) == 0o700
+    keys = path / "keys" / "current"
     assert stat.S_IMODE(keys.stat().st_mode) == 0o700
-    for name in ("signing.key", "kem-mlkem768.key", "kem-x25519.key", "tls.key"):
+    for name in (
+        "signing.key",
+        "kem-mlkem768.key",
+        "kem-x25519.key",
+        "tls.key",
+        "api-ca.key",
+        "api-server.key",
+    ):
         assert stat.S_IMODE((keys / name).stat().st_mode) == 0o600, name
+        assert b"PRIVATE KEY" not in (keys / name).read_bytes(), name
     assert (keys / "tls.crt").read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
-    for name in ("ca.key", "server.key"):
-        assert stat.S_IMODE((path / "api" / name).stat().st_mode) == 0o600, name
+    assert sorted(p.name for p in (path / "api").iterdir()) == ["ca.crt", "server.crt"]
 
     admin = path / "credentials" / "admin"
     assert sorted(p.name for p in admin.iterdir()) == [
@@ -234,6 +245,7 @@ def test_init_creates_a_home(a_home: CliHome) -> None:
         "target",
     ]
     assert stat.S_IMODE((admin / "client.key").stat().st_mode) == 0o600
+    assert b"PRIVATE KEY" not in (admin / "client.key").read_bytes()
     assert (admin / "target").read_text().strip() == a_home.api
     assert (admin / "ca.crt").read_bytes() == (path / "api" / "ca.crt").read_bytes()
     assert a_home.home.identity().card.fingerprint == a_home.fingerprint

@@ -32,6 +32,7 @@ from liaison.server.store.audit import AuditKind
 from liaison.server.store.models import AuditEvent
 from liaison.v1 import envelope_pb2, peer_pb2
 from tests.conftest import (
+    TEST_KEYS,
     Inspector,
     RunningNode,
     ServedNode,
@@ -428,7 +429,9 @@ def test_init_gives_a_second_node_its_own_local_api_port(tmp_path: Path) -> None
             pass  # taken by someone else already: just as good
         else:
             holder.listen()
-        home = init_home(tmp_path / "n", agency_id=A_ID, name="A", endpoint="127.0.0.1:7443")
+        home = init_home(
+            tmp_path / "n", agency_id=A_ID, name="A", endpoint="127.0.0.1:7443", **TEST_KEYS
+        )
         api = home.config().api_listen
     assert api.startswith("127.0.0.1:")
     assert api != f"127.0.0.1:{DEFAULT_API_PORT}"

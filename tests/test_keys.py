@@ -3,15 +3,11 @@ sealing, opening and receipts in-process (no node, no network)."""
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
 import re
-import stat
 import time
 import uuid
-from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -26,18 +22,8 @@ from liaison.keys.envelope import (
     seal_notice,
     verify_receipt,
 )
-from liaison.keys.errors import CardError, EnvelopeRejected, KeyStoreError, ReceiptError
-from liaison.keys.identity import (
-    KEM_MLKEM_FILE,
-    KEM_X25519_FILE,
-    SIGNING_KEY_FILE,
-    TLS_CERT_FILE,
-    TLS_KEY_FILE,
-    NodeIdentity,
-    generate_identity,
-    load_identity,
-    save_identity,
-)
+from liaison.keys.errors import CardError, EnvelopeRejected, ReceiptError
+from liaison.keys.identity import NodeIdentity, generate_identity
 from liaison.keys.ids import MAX_AGENCY_ID_LENGTH, is_agency_id, is_message_id, new_message_id
 from liaison.keys.notice import notice_problems
 from liaison.keys.trust import TrustStore
@@ -47,7 +33,6 @@ from tests.notices import complete, sample_notice
 
 A_ID = "MA.DGSN.CCPI"
 B_ID = "DE.BPOL.LO-RABAT"
-KEY_FILES = [SIGNING_KEY_FILE, KEM_MLKEM_FILE, KEM_X25519_FILE, TLS_KEY_FILE]
 RAW = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 FINGERPRINT = re.compile(r"[0-9a-f]{4}( [0-9a-f]{4}){15}")
 
@@ -349,115 +334,6 @@ def test_a_truncated_card_is_refused(a: NodeIdentity) -> None:
     for length in (1, 10, len(signed) // 2, len(signed) - 1):
         with pytest.raises(CardError):
             parse_card(signed[:length])
-
-
-# Key store ---------------------------------------------------------------------
-
-
-def _load(identity: NodeIdentity, keys_dir: Path) -> NodeIdentity:
-    return load_identity(
-        keys_dir,
-        agency_id=identity.agency_id,
-        name=identity.name,
-        endpoint=identity.endpoint,
-        created_at=identity.created_at,
-    )
-
-
-@pytest.fixture
-def saved(tmp_path: Path, a: NodeIdentity) -> Path:
-    keys_dir = tmp_path / "keys"
-    save_identity(a, keys_dir)
-    return keys_dir
-
-
-def test_save_and_load_identity_round_trip(saved: Path, a: NodeIdentity) -> None:
-    assert stat.S_IMODE(saved.stat().st_mode) == 0o700
-    for name in KEY_FILES:
-        assert stat.S_IMODE((saved / name).stat().st_mode) == 0o600, name
-    loaded = _load(a, saved)
-    assert loaded.signing_key.public_key().public_bytes(
-        *RAW
-    ) == a.signing_key.public_key().public_bytes(*RAW)
-    assert loaded.kem_mlkem.public_key().public_bytes(
-        *RAW
-    ) == a.kem_mlkem.public_key().public_bytes(*RAW)
-    assert loaded.kem_x25519.public_key().public_bytes(
-        *RAW
-    ) == a.kem_x25519.public_key().public_bytes(*RAW)
-    assert loaded.tls.certificate == a.tls.certificate
-    assert loaded.tls.key_pem() == a.tls.key_pem()
-    assert loaded.card.signed_card == a.card.signed_card
-    assert loaded.card.fingerprint == a.card.fingerprint
-
-
-@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o610])
-@pytest.mark.parametrize("name", KEY_FILES)
-def test_a_key_file_others_can_access_is_refused(
-    saved: Path, a: NodeIdentity, name: str, mode: int
-) -> None:
-    (saved / name).chmod(mode)
-    with pytest.raises(KeyStoreError, match=f"accessible to others \\(mode {mode:o}\\)"):
-        _load(a, saved)
-
-
-@pytest.mark.parametrize("name", [*KEY_FILES, TLS_CERT_FILE])
-def test_a_missing_key_file_is_refused(saved: Path, a: NodeIdentity, name: str) -> None:
-    (saved / name).unlink()
-    with pytest.raises(KeyStoreError):
-        _load(a, saved)
-
-
-def _version_flipped_pem(identity: NodeIdentity) -> bytes:
-    der = bytearray(identity.tls.certificate.public_bytes(serialization.Encoding.DER))
-    assert der[8:13] == b"\xa0\x03\x02\x01\x02"
-    der[12] ^= 0x01
-    body = base64.encodebytes(bytes(der))
-    return b"-----BEGIN CERTIFICATE-----\n" + body + b"-----END CERTIFICATE-----\n"
-
-
-@pytest.mark.parametrize(
-    "corrupt",
-    [
-        pytest.param(lambda _identity: b"not a certificate", id="junk"),
-        pytest.param(lambda _identity: b"", id="empty"),
-        pytest.param(
-            _version_flipped_pem,
-            id="bad-version",
-        ),
-    ],
-)
-@pytest.mark.filterwarnings("ignore::cryptography.utils.CryptographyDeprecationWarning")
-def test_an_unreadable_tls_certificate_is_refused(
-    saved: Path, a: NodeIdentity, corrupt: Callable[[NodeIdentity], bytes]
-) -> None:
-    (saved / TLS_CERT_FILE).write_bytes(corrupt(a))
-    with pytest.raises(KeyStoreError, match="is unreadable"):
-        _load(a, saved)
-
-
-def test_a_key_file_of_the_wrong_kind_is_refused(saved: Path, a: NodeIdentity) -> None:
-    signing = (saved / SIGNING_KEY_FILE).read_bytes()
-    (saved / KEM_X25519_FILE).unlink()
-    (saved / KEM_X25519_FILE).write_bytes(signing)
-    (saved / KEM_X25519_FILE).chmod(0o600)
-    with pytest.raises(KeyStoreError, match="wrong kind of key"):
-        _load(a, saved)
-
-
-def test_load_identity_from_a_missing_folder_is_refused(tmp_path: Path, a: NodeIdentity) -> None:
-    with pytest.raises(KeyStoreError, match="missing"):
-        _load(a, tmp_path / "nowhere")
-
-
-def test_save_identity_refuses_to_overwrite_existing_keys(
-    saved: Path, a: NodeIdentity, b: NodeIdentity
-) -> None:
-    before = {path.name: path.read_bytes() for path in saved.iterdir()}
-    with pytest.raises(FileExistsError):
-        save_identity(b, saved)
-    assert {path.name: path.read_bytes() for path in saved.iterdir()} == before
-    assert _load(a, saved).card.signed_card == a.card.signed_card
 
 
 # Trust store -------------------------------------------------------------------

@@ -28,12 +28,15 @@ from hypothesis import strategies as st
 from liaison.client.api import LiaisonClient
 from liaison.keys.card import PeerCard, armor_card, dearmor_card, parse_card, sign_card
 from liaison.keys.certs import (
+    IssuedCertificate,
+    certificate_sha256,
     issue_api_client_certificate,
     local_certificate_authority,
 )
-from liaison.keys.credentials import ClientCredential
+from liaison.keys.credentials import CLIENT_KEY_ROLE, ClientCredential
 from liaison.keys.errors import CardError, KeyStoreError
 from liaison.keys.identity import generate_identity
+from liaison.keys.sealed import KdfParams, Passphrase, Unlocker, seal
 from liaison.v1 import envelope_pb2
 from tests.strategies import (
     agency_ids,
@@ -267,10 +270,23 @@ def test_armor_round_trips_any_card(fields: dict[str, object]) -> None:
 
 CA = local_certificate_authority("MA.DGSN.CCPI")
 CLIENT = issue_api_client_certificate(CA, "admin")
+UNLOCKER = Unlocker(Passphrase("property test passphrase"))
+
+
+def sealed_key(issued: IssuedCertificate) -> bytes:
+    """``issued``'s key as a credential folder holds it: sealed under ``UNLOCKER``."""
+    der = issued.key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    key_id = certificate_sha256(issued.certificate.public_bytes(serialization.Encoding.DER))
+    params = KdfParams.fresh(4)
+    return seal(der, role=CLIENT_KEY_ROLE, key_id=key_id, params=params, unlocker=UNLOCKER)
+
+
 VALID = {
     "ca.crt": CA.certificate_pem(),
     "client.crt": CLIENT.certificate_pem(),
-    "client.key": CLIENT.key_pem(),
+    "client.key": sealed_key(CLIENT),
     "target": b"127.0.0.1:7700\n",
 }
 FILES = sorted(VALID)
@@ -279,7 +295,9 @@ FILES = sorted(VALID)
 file_contents = st.one_of(
     st.sampled_from(["missing", "directory"]),
     st.binary(max_size=64),
-    st.sampled_from([*VALID.values(), CA.key_pem(), b"\xff\xfe:7700", b"", b" \n"]),
+    st.sampled_from(
+        [*VALID.values(), sealed_key(CA), CLIENT.key_pem(), b"\xff\xfe:7700", b"", b" \n"]
+    ),
     st.text(max_size=30).map(str.encode),
 )
 
@@ -301,7 +319,7 @@ def write_folder(folder: Path, contents: dict[str, object], key_mode: int) -> No
 
 def credential_or_error(folder: Path) -> ClientCredential | KeyStoreError:
     try:
-        credential = ClientCredential.load(folder)
+        credential = ClientCredential.load(folder, UNLOCKER)
     except KeyStoreError as error:
         refused = error
     else:
@@ -320,7 +338,8 @@ def credential_or_error(folder: Path) -> ClientCredential | KeyStoreError:
 @example(contents={"client.key": "directory"}, key_mode=0o600)
 @example(contents={"ca.crt": "directory"}, key_mode=0o600)
 @example(contents={"ca.crt": b"garbage"}, key_mode=0o600)
-@example(contents={"client.key": CA.key_pem()}, key_mode=0o600)
+@example(contents={"client.key": sealed_key(CA)}, key_mode=0o600)
+@example(contents={"client.key": CLIENT.key_pem()}, key_mode=0o600)
 @example(contents={"target": b" \n"}, key_mode=0o600)
 @budget(0.5)
 def test_a_credential_folder_loads_into_a_client_or_is_refused(

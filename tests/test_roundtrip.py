@@ -16,7 +16,7 @@ from liaison.server.config import CONFIG_FILE
 from liaison.server.home import NodeHome, init_home
 from liaison.server.store.models import Direction
 from liaison.v1 import envelope_pb2, node_pb2
-from tests.conftest import Inspector, RunningNode, deliver_raw, peer_channel, pin
+from tests.conftest import TEST_KEYS, Inspector, RunningNode, deliver_raw, peer_channel, pin
 from tests.forge import Forge
 from tests.notices import complete, sample_notice
 
@@ -211,6 +211,7 @@ def test_the_sender_refuses_a_server_that_is_not_the_pinned_peer(
         endpoint=endpoint,
         peer_listen=endpoint,
         api_listen=f"127.0.0.1:{free_port()}",
+        **TEST_KEYS,
     )
     pin(impostor, home_a.identity().card)  # it would gladly take A's notices
     a = node_factory(home_a)

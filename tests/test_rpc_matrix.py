@@ -37,12 +37,14 @@ from liaison.client.errors import ClientError, NodeUnavailable, RequestRejected
 from liaison.keys.credentials import API_SERVER_NAME, ClientCredential
 from liaison.keys.envelope import seal_content
 from liaison.keys.ids import new_message_id
+from liaison.keys.sealed import Passphrase, Unlocker
 from liaison.server.home import NodeHome
 from liaison.server.notices import sealed_envelope_size
 from liaison.server.store import store as store_module
 from liaison.server.store.models import Direction, Message
 from liaison.v1 import node_pb2, notice_pb2, peer_pb2
 from tests.conftest import (
+    TEST_PASSPHRASE,
     Inspector,
     RunningNode,
     make_home,
@@ -103,7 +105,8 @@ def database_path(home: NodeHome) -> str:
 
 def api_channel(home: NodeHome) -> grpc.Channel:
     """A mutual-TLS channel to the local API with the administrator's credential."""
-    credential = ClientCredential.load(home.path / "credentials" / "admin")
+    unlocker = Unlocker(Passphrase(TEST_PASSPHRASE))
+    credential = ClientCredential.load(home.path / "credentials" / "admin", unlocker)
     credentials = grpc.ssl_channel_credentials(
         root_certificates=credential.ca_certificate,
         private_key=credential.private_key,

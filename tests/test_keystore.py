@@ -1,0 +1,333 @@
+"""Private keys at rest: sealed under a passphrase, refused clearly when anything
+is wrong, and re-sealed atomically. Unit tests on a key store folder, and the
+CLI on real homes (each refusal one line, exit 2, nothing changed on disk)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from liaison.client.cli import main
+from liaison.keys.errors import KeyStoreError
+from liaison.keys.identity import (
+    KEM_X25519_FILE,
+    SIGNING_KEY_FILE,
+    TLS_CERT_FILE,
+    TLS_KEY_FILE,
+    NodeIdentity,
+    generate_identity,
+    identity_keys,
+    load_identity,
+)
+from liaison.keys.keystore import NodeKeys
+from liaison.keys.sealed import Passphrase, Unlocker, WrongPassphrase
+from liaison.server.home import NodeHome
+from tests.conftest import TEST_PASSPHRASE, make_home
+
+A_ID = "MA.DGSN.CCPI"
+RIGHT = "correct horse battery staple"
+WRONG = "incorrect horse battery staple"
+RAW = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+KEY_FILES = [SIGNING_KEY_FILE, "kem-mlkem768.key", KEM_X25519_FILE, TLS_KEY_FILE]
+
+
+def unlocker(secret: str = RIGHT) -> Unlocker:
+    return Unlocker(Passphrase(secret))
+
+
+@pytest.fixture(scope="module")
+def a() -> NodeIdentity:
+    return generate_identity(A_ID, "Agency A", "127.0.0.1:7001")
+
+
+@pytest.fixture
+def keys(tmp_path: Path, a: NodeIdentity) -> NodeKeys:
+    store = NodeKeys(tmp_path / "keys")
+    store.create(identity_keys(a), {TLS_CERT_FILE: a.tls.certificate_pem()}, unlocker(), log2_n=4)
+    return store
+
+
+def load(keys: NodeKeys, a: NodeIdentity, secret: str = RIGHT) -> NodeIdentity:
+    return load_identity(
+        keys.open(unlocker(secret)),
+        agency_id=a.agency_id,
+        name=a.name,
+        endpoint=a.endpoint,
+        created_at=a.created_at,
+    )
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file below ``folder`` (links as their targets), by SHA-256."""
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_symlink():
+            found[str(path.relative_to(folder))] = "-> " + os.readlink(path)
+        elif path.is_file():
+            found[str(path.relative_to(folder))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def test_keys_round_trip_sealed(keys: NodeKeys, a: NodeIdentity) -> None:
+    folder = keys.current()
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    for name in KEY_FILES:
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600, name
+        sealed = json.loads((folder / name).read_bytes())
+        assert sealed["format"] == "liaison-sealed-key/v1"
+        assert "PRIVATE KEY" not in (folder / name).read_text()
+    loaded = load(keys, a)
+    assert loaded.signing_key.private_bytes_raw() == a.signing_key.private_bytes_raw()
+    assert loaded.kem_x25519.private_bytes_raw() == a.kem_x25519.private_bytes_raw()
+    assert loaded.kem_mlkem.public_key().public_bytes(*RAW) == (
+        a.kem_mlkem.public_key().public_bytes(*RAW)
+    )
+    assert loaded.tls.key_pem() == a.tls.key_pem()
+    assert loaded.card.signed_card == a.card.signed_card
+
+
+def test_no_private_key_is_written_in_clear(keys: NodeKeys, a: NodeIdentity) -> None:
+    secrets = [
+        a.signing_key.private_bytes_raw(),
+        a.kem_x25519.private_bytes_raw(),
+        a.tls.key.private_numbers().private_value.to_bytes(32, "big"),
+    ]
+    for path in keys.folder.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert not any(secret in data for secret in secrets), path
+
+
+def test_the_keys_list_needs_no_passphrase(keys: NodeKeys, a: NodeIdentity) -> None:
+    entries = {entry.role: entry for entry in keys.entries()}
+    assert set(entries) == {"signing", "kem-mlkem768", "kem-x25519", "tls"}
+    assert entries["signing"].key_id == a.card.signing_key_id
+    assert entries["kem-x25519"].key_id == a.card.encryption_key_id
+    assert {entry.state for entry in entries.values()} == {"active"}
+
+
+def test_a_wrong_passphrase_is_told_apart_from_a_damaged_file(
+    keys: NodeKeys, a: NodeIdentity
+) -> None:
+    before = snapshot(keys.folder)
+    with pytest.raises(WrongPassphrase, match="the passphrase is wrong"):
+        load(keys, a, WRONG)
+    assert snapshot(keys.folder) == before
+
+
+def _flip(path: Path) -> None:
+    body = json.loads(path.read_bytes())
+    ciphertext = bytearray(body["ciphertext"].encode())
+    ciphertext[10] = ord("A") if ciphertext[10] != ord("A") else ord("B")
+    body["ciphertext"] = ciphertext.decode()
+    path.write_text(json.dumps(body))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:40])
+
+
+def _raise_cost(path: Path) -> None:
+    body = json.loads(path.read_bytes())
+    body["kdf"]["log2_n"] += 1
+    path.write_text(json.dumps(body))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (_flip, "was altered or damaged \\(the passphrase is right\\)"),
+        (_truncate, "is damaged or not a Liaison sealed key"),
+        (_raise_cost, "was altered or damaged"),
+    ],
+)
+def test_an_altered_or_truncated_key_file_is_refused(
+    keys: NodeKeys, a: NodeIdentity, damage: Callable[[Path], None], message: str
+) -> None:
+    damage(keys.current() / SIGNING_KEY_FILE)
+    with pytest.raises(KeyStoreError, match=message):
+        load(keys, a)
+
+
+def test_a_key_file_swapped_for_another_role_is_refused(keys: NodeKeys, a: NodeIdentity) -> None:
+    folder = keys.current()
+    signing = (folder / SIGNING_KEY_FILE).read_bytes()
+    (folder / KEM_X25519_FILE).write_bytes(signing)
+    with pytest.raises(KeyStoreError, match="holds another key than its manifest names"):
+        load(keys, a)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_a_key_file_others_can_read_is_refused(keys: NodeKeys, a: NodeIdentity, mode: int) -> None:
+    path = keys.current() / TLS_KEY_FILE
+    path.chmod(mode)
+    with pytest.raises(KeyStoreError, match=f"accessible to others \\(mode {mode:o}\\)"):
+        load(keys, a)
+
+
+@pytest.mark.parametrize("name", [*KEY_FILES, TLS_CERT_FILE, "passphrase-check"])
+def test_a_missing_file_is_refused(keys: NodeKeys, a: NodeIdentity, name: str) -> None:
+    (keys.current() / name).unlink()
+    with pytest.raises(KeyStoreError):
+        load(keys, a)
+
+
+def test_create_refuses_a_folder_that_holds_keys(keys: NodeKeys, a: NodeIdentity) -> None:
+    before = snapshot(keys.folder)
+    with pytest.raises(KeyStoreError, match="already holds keys"):
+        keys.create(identity_keys(a), {}, unlocker(), log2_n=4)
+    assert snapshot(keys.folder) == before
+
+
+def test_reseal_switches_to_the_new_passphrase_and_keeps_the_keys(
+    keys: NodeKeys, a: NodeIdentity
+) -> None:
+    old_generation = keys.current()
+    keys.reseal(unlocker(), unlocker(WRONG), log2_n=4)
+    assert keys.current() != old_generation
+    assert not old_generation.exists()
+    assert load(keys, a, WRONG).card.signed_card == a.card.signed_card
+    with pytest.raises(WrongPassphrase):
+        load(keys, a, RIGHT)
+
+
+def test_a_reseal_cut_off_before_its_switch_leaves_the_old_set_in_use(
+    keys: NodeKeys, a: NodeIdentity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The switch is one rename; a crash at any instruction before it changes nothing."""
+    old_generation = keys.current()
+
+    def crash(self: Path, target: Path) -> Path:
+        raise OSError("the process died here")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "replace", crash)
+        with pytest.raises(OSError, match="died here"):
+            keys.reseal(unlocker(), unlocker(WRONG), log2_n=4)
+    assert keys.current() == old_generation
+    assert load(keys, a, RIGHT).card.signed_card == a.card.signed_card
+    # The half-written generation is no obstacle to the next change.
+    keys.reseal(unlocker(), unlocker(WRONG), log2_n=4)
+    assert load(keys, a, WRONG).card.signed_card == a.card.signed_card
+
+
+def test_the_passphrase_never_shows(keys: NodeKeys) -> None:
+    secret = Passphrase(RIGHT)
+    assert RIGHT not in repr(secret)
+    assert RIGHT not in str(secret)
+    assert RIGHT not in repr(Unlocker(secret))
+    with pytest.raises(WrongPassphrase) as refused:
+        keys.open(unlocker(WRONG))
+    assert WRONG not in str(refused.value)
+
+
+# The CLI on a real home ---------------------------------------------------------------
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> NodeHome:
+    return make_home(tmp_path, A_ID)
+
+
+@pytest.mark.parametrize(
+    "command", [["serve"], ["card", "export"], ["inbox"], ["keys", "passphrase"]]
+)
+def test_a_wrong_passphrase_is_one_line_and_exit_2(
+    home: NodeHome,
+    command: list[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LIAISON_PASSPHRASE", WRONG)
+    monkeypatch.setenv("LIAISON_NEW_PASSPHRASE", "a new passphrase, long enough")
+    before = snapshot(home.path)
+    code, out, err = run(capsys, *command, "--home", str(home.path))
+    assert code == 2
+    assert err.count("\n") == 1
+    assert "passphrase" in err
+    assert WRONG not in err + out
+    assert "Traceback" not in err
+    assert snapshot(home.path) == before
+
+
+def test_without_a_passphrase_and_no_terminal_the_cli_says_how_to_give_one(
+    home: NodeHome, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LIAISON_PASSPHRASE")
+    code, _, err = run(capsys, "card", "export", "--home", str(home.path))
+    assert code == 2
+    assert "set LIAISON_PASSPHRASE or use --passphrase-file" in err
+
+
+def test_a_passphrase_file_others_can_read_is_refused(
+    home: NodeHome, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = tmp_path / "passphrase"
+    secret.write_text(TEST_PASSPHRASE + "\n")
+    secret.chmod(0o644)
+    args = ["card", "export", "--home", str(home.path), "--passphrase-file", str(secret)]
+    code, _, err = run(capsys, *args)
+    assert code == 2
+    assert f"run: chmod 600 {secret}" in err
+    secret.chmod(0o600)
+    code, out, _ = run(capsys, *args)
+    assert code == 0
+    assert "BEGIN LIAISON AGENCY CARD" in out
+
+
+def test_keys_list(home: NodeHome, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "keys", "list", "--home", str(home.path), "--json")
+    assert code == 0
+    rows = json.loads(out)
+    assert {row["role"] for row in rows} == {
+        "signing",
+        "kem-mlkem768",
+        "kem-x25519",
+        "tls",
+        "api-ca",
+        "api-server",
+    }
+    assert {row["state"] for row in rows} == {"active"}
+    assert all(row["retire_after"] is None for row in rows)
+
+
+def test_keys_passphrase_reseals_the_node_and_its_admin_credential(
+    home: NodeHome, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    new = "a new passphrase, long enough"
+    monkeypatch.setenv("LIAISON_NEW_PASSPHRASE", new)
+    code, _, err = run(capsys, "keys", "passphrase", "--home", str(home.path))
+    assert code == 0, err
+    monkeypatch.setenv("LIAISON_PASSPHRASE", new)
+    assert run(capsys, "card", "export", "--home", str(home.path))[0] == 0
+    NodeHome.unlocked(home.path, Passphrase(new)).client_credential()
+    monkeypatch.setenv("LIAISON_PASSPHRASE", TEST_PASSPHRASE)
+    code, _, err = run(capsys, "card", "export", "--home", str(home.path))
+    assert code == 2
+    assert "the passphrase is wrong" in err
+    with pytest.raises(KeyStoreError):
+        home.client_credential()
+
+
+def test_a_new_passphrase_must_be_long_enough(
+    home: NodeHome, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LIAISON_NEW_PASSPHRASE", "short")
+    before = snapshot(home.path)
+    code, _, err = run(capsys, "keys", "passphrase", "--home", str(home.path))
+    assert code == 2
+    assert "shorter than 12 characters" in err
+    assert snapshot(home.path) == before
