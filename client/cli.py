@@ -39,7 +39,7 @@ from liaison.keys.errors import KeysError
 from liaison.keys.sealed import MIN_LOG2_N, NODE_KEYS_LOG2_N, PASSPHRASE_VARIABLE
 from liaison.server.config import ConfigError
 from liaison.server.errors import ServerError
-from liaison.server.home import NodeHome, change_passphrase, init_home
+from liaison.server.home import NodeHome, change_passphrase, init_home, seal_unsealed_home
 from liaison.server.node import serve
 from liaison.server.store.store import StoreError
 from liaison.v1 import node_pb2, notice_pb2
@@ -214,6 +214,15 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
                 f"{row['role']:<14} {row['state']:<9} {row['created']}  "
                 f"{row['retire_after'] or '-':<20}  {row['id']}  {row['kind']}"
             )
+    return 0
+
+
+def cmd_keys_seal(args: argparse.Namespace) -> int:
+    secret = new_passphrase(
+        args.passphrase_file, variable=PASSPHRASE_VARIABLE, what="the node's keys"
+    )
+    home = seal_unsealed_home(_home(args), secret, log2_n=args.kdf_cost)
+    print(f"The keys of {home.path} are sealed; the files in clear are deleted.")
     return 0
 
 
@@ -412,6 +421,11 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
         help=f"file holding the new passphrase (default: ${NEW_PASSPHRASE_VARIABLE}, else asked)",
     )
     p.set_defaults(run=cmd_keys_passphrase)
+    p = keys.add_parser(
+        "seal", parents=[common], help="seal the keys of a home made before keys were sealed"
+    )
+    p.add_argument("--kdf-cost", type=_kdf_cost, default=NODE_KEYS_LOG2_N, help="as for init")
+    p.set_defaults(run=cmd_keys_seal)
 
     card = commands.add_parser("card", help="this node's public card").add_subparsers(
         dest="card_command", required=True, metavar="COMMAND"

@@ -172,12 +172,20 @@ class NodeKeys:
         unlocker: Unlocker,
         *,
         log2_n: int,
+        beside_unsealed: bool = False,
     ) -> None:
-        """Write the first generation; refuses a folder that already holds keys."""
-        if self.folder.exists() and any(self.folder.iterdir()):
+        """Write the first generation; refuses a folder that already holds keys.
+
+        With ``beside_unsealed``, the folder may hold the unsealed key files of
+        a home made before keys were sealed (the caller removes them after).
+        """
+        if self.exists() or (
+            not beside_unsealed and self.folder.exists() and any(self.folder.iterdir())
+        ):
             raise KeyStoreError(f"{self.folder} already holds keys; refusing to overwrite them")
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_private_file(self.folder / LOCK, b"")
+        if not (self.folder / LOCK).exists():
+            write_private_file(self.folder / LOCK, b"")
         self._write_generation(1, list(keys), public, unlocker, KdfParams.fresh(log2_n))
 
     def reseal(self, old: Unlocker, new: Unlocker, *, log2_n: int) -> None:

@@ -18,7 +18,9 @@ import socket
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -40,7 +42,14 @@ from liaison.keys.identity import (
     load_private_key,
 )
 from liaison.keys.ids import is_agency_id
-from liaison.keys.keystore import KeyEntry, NewKey, NodeKeys, OpenedKeys, write_private_file
+from liaison.keys.keystore import (
+    KeyEntry,
+    NewKey,
+    NodeKeys,
+    OpenedKeys,
+    read_private_file,
+    write_private_file,
+)
 from liaison.keys.sealed import (
     CREDENTIAL_LOG2_N,
     NODE_KEYS_LOG2_N,
@@ -294,18 +303,7 @@ def change_passphrase(home: NodeHome, new: Passphrase) -> None:
         except KeyStoreError:
             continue  # sealed under another passphrase: its holder's to change
         credential.reseal(folder, fresh, log2_n=log2_n)
-    store = home.open_store()
-    try:
-        with store.write() as session:
-            append(
-                session,
-                AuditKind.KEYS_PASSPHRASE_CHANGED,
-                at=dt.datetime.now(dt.UTC),
-                actor=ADMIN,
-                detail=f"key store {home.keys.current().name}",
-            )
-    finally:
-        store.close()
+    _audit(home, AuditKind.KEYS_PASSPHRASE_CHANGED, f"key store {home.keys.current().name}")
 
 
 DEFAULT_API_PORT = 7700
@@ -390,3 +388,91 @@ def issue_client_credential(
         target=target,
     ).save(folder, home.unlocker, log2_n=log2_n)
     return folder
+
+
+# Files of a home made before keys were sealed: PEM private keys in clear.
+_UNSEALED_NODE_KEYS = ("signing.key", "kem-mlkem768.key", "kem-x25519.key", "tls.key", "tls.crt")
+_UNSEALED_API_KEYS = ("ca.key", "server.key")
+
+
+def seal_unsealed_home(path: Path, passphrase: Passphrase, *, log2_n: int) -> NodeHome:
+    """Seal the clear private keys of a home made before keys were sealed, then delete them.
+
+    The key store is written and switched to first; the clear files are
+    removed only after it opens with ``passphrase``, and credential folders
+    whose key is still in clear are sealed under it too. Run again after a
+    crash, it finishes the job. Audited.
+    """
+    home = NodeHome.unlocked(path, passphrase)
+    config = home.config()
+    keys_dir, api_dir = home.keys_dir, home.api_dir
+    if not home.keys.exists():
+        if not (keys_dir / "signing.key").exists():
+            raise KeyStoreError(f"{keys_dir} holds no keys to seal")
+        identity = NodeIdentity(
+            agency_id=config.agency_id,
+            name=config.name,
+            endpoint=config.endpoint,
+            created_at=config.created_at,
+            signing_key=_clear_key(keys_dir / "signing.key"),
+            kem_mlkem=_clear_key(keys_dir / "kem-mlkem768.key"),
+            kem_x25519=_clear_key(keys_dir / "kem-x25519.key"),
+            tls=IssuedCertificate(
+                _clear_key(keys_dir / "tls.key"),
+                x509.load_pem_x509_certificate((keys_dir / TLS_CERT_FILE).read_bytes()),
+            ),
+        )
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        api = [
+            _api_key(role, _clear_issued(api_dir, name), kind, now)
+            for role, name, kind in (
+                (API_CA, "ca", "ECDSA P-256 key of the local API's certificate authority"),
+                (API_SERVER, "server", "ECDSA P-256 TLS key of the local API"),
+            )
+        ]
+        assert home.unlocker is not None
+        home.keys.create(
+            [*identity_keys(identity), *api],
+            {TLS_CERT_FILE: identity.tls.certificate_pem()},
+            home.unlocker,
+            log2_n=log2_n,
+            beside_unsealed=True,
+        )
+    home.identity(config)  # the sealed set opens and parses before anything is deleted
+    for name in _UNSEALED_NODE_KEYS:
+        (keys_dir / name).unlink(missing_ok=True)
+    for name in _UNSEALED_API_KEYS:
+        (api_dir / name).unlink(missing_ok=True)
+    credentials = path / "credentials"
+    for folder in sorted(credentials.iterdir()) if credentials.is_dir() else []:
+        key = folder / "client.key"
+        if key.is_file() and key.read_bytes().startswith(b"-----BEGIN"):
+            ClientCredential(
+                ca_certificate=(folder / "ca.crt").read_bytes(),
+                certificate=(folder / "client.crt").read_bytes(),
+                private_key=read_private_file(key),
+                target=(folder / "target").read_text(encoding="utf-8").strip(),
+            ).reseal(folder, home.unlocker, log2_n=max(CREDENTIAL_LOG2_N, log2_n - 1))
+    _audit(home, AuditKind.KEYS_SEALED, f"key store {home.keys.current().name}")
+    return home
+
+
+def _clear_key(path: Path) -> Any:
+    try:
+        return serialization.load_pem_private_key(read_private_file(path), password=None)
+    except (ValueError, TypeError) as exc:
+        raise KeyStoreError(f"key file {path} is unreadable") from exc
+
+
+def _clear_issued(api_dir: Path, name: str) -> IssuedCertificate:
+    certificate = x509.load_pem_x509_certificate((api_dir / f"{name}.crt").read_bytes())
+    return IssuedCertificate(_clear_key(api_dir / f"{name}.key"), certificate)
+
+
+def _audit(home: NodeHome, kind: AuditKind, detail: str) -> None:
+    store = home.open_store()
+    try:
+        with store.write() as session:
+            append(session, kind, at=dt.datetime.now(dt.UTC), actor=ADMIN, detail=detail)
+    finally:
+        store.close()

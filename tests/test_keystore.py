@@ -29,7 +29,7 @@ from liaison.keys.identity import (
 from liaison.keys.keystore import NodeKeys
 from liaison.keys.sealed import Passphrase, Unlocker, WrongPassphrase
 from liaison.server.home import NodeHome
-from tests.conftest import TEST_PASSPHRASE, make_home
+from tests.conftest import TEST_PASSPHRASE, Inspector, make_home
 
 A_ID = "MA.DGSN.CCPI"
 RIGHT = "correct horse battery staple"
@@ -331,3 +331,66 @@ def test_a_new_passphrase_must_be_long_enough(
     assert code == 2
     assert "shorter than 12 characters" in err
     assert snapshot(home.path) == before
+
+
+def _unseal_as_a_home_of_the_previous_version(home: NodeHome) -> None:
+    """Rewrite ``home`` the way homes were before keys were sealed: PEM keys in clear."""
+    identity = home.identity()
+    pem = (serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8)
+    clear = serialization.NoEncryption()
+    opened = home.open_keys()
+    keys = home.path / "keys"
+    files = {
+        keys / "signing.key": identity.signing_key.private_bytes(*pem, clear),
+        keys / "kem-mlkem768.key": identity.kem_mlkem.private_bytes(*pem, clear),
+        keys / "kem-x25519.key": identity.kem_x25519.private_bytes(*pem, clear),
+        keys / "tls.key": identity.tls.key_pem(),
+        home.path / "api" / "ca.key": _pem(opened.private("api-ca")),
+        home.path / "api" / "server.key": _pem(opened.private("api-server")),
+        home.path / "credentials" / "admin" / "client.key": home.client_credential().private_key,
+    }
+    certificate = identity.tls.certificate_pem()
+    for path in keys.iterdir():
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        else:
+            for child in path.iterdir():
+                child.unlink()
+            path.rmdir()
+    (home.path / "credentials" / "admin" / "client.key").unlink()
+    for path, data in files.items():
+        path.write_bytes(data)
+        path.chmod(0o600)
+    (keys / "tls.crt").write_bytes(certificate)
+
+
+def _pem(der: bytes) -> bytes:
+    key = serialization.load_der_private_key(der, password=None)
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def test_keys_seal_seals_a_home_of_the_previous_version_and_deletes_the_clear_keys(
+    home: NodeHome, capsys: pytest.CaptureFixture[str]
+) -> None:
+    card = home.identity().card
+    _unseal_as_a_home_of_the_previous_version(home)
+    code, _, err = run(capsys, "card", "export", "--home", str(home.path))
+    assert code == 2
+    assert "not sealed under a passphrase" in err
+    assert "run `liaison keys seal`" in err
+
+    code, _, err = run(capsys, "keys", "seal", "--home", str(home.path), "--kdf-cost", "10")
+    assert code == 0, err
+    leftovers = [
+        path
+        for path in home.path.rglob("*")
+        if path.is_file() and path.read_bytes().startswith(b"-----BEGIN PRIVATE KEY")
+    ]
+    assert leftovers == []
+    assert home.identity().card.signed_card == card.signed_card
+    assert home.client_credential().certificate
+    assert {entry.role for entry in home.keys.entries()} >= {"signing", "api-ca", "api-server"}
+    with Inspector(home) as inspector:
+        assert [e.event for e in inspector.audit_since(0)][-1] == "keys-sealed"

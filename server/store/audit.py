@@ -16,6 +16,7 @@ _LAST_SEQ = "liaison_last_audit_seq"
 class AuditKind(enum.StrEnum):
     NODE_INITIALISED = "node-initialised"
     KEYS_PASSPHRASE_CHANGED = "keys-passphrase-changed"  # noqa: S105 - an event name
+    KEYS_SEALED = "keys-sealed"
     PEER_PINNED = "peer-pinned"
     SEALED = "sealed"
     SENT = "sent"
