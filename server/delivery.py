@@ -80,6 +80,8 @@ class Delivery:
         recipients = await asyncio.to_thread(self._read, outbox.recipients_with_queue)
         for recipient in recipients:
             self.notify(recipient)
+        # A worker holding a revoked peer's queue sleeps until the pinned set changes.
+        self._peers.subscribe(functools.partial(self._peers_changed, asyncio.get_running_loop()))
         self._sweeper = asyncio.create_task(self._sweep_expired(), name="expiry-sweeper")
 
     async def stop(self) -> None:
@@ -104,6 +106,15 @@ class Delivery:
                 self._worker(recipient), name=f"delivery-{recipient}"
             )
         self._wake[recipient].set()
+
+    def _peers_changed(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Called from the thread that refreshed the peers; the loop may be gone at shutdown.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._wake_all)
+
+    def _wake_all(self) -> None:
+        for recipient in self._workers:
+            self._wake[recipient].set()
 
     def watch(self, message_id: str) -> asyncio.Future[None]:
         """A future resolved when ``message_id`` reaches a final outbound state."""

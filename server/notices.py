@@ -80,8 +80,8 @@ class Notices:
     ) -> SendOutcome:
         """Seal ``notice`` to ``recipient`` and queue it; optionally wait for a final state.
 
-        Raises ``RequestError`` for a recipient that is not a pinned peer, an
-        invalid notice, a ttl or wait over its limit, or a notice that would be
+        Raises ``RequestError`` for a recipient that is not a pinned peer or is
+        revoked, an invalid notice, a ttl or wait over its limit, or a notice that would be
         larger than ``limits.max_envelope_bytes`` once sealed.
         """
         if not is_agency_id(recipient):
@@ -92,6 +92,12 @@ class Notices:
             raise RequestError(f"{recipient} is not a pinned peer; add its card first")
         if recipient == self.identity.agency_id:
             raise RequestError("a node does not send notices to itself")
+        # The database, not the trust snapshot: a revocation counts from the moment it is made.
+        if await asyncio.to_thread(self.store.is_revoked, recipient):
+            raise RequestError(
+                f"{recipient} is revoked on this node: nothing is sent to it until an operator "
+                f"runs `liaison peers reinstate {recipient}`"
+            )
         now = self.clock()
         notice = _complete(notice, self.identity.agency_id, now)
         if notice.originator.agency_id != self.identity.agency_id:

@@ -2,8 +2,8 @@
 
 ``liaison peers add`` writes to the database from another process. The node
 notices by polling a cheap summary of the ``peers`` table (agency ids, TLS
-fingerprints and pin times; no card is parsed) and re-verifies the cards only
-when that summary changes. Every change bumps ``version``; the peer
+fingerprints, pin times and revocation states; no card is parsed) and
+re-verifies the cards only when that summary changes. Every change bumps ``version``; the peer
 listener's TLS configuration is rebuilt only then, never per handshake (see
 ``TlsTrust``), so a flood of handshakes costs the same whatever the number
 of pinned peers.
@@ -29,26 +29,41 @@ class PeerDirectory:
         self._store = store
         self._lock = threading.Lock()
         self._summary: PinSummary = store.pin_summary()
-        self._trust = TrustStore.of(store.peer_cards())
+        self._trust = self._load()
+        self._listeners: list[Callable[[], None]] = []
         self.version = 1
 
     @property
     def trust(self) -> TrustStore:
         return self._trust
 
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after every change ``refresh`` finds, from the refreshing thread."""
+        self._listeners.append(listener)
+
     def refresh(self) -> bool:
         """Reload the pinned cards if the ``peers`` table changed; True if it did.
 
-        Blocking (database reads): call it from a worker thread.
+        A change is a card pinned, replaced or removed, or a peer revoked or
+        reinstated. Blocking (database reads): call it from a worker thread.
         """
         with self._lock:
             summary = self._store.pin_summary()
             if summary == self._summary:
                 return False
-            self._trust = TrustStore.of(self._store.peer_cards())
+            self._trust = self._load()
             self._summary = summary
             self.version += 1
-            return True
+        for listener in self._listeners:
+            listener()
+        return True
+
+    def _load(self) -> TrustStore:
+        peers = self._store.pinned_peers()
+        return TrustStore.of(
+            (peer.card for peer in peers),
+            revoked=(peer.card.agency_id for peer in peers if peer.revoked),
+        )
 
     def peer(self, agency_id: str) -> PeerCard | None:
         """The pinned card of ``agency_id``, looking in the database once if it is not known."""

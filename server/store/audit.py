@@ -18,6 +18,11 @@ class AuditKind(enum.StrEnum):
     KEYS_PASSPHRASE_CHANGED = "keys-passphrase-changed"  # noqa: S105 - an event name
     KEYS_SEALED = "keys-sealed"
     PEER_PINNED = "peer-pinned"
+    # An operator's decisions about a pinned peer (``liaison peers``).
+    PEER_REPLACED = "peer-replaced"
+    PEER_REMOVED = "peer-removed"
+    PEER_REVOKED = "peer-revoked"
+    PEER_REINSTATED = "peer-reinstated"
     SEALED = "sealed"
     SENT = "sent"
     DELIVERY_RETRY = "delivery-retry"

@@ -64,8 +64,18 @@ class Base(DeclarativeBase):
     pass
 
 
+class PeerState(enum.StrEnum):
+    ACTIVE = "active"
+    # Still pinned, but its envelopes are refused and notices to it are held.
+    REVOKED = "revoked"
+
+
 class Peer(Base):
-    """A pinned peer: its signed card, verified again whenever it is loaded."""
+    """A pinned peer: its signed card, verified again whenever it is loaded.
+
+    ``added_at`` is when its current card was pinned; ``revoked_at`` and
+    ``revoke_reason`` (the operator's words) are set while it is revoked.
+    """
 
     __tablename__ = "peers"
 
@@ -75,6 +85,11 @@ class Peer(Base):
     signed_card: Mapped[bytes] = mapped_column(LargeBinary)
     tls_fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
     added_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    state: Mapped[str] = mapped_column(
+        String(16), default=PeerState.ACTIVE.value, server_default=PeerState.ACTIVE.value
+    )
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    revoke_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
 
 class Message(Base):

@@ -11,7 +11,14 @@ from sqlalchemy.orm import Session
 
 from liaison.server.store import audit
 from liaison.server.store.audit import AuditKind
-from liaison.server.store.models import Direction, Message, MessageState, Receipt
+from liaison.server.store.models import (
+    Direction,
+    Message,
+    MessageState,
+    Peer,
+    PeerState,
+    Receipt,
+)
 from liaison.server.store.records import NoticeRecord
 
 OUTBOUND = Direction.OUTBOUND.value
@@ -65,7 +72,11 @@ def claim_due(
     """Move up to ``limit`` due QUEUED messages for ``recipient`` to SENT, oldest first.
 
     Expired envelopes are left for the expiry sweep: sending them is pointless.
+    Nothing is claimed for a revoked recipient: its messages are held, QUEUED,
+    until an operator reinstates it (or they expire).
     """
+    if is_held(session, recipient):
+        return []
     rows = session.scalars(
         select(Message)
         .where(
@@ -204,7 +215,12 @@ def recipients_with_queue(session: Session) -> list[str]:
 
 
 def next_due_at(session: Session, recipient: str, now: dt.datetime) -> dt.datetime | None:
-    """When the next unexpired QUEUED message for ``recipient`` is due (expired ones are swept)."""
+    """When the next unexpired QUEUED message for ``recipient`` is due (expired ones are swept).
+
+    None while the recipient is revoked: nothing of it is due until it is reinstated.
+    """
+    if is_held(session, recipient):
+        return None
     return session.scalar(
         select(Message.next_attempt_at)
         .where(
@@ -216,3 +232,9 @@ def next_due_at(session: Session, recipient: str, now: dt.datetime) -> dt.dateti
         .order_by(Message.next_attempt_at)
         .limit(1)
     )
+
+
+def is_held(session: Session, recipient: str) -> bool:
+    """True if ``recipient`` is a revoked peer: notices to it are held, not sent."""
+    state = session.scalar(select(Peer.state).where(Peer.agency_id == recipient))
+    return state == PeerState.REVOKED.value

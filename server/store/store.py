@@ -9,8 +9,10 @@ instead of failing mid-transaction.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +22,24 @@ from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from liaison.keys.card import PeerCard, parse_card
+from liaison.keys.text import code_point, first_control_character
 from liaison.server.store import audit
 from liaison.server.store.audit import AuditKind
-from liaison.server.store.models import AuditEvent, Direction, Message, Peer, Receipt
+from liaison.server.store.models import (
+    AuditEvent,
+    Direction,
+    Message,
+    MessageState,
+    Peer,
+    PeerState,
+    Receipt,
+)
 from liaison.server.store.records import SUMMARY_COLUMNS, MessageSummaryRow
 
-# What identifies the pinned set without parsing a card: (agency id, TLS fingerprint, pinned at).
-PinSummary = tuple[tuple[str, str, dt.datetime], ...]
+# What identifies the pinned set and its states without parsing a card:
+# (agency id, TLS fingerprint, pinned at, state, revoked at).
+PinSummary = tuple[tuple[str, str, dt.datetime, str, dt.datetime | None], ...]
+MAX_REVOKE_REASON = 200
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _WRITE = "liaison_write"
 # How long a statement waits for another writer's lock before failing (tests shorten it).
@@ -35,6 +48,78 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 class StoreError(Exception):
     """The database is unreachable, or its contents break an invariant."""
+
+
+class PinOutcome(enum.StrEnum):
+    PINNED = "pinned"  # the agency was not pinned
+    UNCHANGED = "unchanged"  # it was pinned with this very card
+    REPLACED = "replaced"  # it was pinned with another card, now replaced
+
+
+@dataclass(frozen=True)
+class PinnedPeer:
+    """A pinned card, verified again, with the operator's decisions about it."""
+
+    card: PeerCard
+    state: PeerState
+    pinned_at: dt.datetime
+    revoked_at: dt.datetime | None
+    revoke_reason: str | None
+
+    @property
+    def revoked(self) -> bool:
+        return self.state is PeerState.REVOKED
+
+
+@dataclass(frozen=True)
+class PeerChange:
+    """A peer after an operator's command; ``changed`` is False if it was already so."""
+
+    peer: PinnedPeer
+    changed: bool
+
+
+class PinConflict(Exception):
+    """The agency is pinned with another card, and replacing it was not asked for."""
+
+    def __init__(self, pinned: PinnedPeer, offered: PeerCard) -> None:
+        self.pinned = pinned
+        self.offered = offered
+        super().__init__(
+            f"{offered.agency_id} is pinned with card {pinned.card.fingerprint}, "
+            f"not {offered.fingerprint}"
+        )
+
+
+def revoke_reason_problem(reason: str) -> str | None:
+    """Why ``reason`` cannot be a revocation's reason, or None if it can.
+
+    It is the local operator's text, shown to other operators: one line, not
+    empty, at most ``MAX_REVOKE_REASON`` characters, no control characters.
+    """
+    if not reason.strip():
+        return "the reason is empty"
+    if len(reason) > MAX_REVOKE_REASON:
+        return f"the reason is {len(reason)} characters long; at most {MAX_REVOKE_REASON}"
+    char = first_control_character(reason)
+    if char is not None:
+        return f"the reason contains control character {code_point(char)}"
+    return None
+
+
+def _pinned(peer: Peer) -> PinnedPeer:
+    return PinnedPeer(
+        card=parse_card(peer.signed_card),
+        state=PeerState(peer.state),
+        pinned_at=peer.added_at,
+        revoked_at=peer.revoked_at,
+        revoke_reason=peer.revoke_reason,
+    )
+
+
+def _bare(fingerprint: str) -> str:
+    """A card fingerprint as the audit trail writes it: 64 hex digits, no spaces."""
+    return fingerprint.replace(" ", "")
 
 
 def sqlite_url(path: Path) -> str:
@@ -101,40 +186,157 @@ class Store:
 
     # Peers -----------------------------------------------------------------
 
-    def pin_peer(self, card: PeerCard, *, actor: str, now: dt.datetime) -> None:
-        """Trust ``card`` (replacing an earlier card of the same agency) and audit it."""
+    def pin_peer(
+        self, card: PeerCard, *, actor: str, now: dt.datetime, replace: bool = False
+    ) -> PinOutcome:
+        """Trust ``card`` and audit it; the same card again changes nothing.
+
+        An agency pinned with another card keeps it unless ``replace`` is
+        given: raises ``PinConflict`` (nothing written). A replaced card keeps
+        the peer's state: a revoked peer stays revoked.
+        """
         with self.write() as session:
             peer = session.get(Peer, card.agency_id)
+            if peer is not None and peer.signed_card == card.signed_card:
+                return PinOutcome.UNCHANGED
+            if peer is not None and not replace:
+                raise PinConflict(_pinned(peer), card)
+            outcome = PinOutcome.PINNED if peer is None else PinOutcome.REPLACED
+            new = _bare(card.fingerprint)
             if peer is None:
-                peer = Peer(agency_id=card.agency_id)
+                peer = Peer(agency_id=card.agency_id, state=PeerState.ACTIVE.value)
                 session.add(peer)
+                kind, detail = AuditKind.PEER_PINNED, f"card {new}"
+            else:
+                old = _bare(_pinned(peer).card.fingerprint)
+                kind, detail = AuditKind.PEER_REPLACED, f"card {old} replaced by card {new}"
             peer.name = card.name
             peer.endpoint = card.endpoint
             peer.signed_card = card.signed_card
             peer.tls_fingerprint = card.tls_fingerprint
             peer.added_at = now
+            audit.append(session, kind, at=now, peer=card.agency_id, actor=actor, detail=detail)
+        return outcome
+
+    def remove_peer(self, agency_id: str, *, actor: str, now: dt.datetime) -> PinnedPeer | None:
+        """Unpin ``agency_id`` and audit it; returns what was pinned, None if nothing was."""
+        with self.write() as session:
+            peer = session.get(Peer, agency_id)
+            if peer is None:
+                return None
+            removed = _pinned(peer)
+            session.delete(peer)
             audit.append(
                 session,
-                AuditKind.PEER_PINNED,
+                AuditKind.PEER_REMOVED,
                 at=now,
-                peer=card.agency_id,
+                peer=agency_id,
                 actor=actor,
-                detail=f"card {card.fingerprint.replace(' ', '')}",
+                detail=f"card {_bare(removed.card.fingerprint)}, {removed.state.value}",
             )
+        return removed
+
+    def revoke_peer(
+        self, agency_id: str, reason: str, *, actor: str, now: dt.datetime
+    ) -> PeerChange | None:
+        """Revoke a pinned peer with the operator's ``reason``, audited; None if not pinned.
+
+        Raises ``ValueError`` for a reason that ``revoke_reason_problem`` refuses.
+        An already revoked peer is left as it is (``changed`` is False).
+        """
+        problem = revoke_reason_problem(reason)
+        if problem:
+            raise ValueError(problem)
+        with self.write() as session:
+            peer = session.get(Peer, agency_id)
+            if peer is None:
+                return None
+            if peer.state == PeerState.REVOKED.value:
+                return PeerChange(_pinned(peer), changed=False)
+            peer.state = PeerState.REVOKED.value
+            peer.revoked_at = now
+            peer.revoke_reason = reason
+            revoked = _pinned(peer)
+            audit.append(
+                session,
+                AuditKind.PEER_REVOKED,
+                at=now,
+                peer=agency_id,
+                actor=actor,
+                detail=f"card {_bare(revoked.card.fingerprint)}; reason: {reason}",
+            )
+        return PeerChange(revoked, changed=True)
+
+    def reinstate_peer(self, agency_id: str, *, actor: str, now: dt.datetime) -> PeerChange | None:
+        """End a peer's revocation, audited; None if not pinned, unchanged if not revoked."""
+        with self.write() as session:
+            peer = session.get(Peer, agency_id)
+            if peer is None:
+                return None
+            if peer.state != PeerState.REVOKED.value:
+                return PeerChange(_pinned(peer), changed=False)
+            since = peer.revoked_at
+            peer.state = PeerState.ACTIVE.value
+            peer.revoked_at = None
+            peer.revoke_reason = None
+            reinstated = _pinned(peer)
+            audit.append(
+                session,
+                AuditKind.PEER_REINSTATED,
+                at=now,
+                peer=agency_id,
+                actor=actor,
+                detail=f"card {_bare(reinstated.card.fingerprint)}; revoked since "
+                + (since.isoformat() if since else "unknown"),
+            )
+        return PeerChange(reinstated, changed=True)
 
     def pin_summary(self) -> PinSummary:
-        """A cheap fingerprint of the ``peers`` table: it changes whenever a pin does."""
+        """A cheap fingerprint of the ``peers`` table: it changes with every pin and its state."""
         with self.read() as session:
             rows = session.execute(
-                select(Peer.agency_id, Peer.tls_fingerprint, Peer.added_at).order_by(Peer.agency_id)
+                select(
+                    Peer.agency_id, Peer.tls_fingerprint, Peer.added_at, Peer.state, Peer.revoked_at
+                ).order_by(Peer.agency_id)
             ).all()
-        return tuple((row[0], row[1], row[2]) for row in rows)
+        return tuple((row[0], row[1], row[2], row[3], row[4]) for row in rows)
+
+    def pinned_peer(self, agency_id: str) -> PinnedPeer | None:
+        """The pinned card of ``agency_id`` (verified again) and its state, if pinned."""
+        with self.read() as session:
+            peer = session.get(Peer, agency_id)
+            return None if peer is None else _pinned(peer)
+
+    def pinned_peers(self) -> list[PinnedPeer]:
+        """Every pinned peer with its state, each card verified again, by agency id."""
+        with self.read() as session:
+            return [
+                _pinned(peer) for peer in session.scalars(select(Peer).order_by(Peer.agency_id))
+            ]
 
     def peer_cards(self) -> list[PeerCard]:
         """Every pinned card, each verified again."""
+        return [peer.card for peer in self.pinned_peers()]
+
+    def is_revoked(self, agency_id: str) -> bool:
+        """True if ``agency_id`` is pinned and revoked."""
         with self.read() as session:
-            rows = session.scalars(select(Peer.signed_card).order_by(Peer.agency_id)).all()
-        return [parse_card(row) for row in rows]
+            state = session.scalar(select(Peer.state).where(Peer.agency_id == agency_id))
+        return state == PeerState.REVOKED.value
+
+    def pending_by_recipient(self) -> dict[str, int]:
+        """Outbound notices not yet delivered, failed or expired (queued or in flight),
+        per recipient: held while it is revoked."""
+        with self.read() as session:
+            rows = session.execute(
+                select(Message.recipient, func.count())
+                .where(
+                    Message.direction == Direction.OUTBOUND.value,
+                    Message.state.in_([MessageState.QUEUED.value, MessageState.SENT.value]),
+                )
+                .group_by(Message.recipient)
+            ).all()
+        return {row[0]: int(row[1]) for row in rows}
 
     # Messages ----------------------------------------------------------------
 
