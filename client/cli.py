@@ -23,6 +23,7 @@ import datetime as dt
 import hashlib
 import logging
 import mimetypes
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,14 +35,22 @@ from liaison.client.demo import run_demo
 from liaison.client.errors import ClientError, UsageError
 from liaison.client.notice_file import NoticeFile, load_notice_file
 from liaison.client.passphrase import NEW_PASSPHRASE_VARIABLE, new_passphrase, passphrase
-from liaison.keys.card import armor_card, dearmor_card, parse_card
+from liaison.keys.card import PeerCard, armor_card, dearmor_card, parse_card
 from liaison.keys.errors import KeysError
+from liaison.keys.ids import is_agency_id
 from liaison.keys.sealed import MIN_LOG2_N, NODE_KEYS_LOG2_N, PASSPHRASE_VARIABLE
 from liaison.server.config import ConfigError
 from liaison.server.errors import ServerError
 from liaison.server.home import NodeHome, change_passphrase, init_home, seal_unsealed_home
 from liaison.server.node import serve
-from liaison.server.store.store import StoreError
+from liaison.server.store.store import (
+    PinConflict,
+    PinnedPeer,
+    PinOutcome,
+    Store,
+    StoreError,
+    revoke_reason_problem,
+)
 from liaison.v1 import node_pb2, notice_pb2
 
 DEFAULT_HOME = Path("~/.liaison")
@@ -145,41 +154,226 @@ def _card_json(card: Any) -> dict[str, str]:
     }
 
 
+_FINGERPRINT_REQUIRED = (
+    "--fingerprint is required when standard input is not a terminal: compare the card's "
+    "fingerprint (`liaison card show CARD`) with the peer over a separate channel and give "
+    "it; not pinned"
+)
+
+
+def _fingerprint_digits(text: str) -> str:
+    """A fingerprint as the card's 64 hex digits: spaces, colons and dashes dropped, any case."""
+    digits = re.sub(r"[\s:-]", "", text).lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", digits):
+        raise UsageError(
+            "--fingerprint is not a card fingerprint (64 hex digits, in groups separated by "
+            "spaces, colons or dashes, or none): not pinned"
+        )
+    return digits
+
+
+def _agency(text: str) -> str:
+    if not is_agency_id(text):
+        raise UsageError(f"{render.safe(text)!r} is not an agency id, e.g. MA.DGSN.CCPI")
+    return text
+
+
+def _card_changed(pinned: PinnedPeer, offered: PeerCard) -> str:
+    """The refusal of a card that would replace another, old and new side by side (as ssh)."""
+    agency = offered.agency_id
+    return (
+        f"WARNING: the card of {agency} has changed. This node has pinned another card for it:\n"
+        f"  pinned card   {pinned.card.fingerprint}  endpoint {render.safe(pinned.card.endpoint)}"
+        f", pinned {_iso(pinned.pinned_at)}\n"
+        f"  offered card  {offered.fingerprint}  endpoint {render.safe(offered.endpoint)}\n"
+        f"Someone may be impersonating {agency}, or {agency} has replaced its keys. "
+        f"Nothing was changed. Compare the offered fingerprint with {agency} over a separate "
+        "channel; if it is theirs, pin it with `liaison peers add CARD --replace --fingerprint "
+        "FINGERPRINT`."
+    )
+
+
+def _confirmed(card: PeerCard, pinned: PinnedPeer | None) -> bool:
+    """Show ``card`` on the terminal and ask the operator to type yes."""
+    print(f"Agency card of {card.agency_id}:")
+    for key, value in _card_json(card).items():
+        print(f"  {key:<24} {render.safe(value)}")
+    if pinned is not None:
+        print(f"  {'replaces pinned card':<24} {pinned.card.fingerprint}")
+    print("Compare the fingerprint with the peer over a separate channel (by phone, not by")
+    print("the way the card came).")
+    sys.stdout.write("Pin this card? Type yes to confirm: ")
+    sys.stdout.flush()
+    return sys.stdin.readline().strip().lower() == "yes"
+
+
+def _pin(
+    store: Store, card: PeerCard, pinned: PinnedPeer | None, *, confirm: bool, replace: bool
+) -> PinOutcome:
+    if pinned is not None and pinned.card.signed_card == card.signed_card:
+        return PinOutcome.UNCHANGED
+    if pinned is not None and not replace:
+        raise UsageError(_card_changed(pinned, card))
+    if confirm and not _confirmed(card, pinned):
+        raise UsageError("not confirmed: not pinned")
+    try:
+        return store.pin_peer(card, actor="admin", now=dt.datetime.now(dt.UTC), replace=replace)
+    except PinConflict as conflict:  # another card was pinned meanwhile
+        raise UsageError(_card_changed(conflict.pinned, card)) from None
+
+
 def cmd_peers_add(args: argparse.Namespace) -> int:
+    # On a terminal the operator confirms the fingerprint shown; elsewhere it must be given.
+    confirm = args.fingerprint is None
+    interactive = args.card != "-" and sys.stdin.isatty()
+    if confirm and args.card == "-":
+        raise UsageError(_FINGERPRINT_REQUIRED)
     card = parse_card(dearmor_card(_read_text(args.card)))
-    if args.fingerprint is not None:
-        wanted = args.fingerprint.replace(" ", "").replace(":", "").lower()
-        if wanted != card.fingerprint.replace(" ", ""):
-            raise UsageError(
-                f"the card's fingerprint is {card.fingerprint}, not the one given: not pinned"
-            )
+    if args.fingerprint is not None and _fingerprint_digits(args.fingerprint) != (
+        card.fingerprint.replace(" ", "")
+    ):
+        raise UsageError(
+            f"the card's fingerprint is {card.fingerprint}, not the one given: not pinned"
+        )
     home = NodeHome(_home(args))
     config = home.config()
     if card.agency_id == config.agency_id:
         raise UsageError("that is this node's own card")
+    if confirm and not interactive:
+        raise UsageError(_FINGERPRINT_REQUIRED)
     store = home.open_store(config)
     try:
-        store.pin_peer(card, actor="admin", now=dt.datetime.now(dt.UTC))
+        pinned = store.pinned_peer(card.agency_id)
+        outcome = _pin(store, card, pinned, confirm=confirm, replace=args.replace)
     finally:
         store.close()
-    print(f"Pinned {card.agency_id} ({render.safe(card.name)}) at {render.safe(card.endpoint)}")
+    if outcome is PinOutcome.UNCHANGED:
+        print(f"{card.agency_id} is already pinned with this card; nothing changed")
+        print(f"  card fingerprint {card.fingerprint}")
+        return 0
+    verb = "Replaced the card of" if outcome is PinOutcome.REPLACED else "Pinned"
+    print(f"{verb} {card.agency_id} ({render.safe(card.name)}) at {render.safe(card.endpoint)}")
+    if pinned is not None and outcome is PinOutcome.REPLACED:
+        print(f"  old card fingerprint {pinned.card.fingerprint}")
     print(f"  card fingerprint {card.fingerprint}")
-    if args.fingerprint is None:
-        print("  Compare this fingerprint with the peer over a separate channel.")
+    if pinned is not None and pinned.revoked:
+        print(f"  {card.agency_id} stays revoked; `liaison peers reinstate` ends that")
     return 0
+
+
+def _peer_json(peer: PinnedPeer, pending: int) -> dict[str, Any]:
+    return _card_json(peer.card) | {
+        "state": peer.state.value,
+        "pinned_at": _iso(peer.pinned_at),
+        "revoked_at": _iso(peer.revoked_at) if peer.revoked_at else None,
+        "revoke_reason": peer.revoke_reason,
+        "pending_notices": pending,
+        "held_notices": pending if peer.revoked else 0,
+    }
+
+
+def _iso(moment: dt.datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def cmd_peers_list(args: argparse.Namespace) -> int:
     store = NodeHome(_home(args)).open_store()
     try:
-        cards = store.peer_cards()
+        peers = store.pinned_peers()
+        pending = store.pending_by_recipient()
     finally:
         store.close()
     if args.json:
-        _print_json([_card_json(card) for card in cards])
+        _print_json([_peer_json(peer, pending.get(peer.card.agency_id, 0)) for peer in peers])
     else:
-        for card in cards:
-            print(f"{card.agency_id:<24} {render.safe(card.endpoint):<24} {card.fingerprint}")
+        for peer in peers:
+            card = peer.card
+            print(
+                f"{card.agency_id:<24} {peer.state.value:<8} "
+                f"{render.safe(card.endpoint):<24} {card.fingerprint}"
+            )
+    return 0
+
+
+def cmd_peers_show(args: argparse.Namespace) -> int:
+    agency_id = _agency(args.agency_id)
+    store = NodeHome(_home(args)).open_store()
+    try:
+        peer = store.pinned_peer(agency_id)
+        pending = store.pending_by_recipient().get(agency_id, 0)
+    finally:
+        store.close()
+    if peer is None:
+        raise UsageError(f"{agency_id} is not a pinned peer")
+    shown = _peer_json(peer, pending)
+    if args.json:
+        _print_json(shown)
+    else:
+        for key, value in shown.items():
+            if value is not None:
+                print(f"{key:<24} {render.safe(str(value))}")
+    return 0
+
+
+def cmd_peers_remove(args: argparse.Namespace) -> int:
+    agency_id = _agency(args.agency_id)
+    store = NodeHome(_home(args)).open_store()
+    try:
+        removed = store.remove_peer(agency_id, actor="admin", now=dt.datetime.now(dt.UTC))
+        pending = store.pending_by_recipient().get(agency_id, 0)
+    finally:
+        store.close()
+    if removed is None:
+        raise UsageError(f"{agency_id} is not a pinned peer; nothing removed")
+    print(f"Removed {agency_id}: card {removed.card.fingerprint} is no longer trusted")
+    if pending:
+        print(f"  notices waiting for it, not sent unless it is pinned again: {pending}")
+    return 0
+
+
+def cmd_peers_revoke(args: argparse.Namespace) -> int:
+    agency_id = _agency(args.agency_id)
+    problem = revoke_reason_problem(args.reason)
+    if problem:
+        raise UsageError(f"{problem}: not revoked")
+    store = NodeHome(_home(args)).open_store()
+    try:
+        change = store.revoke_peer(
+            agency_id, args.reason, actor="admin", now=dt.datetime.now(dt.UTC)
+        )
+        pending = store.pending_by_recipient().get(agency_id, 0)
+    finally:
+        store.close()
+    if change is None:
+        raise UsageError(f"{agency_id} is not a pinned peer; nothing revoked")
+    peer = change.peer
+    if not change.changed:
+        assert peer.revoked_at is not None
+        print(
+            f"{agency_id} is already revoked, since {_iso(peer.revoked_at)} "
+            f"({render.safe(peer.revoke_reason or '')}); nothing changed"
+        )
+        return 0
+    print(f"Revoked {agency_id}: its envelopes are refused (SENDER_REVOKED)")
+    print(f"  notices waiting for it, held until `liaison peers reinstate`: {pending}")
+    return 0
+
+
+def cmd_peers_reinstate(args: argparse.Namespace) -> int:
+    agency_id = _agency(args.agency_id)
+    store = NodeHome(_home(args)).open_store()
+    try:
+        change = store.reinstate_peer(agency_id, actor="admin", now=dt.datetime.now(dt.UTC))
+        pending = store.pending_by_recipient().get(agency_id, 0)
+    finally:
+        store.close()
+    if change is None:
+        raise UsageError(f"{agency_id} is not a pinned peer; nothing reinstated")
+    if not change.changed:
+        print(f"{agency_id} is not revoked; nothing changed")
+        return 0
+    print(f"Reinstated {agency_id}: its envelopes are accepted again")
+    print(f"  held notices, sent now: {pending}")
     return 0
 
 
@@ -439,12 +633,48 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     peers = commands.add_parser("peers", help="pinned peers").add_subparsers(
         dest="peers_command", required=True, metavar="COMMAND"
     )
-    p = peers.add_parser("add", parents=[common], help="pin a peer's card")
+    p = peers.add_parser(
+        "add",
+        parents=[common],
+        help="pin a peer's card",
+        description="Pin a peer's card after comparing its fingerprint with the peer over a "
+        "separate channel: give it with --fingerprint (required unless standard input is a "
+        "terminal, where the card is shown and you confirm by typing yes).",
+    )
     p.add_argument("card", help="card file, or - for standard input")
-    p.add_argument("--fingerprint", help="refuse the card unless it has this fingerprint")
+    p.add_argument(
+        "--fingerprint",
+        help="refuse the card unless it has this fingerprint (spaces, colons, dashes or none)",
+    )
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace the card pinned for the same agency (its keys have changed)",
+    )
     p.set_defaults(run=cmd_peers_add)
     p = peers.add_parser("list", parents=[common, as_json], help="list pinned peers")
     p.set_defaults(run=cmd_peers_list)
+    p = peers.add_parser("show", parents=[common, as_json], help="a pinned peer and its state")
+    p.add_argument("agency_id", metavar="AGENCY-ID")
+    p.set_defaults(run=cmd_peers_show)
+    p = peers.add_parser("remove", parents=[common], help="unpin a peer")
+    p.add_argument("agency_id", metavar="AGENCY-ID")
+    p.set_defaults(run=cmd_peers_remove)
+    p = peers.add_parser(
+        "revoke",
+        parents=[common],
+        help="refuse a peer's envelopes and hold notices to it",
+        description="Revoke a pinned peer: its envelopes are refused (SENDER_REVOKED) and "
+        "notices waiting for it are held until `liaison peers reinstate`.",
+    )
+    p.add_argument("agency_id", metavar="AGENCY-ID")
+    p.add_argument(
+        "--reason", required=True, help="why, for the audit trail (one line, at most 200 chars)"
+    )
+    p.set_defaults(run=cmd_peers_revoke)
+    p = peers.add_parser("reinstate", parents=[common], help="end a peer's revocation")
+    p.add_argument("agency_id", metavar="AGENCY-ID")
+    p.set_defaults(run=cmd_peers_reinstate)
 
     p = commands.add_parser("serve", parents=[common], help="run the node")
     p.set_defaults(run=cmd_serve)

@@ -384,14 +384,23 @@ def test_peers_add_pins_a_card(
     a_home: CliHome, b_home: CliHome, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert peers_json(capsys, a_home) == []
-    code, out, err = run(capsys, "peers", "add", "--home", str(a_home.path), str(b_home.card_file))
+    code, out, err = run(
+        capsys,
+        "peers",
+        "add",
+        "--home",
+        str(a_home.path),
+        str(b_home.card_file),
+        "--fingerprint",
+        b_home.fingerprint,
+    )
     assert code == 0, err
     assert f"Pinned {B_ID} (Agency {B_ID})" in out
     assert b_home.fingerprint in out
-    assert "Compare this fingerprint" in out
     peers = peers_json(capsys, a_home)
     assert [(p["agency_id"], p["fingerprint"]) for p in peers] == [(B_ID, b_home.fingerprint)]
     assert peers[0]["endpoint"] == load_config(b_home.path).endpoint
+    assert peers[0]["state"] == "active"
 
     code, out, err = run(capsys, "peers", "list", "--home", str(a_home.path))
     assert code == 0, err
@@ -414,7 +423,7 @@ def test_peers_add_accepts_the_fingerprint_in_another_notation(
         colons,
     )
     assert code == 0, err
-    assert "Compare this fingerprint" not in out
+    assert out.startswith(f"Pinned {B_ID}")
     assert [p["agency_id"] for p in peers_json(capsys, a_home)] == [B_ID]
 
 

@@ -26,7 +26,7 @@ import pytest
 from liaison.client import render
 from liaison.client.cli import main
 from liaison.client.errors import RequestRejected
-from liaison.keys.card import armor_card, sign_card
+from liaison.keys.card import armor_card, parse_card, sign_card
 from liaison.keys.identity import NodeIdentity
 from liaison.keys.ids import new_message_id
 from liaison.keys.notice import CASE_NOTICE_CONTENT_TYPE, notice_problems
@@ -445,21 +445,34 @@ def test_card_show_and_peers_list_print_a_hostile_card_escaped(
     card.name = f"Agency{ESC_SEQUENCE}\u202eforged"
     card.endpoint = "127.0.0.1:7443\x1b[1A"
     card_file = tmp_path / "hostile.card"
-    card_file.write_text(armor_card(sign_card(card, identity.signing_key)), encoding="utf-8")
+    signed = sign_card(card, identity.signing_key)
+    card_file.write_text(armor_card(signed), encoding="utf-8")
 
     out = cli(capsys, "card", "show", str(card_file))
     assert raw_controls(out) == set()
     assert r"Agency\x1b[2J\x1b[H\u202eforged" in out
     assert json.loads(cli(capsys, "card", "show", str(card_file), "--json"))["name"] == card.name
 
-    out = cli(capsys, "peers", "add", "--home", str(home.path), str(card_file))
+    fingerprint = parse_card(signed).fingerprint
+    out = cli(
+        capsys,
+        "peers",
+        "add",
+        "--home",
+        str(home.path),
+        str(card_file),
+        "--fingerprint",
+        fingerprint,
+    )
     assert raw_controls(out) == set()
-    out = cli(capsys, "peers", "list", "--home", str(home.path))
-    assert raw_controls(out) == set()
-    assert r"127.0.0.1:7443\x1b[1A" in out
-    raw = cli(capsys, "peers", "list", "--home", str(home.path), "--json")
-    assert raw_controls(raw) == set()
-    assert json.loads(raw)[0]["endpoint"] == card.endpoint
+    for command in (["list"], ["show", A_ID]):
+        out = cli(capsys, "peers", *command, "--home", str(home.path))
+        assert raw_controls(out) == set()
+        assert r"127.0.0.1:7443\x1b[1A" in out
+        raw = cli(capsys, "peers", *command, "--home", str(home.path), "--json")
+        assert raw_controls(raw) == set()
+        shown = json.loads(raw)
+        assert (shown[0] if command == ["list"] else shown)["endpoint"] == card.endpoint
 
 
 # The rules themselves -------------------------------------------------------------
