@@ -17,15 +17,13 @@ from liaison.keys.certs import certificate_sha256
 from liaison.keys.errors import CardError
 from liaison.keys.ids import encryption_key_id, is_agency_id, signing_key_id, tls_name
 from liaison.keys.labels import CARD_SIGNATURE_LABEL, signing_input
+from liaison.keys.times import is_valid_timestamp
 from liaison.v1 import envelope_pb2
 
 CARD_VERSION = 1
 _ARMOR_BEGIN = "-----BEGIN LIAISON AGENCY CARD-----"
 _ARMOR_END = "-----END LIAISON AGENCY CARD-----"
 # A valid google.protobuf.Timestamp: years 1 to 9999 (PROTOCOL.md section 1).
-MIN_TIMESTAMP_SECONDS = -62_135_596_800
-MAX_TIMESTAMP_SECONDS = 253_402_300_799
-MAX_TIMESTAMP_NANOS = 999_999_999
 
 
 @dataclass(frozen=True)
@@ -113,10 +111,7 @@ def parse_card(signed_card: bytes) -> PeerCard:
 
 def _created_at(card: envelope_pb2.AgencyCard) -> dt.datetime:
     stamp = card.created_at
-    if not (
-        MIN_TIMESTAMP_SECONDS <= stamp.seconds <= MAX_TIMESTAMP_SECONDS
-        and 0 <= stamp.nanos <= MAX_TIMESTAMP_NANOS
-    ):
+    if not is_valid_timestamp(stamp):
         raise CardError(f"the card of {card.agency_id} has an invalid creation time")
     return stamp.ToDatetime(tzinfo=dt.UTC)
 
