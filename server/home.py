@@ -403,7 +403,8 @@ def seal_unsealed_home(path: Path, passphrase: Passphrase, *, log2_n: int) -> No
     whose key is still in clear are sealed under it too. Run again after a
     crash, it finishes the job. Audited.
     """
-    home = NodeHome.unlocked(path, passphrase)
+    unlocker = Unlocker(passphrase)
+    home = NodeHome(path, unlocker)
     config = home.config()
     keys_dir, api_dir = home.keys_dir, home.api_dir
     if not home.keys.exists():
@@ -430,11 +431,10 @@ def seal_unsealed_home(path: Path, passphrase: Passphrase, *, log2_n: int) -> No
                 (API_SERVER, "server", "ECDSA P-256 TLS key of the local API"),
             )
         ]
-        assert home.unlocker is not None
         home.keys.create(
             [*identity_keys(identity), *api],
             {TLS_CERT_FILE: identity.tls.certificate_pem()},
-            home.unlocker,
+            unlocker,
             log2_n=log2_n,
             beside_unsealed=True,
         )
@@ -452,7 +452,7 @@ def seal_unsealed_home(path: Path, passphrase: Passphrase, *, log2_n: int) -> No
                 certificate=(folder / "client.crt").read_bytes(),
                 private_key=read_private_file(key),
                 target=(folder / "target").read_text(encoding="utf-8").strip(),
-            ).reseal(folder, home.unlocker, log2_n=max(CREDENTIAL_LOG2_N, log2_n - 1))
+            ).reseal(folder, unlocker, log2_n=max(CREDENTIAL_LOG2_N, log2_n - 1))
     _audit(home, AuditKind.KEYS_SEALED, f"key store {home.keys.current().name}")
     return home
 
