@@ -147,7 +147,7 @@ class Delivery:
                         outbox.claim_due, recipient=recipient, now=self._clock(), limit=free
                     )
                 )
-            card = self._peers.peer(recipient) if claimed else None
+            card = await asyncio.to_thread(self._peers.peer, recipient) if claimed else None
             for pending in claimed:
                 task = asyncio.create_task(self._deliver(card, pending))
                 in_flight.add(task)
