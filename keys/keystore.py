@@ -17,12 +17,13 @@ one in use, never a mixture. No key file is ever rewritten in place.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import fcntl
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,32 @@ class NodeKeys:
         Changes of the key store are serialized by a lock of their own (not the
         home's, which a serving node holds).
         """
+        with self._changing():
+            keys, public, folder = self._current_keys(old)
+            self._next_generation(folder, keys, public, new, KdfParams.fresh(log2_n))
+
+    def add(self, new_keys: Iterable[NewKey], unlocker: Unlocker) -> None:
+        """Write a new generation holding the current keys and ``new_keys``; switch at once.
+
+        The new generation keeps the current scrypt parameters (salt and cost):
+        the passphrase is the same, so the node derives one master key, not
+        two, and no other key changes. Every current key is opened first (a
+        wrong passphrase or an altered file changes nothing). Refuses a role
+        that is already present: ``KeyStoreError``.
+        """
+        added = list(new_keys)
+        with self._changing():
+            keys, public, folder = self._current_keys(unlocker)
+            present = {key.entry.role for key in keys} | {key.entry.file for key in keys}
+            for key in added:
+                if key.entry.role in present or key.entry.file in present | set(public):
+                    raise KeyStoreError(
+                        f"the key store {self.folder} already holds a {key.entry.role} key"
+                    )
+            self._next_generation(folder, [*keys, *added], public, unlocker, self.params())
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
         fd = os.open(self.folder / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             try:
@@ -202,12 +229,13 @@ class NodeKeys:
                 raise KeyStoreError(
                     f"the key store {self.folder} is being changed already"
                 ) from None
-            self._reseal(old, new, log2_n=log2_n)
+            yield
         finally:
             os.close(fd)
 
-    def _reseal(self, old: Unlocker, new: Unlocker, *, log2_n: int) -> None:
-        opened = self.open(old)
+    def _current_keys(self, unlocker: Unlocker) -> tuple[list[NewKey], dict[str, bytes], Path]:
+        """Every key of the current generation, opened, its public files, and its folder."""
+        opened = self.open(unlocker)
         folder = self.current()
         entries = self.entries()
         keys = [NewKey(entry, opened.private(entry.role)) for entry in entries]
@@ -216,8 +244,18 @@ class NodeKeys:
             for path in folder.iterdir()
             if path.name not in {MANIFEST, CHECK, *(entry.file for entry in entries)}
         }
+        return keys, public, folder
+
+    def _next_generation(
+        self,
+        folder: Path,
+        keys: list[NewKey],
+        public: dict[str, bytes],
+        unlocker: Unlocker,
+        params: KdfParams,
+    ) -> None:
         generation = int(folder.name.removeprefix("gen-")) + 1
-        self._write_generation(generation, keys, public, new, KdfParams.fresh(log2_n))
+        self._write_generation(generation, keys, public, unlocker, params)
         shutil.rmtree(folder)
 
     def _write_generation(

@@ -20,6 +20,13 @@ KEY_ID_LABEL_SIGNING = b"liaison-exchange/v1/signing-key-id"
 KEY_ID_LABEL_ENCRYPTION = b"liaison-exchange/v1/encryption-key-id"
 # Private keys at rest: the HKDF info and the AES-GCM associated data of a sealed key file.
 SEALED_KEY_LABEL = b"liaison-exchange/v1/sealed-key"
+# Notices at rest (keys/storage.py): the associated data of a notice's content under its
+# data key, of the data key wrapped under the storage key, and of the listing summary; the
+# HKDF info that derives the summary key from the storage key.
+STORED_CONTENT_LABEL = b"liaison-exchange/v1/stored-content"
+DATA_KEY_LABEL = b"liaison-exchange/v1/data-key"
+STORED_SUMMARY_LABEL = b"liaison-exchange/v1/stored-summary"
+SUMMARY_KEY_LABEL = b"liaison-exchange/v1/summary-key"
 
 
 def labelled(label: bytes, data: bytes) -> bytes:
