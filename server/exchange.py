@@ -19,12 +19,14 @@ from liaison.keys.envelope import EnvelopeLimits, check_envelope, issue_receipt,
 from liaison.keys.errors import EnvelopeRejected, reason_name
 from liaison.keys.identity import NodeIdentity
 from liaison.keys.ids import is_agency_id, is_message_id
+from liaison.keys.storage import Row, StorageKey, Summary, seal_content_at_rest
 from liaison.server.committer import GroupCommitter
 from liaison.server.peers import PeerDirectory
 from liaison.server.store import inbox
+from liaison.server.store.models import Direction
 from liaison.server.store.records import NoticeRecord
 from liaison.server.store.store import Store
-from liaison.v1 import envelope_pb2
+from liaison.v1 import envelope_pb2, notice_pb2
 
 Clock = Callable[[], dt.datetime]
 log = logging.getLogger(__name__)
@@ -35,6 +37,38 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def sealed_record(
+    storage: StorageKey,
+    direction: Direction,
+    header: envelope_pb2.EnvelopeHeader,
+    notice: notice_pb2.CaseNotice,
+    *,
+    content: bytes,
+    envelope: bytes,
+    envelope_sha256: bytes,
+) -> NoticeRecord:
+    """The record to store of a notice, its content sealed at rest under a fresh data key.
+
+    CPU work (AES-GCM over the whole notice): run it off the event loop.
+    """
+    sealed = seal_content_at_rest(
+        storage,
+        content,
+        Summary(subject=notice.subject, case_reference=notice.case_reference),
+        Row(direction.value, header.sender, header.message_id),
+    )
+    return NoticeRecord.of(
+        header,
+        notice,
+        envelope=envelope,
+        envelope_sha256=envelope_sha256,
+        content=sealed.content,
+        data_key=sealed.data_key,
+        storage_key_id=sealed.storage_key_id,
+        summary=sealed.summary,
+    )
+
+
 @dataclass
 class Receiver:
     identity: NodeIdentity
@@ -42,6 +76,8 @@ class Receiver:
     store: Store
     committer: GroupCommitter
     limits: EnvelopeLimits
+    # Wraps the data key of every stored notice (liaison.keys.storage).
+    storage: StorageKey
     clock: Clock = utc_now
     # Told (sender, envelope bytes) of every envelope stored: the peers' quotas.
     on_stored: Callable[[str, int], None] | None = None
@@ -85,13 +121,17 @@ class Receiver:
             status=envelope_pb2.RECEIPT_STATUS_ACCEPTED,
             now=now,
         )
-        record = NoticeRecord.of(
+        record = await asyncio.to_thread(
+            sealed_record,
+            self.storage,
+            Direction.INBOUND,
             header,
             opened.notice,
+            content=opened.content,
             envelope=envelope,
             envelope_sha256=checked.envelope_sha256,
-            content=opened.content,
         )
+        del opened
         earlier = await self.committer.submit(
             lambda session: inbox.accept(session, record, signed_receipt=receipt, received_at=now)
         )

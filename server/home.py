@@ -57,6 +57,7 @@ from liaison.keys.sealed import (
     SealedFile,
     Unlocker,
 )
+from liaison.keys.storage import STORAGE_KEY_FILE, STORAGE_KEY_KIND, STORAGE_ROLE, StorageKey
 from liaison.server.config import CONFIG_FILE, ConfigError, NodeConfig, load_config
 from liaison.server.store.audit import AuditKind, append
 from liaison.server.store.store import Store, sqlite_url
@@ -175,6 +176,24 @@ class NodeHome:
             created_at=config.created_at,
         )
 
+    def storage_key(self) -> StorageKey:
+        """The node's storage key, which wraps the data keys of stored notices.
+
+        A key store without one (a home made before notices were sealed at
+        rest, or sealed by ``liaison keys seal``) gets one now: a new
+        generation holding the current keys and the new one, switched
+        atomically, audited ``key-created``. Raises ``KeyStoreError``.
+        """
+        opened = self.open_keys()
+        if not any(entry.role == STORAGE_ROLE for entry in self.keys.entries()):
+            assert self.unlocker is not None  # open_keys() needs it
+            created = StorageKey.generate()
+            self.keys.add([storage_key_entry(created)], self.unlocker)
+            _audit(self, AuditKind.KEY_CREATED, f"storage key {created.key_id}")
+            return created
+        entry = next(entry for entry in self.keys.entries() if entry.role == STORAGE_ROLE)
+        return StorageKey(opened.private(STORAGE_ROLE), entry.key_id)
+
     def api_server_credential(self) -> tuple[bytes, bytes, bytes]:
         """(CA certificate, server certificate, server key), PEM."""
         key = load_private_key(
@@ -243,13 +262,13 @@ def init_home(
             "refusing to overwrite it"
         )
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # The home holds keys and decrypted notices: only its owner may enter, even if it existed.
+    # The home holds keys and notices: only its owner may enter, even if it existed.
     path.chmod(0o700)
     identity = generate_identity(agency_id, name, endpoint)
     api_keys = _init_api(home, agency_id, api_listen, credential_log2_n)
     assert home.unlocker is not None
     home.keys.create(
-        [*identity_keys(identity), *api_keys],
+        [*identity_keys(identity), *api_keys, storage_key_entry(StorageKey.generate())],
         {TLS_CERT_FILE: identity.tls.certificate_pem()},
         home.unlocker,
         log2_n=kdf_log2_n,
@@ -281,6 +300,13 @@ def init_home(
     finally:
         store.close()
     return home
+
+
+def storage_key_entry(key: StorageKey) -> NewKey:
+    """The key-store entry of a new storage key."""
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    entry = KeyEntry(STORAGE_ROLE, STORAGE_KEY_FILE, key.key_id, STORAGE_KEY_KIND, "active", now)
+    return NewKey(entry, key.secret())
 
 
 def change_passphrase(home: NodeHome, new: Passphrase) -> None:

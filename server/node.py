@@ -21,11 +21,13 @@ import sys
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
 from liaison.keys.identity import NodeIdentity
+from liaison.keys.storage import Row, StorageKey, Summary, seal_content_at_rest
 from liaison.server.committer import GroupCommitter
 from liaison.server.config import ConfigError, Limits, NodeConfig
 from liaison.server.delivery import Delivery
@@ -38,8 +40,8 @@ from liaison.server.peers import PeerDirectory, TlsTrust
 from liaison.server.services import NodeServicer, PeerExchangeServicer
 from liaison.server.store import audit
 from liaison.server.store.audit import AuditKind
-from liaison.server.store.store import Store
-from liaison.v1 import node_pb2, node_pb2_grpc, peer_pb2
+from liaison.server.store.store import ClearRow, SealedRow, Store
+from liaison.v1 import node_pb2, node_pb2_grpc, notice_pb2, peer_pb2
 
 log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_SECONDS = 5.0
@@ -47,6 +49,9 @@ SHUTDOWN_GRACE_SECONDS = 5.0
 HOUSEKEEPING_SECONDS = 1.0
 # How often the count of TLS handshakes on the peer listener is logged (if it moved).
 HANDSHAKE_REPORT_SECONDS = 60.0
+# Notices stored in clear by an earlier version, sealed per transaction at start-up.
+CLEAR_ROWS_BATCH = 64
+CLEAR_ROWS_RETRY_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,8 @@ class Node:
         self.config: NodeConfig = home.config()
         self.identity: NodeIdentity = home.identity(self.config)
         self.store: Store = home.open_store(self.config)
+        # Loaded once; a key store without one (an older home) gets one here.
+        self.storage: StorageKey = home.storage_key()
         self.peers = PeerDirectory(self.store)
         limits = self.config.limits
         self.committer = GroupCommitter(self.store, max_batch=limits.commit_batch)
@@ -77,6 +84,7 @@ class Node:
             self.store,
             self.committer,
             limits.envelope(),
+            self.storage,
             on_stored=self.gate.stored,
         )
         self.tls_trust = TlsTrust(self.identity, self.peers)
@@ -88,12 +96,20 @@ class Node:
             limits=limits,
         )
         self.notices = Notices(
-            self.identity, self.peers, self.store, self.committer, self.delivery, limits
+            self.identity,
+            self.peers,
+            self.store,
+            self.committer,
+            self.delivery,
+            limits,
+            self.storage,
         )
         self._servers: list[grpc.aio.Server] = []
         self._health: list[tuple[health_aio.HealthServicer, str]] = []
         self._lock: HomeLock | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        # Seals the rows an earlier version stored in clear; done when it returns.
+        self.sealing: asyncio.Task[int] | None = None
 
     async def start(self) -> BoundPorts:
         """Lock the home, start storage workers and both listeners; returns the bound ports.
@@ -151,6 +167,7 @@ class Node:
             await server.start()
             self._servers.append(server)
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
+        self.sealing = asyncio.create_task(self._seal_clear_rows(), name="seal-clear-rows")
         for health, service in self._health:
             for name in ("", service):
                 await health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -208,12 +225,76 @@ class Node:
                     )
                 reported, reported_at = count, now
 
+    async def _seal_clear_rows(self) -> int:
+        """Seal, in batches, the notices an earlier version stored in clear; returns how many.
+
+        Runs in the background from start-up; reads serve clear rows as they are
+        meanwhile. A failed batch is logged (never its content) and retried after
+        ``CLEAR_ROWS_RETRY_SECONDS``; a row that cannot be sealed does not stop
+        the others. Ends with a checkpoint that truncates the write-ahead log, so
+        the clear pages do not stay there (``secure_delete`` zeroes them in
+        ``node.db``).
+        """
+        total, skipped = 0, set[int]()
+        while True:
+            try:
+                rows = await asyncio.to_thread(
+                    self.store.clear_rows, CLEAR_ROWS_BATCH + len(skipped)
+                )
+                rows = [row for row in rows if row.pk not in skipped]
+                if not rows:
+                    break
+                sealed = await asyncio.to_thread(self._seal_rows, rows, skipped)
+                total += await asyncio.to_thread(self.store.seal_clear_rows, sealed)
+            except Exception as error:
+                log.error(
+                    "sealing notices stored in clear failed (%s); retrying in %g s",
+                    type(error).__name__,
+                    CLEAR_ROWS_RETRY_SECONDS,
+                )
+                await asyncio.sleep(CLEAR_ROWS_RETRY_SECONDS)
+        if total:
+            await asyncio.to_thread(self.store.checkpoint)
+            log.info("sealed %d notices stored in clear by an earlier version", total)
+        if skipped:
+            log.error("%d notices stored in clear could not be sealed", len(skipped))
+        return total
+
+    def _seal_rows(self, rows: list[ClearRow], skipped: set[int]) -> list[SealedRow]:
+        sealed = []
+        for row in rows:
+            try:
+                notice = notice_pb2.CaseNotice.FromString(row.content)
+            except DecodeError:
+                log.error("stored notice %s does not parse; left as it is", row.message_id)
+                skipped.add(row.pk)
+                continue
+            # The clear columns, if present, are what the listing showed so far.
+            summary = Summary(
+                subject=notice.subject or row.subject,
+                case_reference=notice.case_reference or row.case_reference,
+            )
+            at_rest = seal_content_at_rest(
+                self.storage, row.content, summary, Row(row.direction, row.sender, row.message_id)
+            )
+            sealed.append(
+                SealedRow(
+                    row.pk,
+                    at_rest.content,
+                    at_rest.data_key,
+                    at_rest.storage_key_id,
+                    at_rest.summary,
+                )
+            )
+        return sealed
+
     async def stop(self) -> None:
         """Stop accepting calls, finish the ones in flight, flush storage, unlock the home."""
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
-            await asyncio.gather(self._housekeeping, return_exceptions=True)
-            self._housekeeping = None
+        for task in (self._housekeeping, self.sealing):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._housekeeping = self.sealing = None
         for health, _service in self._health:
             await health.enter_graceful_shutdown()
         await asyncio.gather(*(s.stop(SHUTDOWN_GRACE_SECONDS) for s in self._servers))

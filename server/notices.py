@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import datetime as dt
+import logging
 from dataclasses import dataclass, field
+
+from google.protobuf.message import DecodeError
 
 from liaison.keys.card import PeerCard
 from liaison.keys.envelope import (
@@ -17,16 +21,24 @@ from liaison.keys.envelope import (
 from liaison.keys.identity import NodeIdentity
 from liaison.keys.ids import is_agency_id, is_message_id
 from liaison.keys.notice import CASE_NOTICE_CONTENT_TYPE, notice_problems
+from liaison.keys.storage import (
+    Row,
+    StorageKey,
+    StoredContentError,
+    open_content_at_rest,
+    open_summary,
+)
 from liaison.server.committer import GroupCommitter
 from liaison.server.config import Limits
 from liaison.server.delivery import Delivery
 from liaison.server.errors import NotFound, RequestError
-from liaison.server.exchange import Clock, utc_now
+from liaison.server.exchange import Clock, sealed_record, utc_now
 from liaison.server.peers import PeerDirectory
 from liaison.server.store import outbox
 from liaison.server.store.models import (
     FINAL_OUTBOUND_STATES,
     AuditEvent,
+    ContentFormat,
     Direction,
     Message,
     MessageState,
@@ -35,6 +47,10 @@ from liaison.server.store.models import (
 from liaison.server.store.records import MessageSummaryRow, NoticeRecord
 from liaison.server.store.store import Store
 from liaison.v1 import node_pb2, notice_pb2
+
+log = logging.getLogger(__name__)
+# What a listing shows for a row whose summary does not open (the log says why).
+UNREADABLE_SUMMARY = "(summary unreadable: altered or damaged in the database)"
 
 AGENCY_ID_FORM = "upper-case letters and digits in parts separated by '.' or '-', e.g. MA.DGSN.CCPI"
 _DIRECTIONS: dict[int, Direction | None] = {
@@ -52,9 +68,14 @@ class SendOutcome:
 
 @dataclass(frozen=True)
 class MessageView:
+    """A message as the local API shows it: ``notice`` is None once its content was
+    destroyed, and ``summary`` has the subject and case reference opened."""
+
     message: Message
     receipt: Receipt | None
     timeline: list[AuditEvent]
+    notice: notice_pb2.CaseNotice | None
+    summary: MessageSummaryRow
 
 
 @dataclass
@@ -65,6 +86,8 @@ class Notices:
     committer: GroupCommitter
     delivery: Delivery
     limits: Limits
+    # Opens and seals stored notices (liaison.keys.storage).
+    storage: StorageKey
     clock: Clock = utc_now
     # Encoded header size per (recipient, its encryption key id); see ``_seal``.
     _header_sizes: dict[tuple[str, str], int] = field(default_factory=dict, init=False)
@@ -108,28 +131,38 @@ class Notices:
         ttl = ttl_seconds or self.limits.default_ttl_seconds
         if ttl > self.limits.max_lifetime_days * 86400:
             raise RequestError(f"ttl exceeds the limit of {self.limits.max_lifetime_days} days")
-        sealed = await asyncio.to_thread(
-            self._seal, notice.SerializeToString(), card, dt.timedelta(seconds=ttl), now
+        record = await asyncio.to_thread(
+            self._seal_record, notice, card, dt.timedelta(seconds=ttl), now
         )
-        record = NoticeRecord.of(
-            sealed.header,
-            notice,
-            envelope=sealed.envelope,
-            envelope_sha256=sealed.envelope_sha256,
-            content=sealed.content,
-        )
-        settled = self.delivery.watch(sealed.message_id)
+        message_id = record.message_id
+        settled = self.delivery.watch(message_id)
         try:
             await self.committer.submit(lambda session: outbox.queue(session, record, actor=actor))
             self.delivery.notify(recipient)
             if not wait:
-                return SendOutcome(sealed.message_id, MessageState.QUEUED)
+                return SendOutcome(message_id, MessageState.QUEUED)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(settled), wait)
         finally:
-            self.delivery.unwatch(sealed.message_id, settled)
-        state = await asyncio.to_thread(self.store.state, sealed.message_id)
-        return SendOutcome(sealed.message_id, MessageState(state))
+            self.delivery.unwatch(message_id, settled)
+        state = await asyncio.to_thread(self.store.state, message_id)
+        return SendOutcome(message_id, MessageState(state))
+
+    def _seal_record(
+        self, notice: notice_pb2.CaseNotice, card: PeerCard, ttl: dt.timedelta, now: dt.datetime
+    ) -> NoticeRecord:
+        """Seal ``notice`` to ``card`` (``_seal``), and for the database under a data key."""
+        content = notice.SerializeToString()
+        sealed = self._seal(content, card, ttl, now)
+        return sealed_record(
+            self.storage,
+            Direction.OUTBOUND,
+            sealed.header,
+            notice,
+            content=content,
+            envelope=sealed.envelope,
+            envelope_sha256=sealed.envelope_sha256,
+        )
 
     def _seal(
         self, content: bytes, card: PeerCard, ttl: dt.timedelta, now: dt.datetime
@@ -205,17 +238,77 @@ class Notices:
                 "messages (limits.list_max)"
             )
         count = limit or self.limits.list_default
-        return await asyncio.to_thread(self.store.messages, _DIRECTIONS[direction], count)
+        return await asyncio.to_thread(self._list, _DIRECTIONS[direction], count)
+
+    def _list(self, direction: Direction | None, count: int) -> builtins.list[MessageSummaryRow]:
+        """The rows with their summaries opened; the content is neither read nor opened."""
+        return [self._opened_summary(row) for row in self.store.messages(direction, count)]
+
+    def _opened_summary(self, row: MessageSummaryRow) -> MessageSummaryRow:
+        if row.content_format != ContentFormat.SEALED_V1.value:
+            return row.opened(row.subject, row.case_reference)  # clear, or destroyed: empty
+        try:
+            summary = open_summary(
+                self.storage,
+                summary=row.summary,
+                storage_key_id=row.storage_key_id,
+                row=Row(row.direction, row.sender, row.message_id),
+            )
+        except StoredContentError as error:
+            log.error("the summary of stored message %s does not open: %s", row.message_id, error)
+            return row.opened(UNREADABLE_SUMMARY, "")
+        return row.opened(summary.subject, summary.case_reference)
 
     async def get(self, message_id: str) -> MessageView:
-        """Raises ``RequestError`` for a malformed id, ``NotFound``."""
+        """The message, its notice opened from its sealed form (None if destroyed).
+
+        Raises ``RequestError`` for a malformed id, ``NotFound``, and
+        ``StoredContentError`` if the stored notice does not open (altered or
+        damaged in the database; nothing is changed).
+        """
         _check_message_id(message_id)
         found = await asyncio.to_thread(self.store.message, message_id)
         if found is None:
             raise NotFound(f"no message {message_id}")
         message, receipt = found
+        notice = await asyncio.to_thread(self._open, message)
         timeline = await asyncio.to_thread(self.store.timeline, message)
-        return MessageView(message, receipt, timeline)
+        summary = MessageSummaryRow.of(message)
+        if notice is not None:
+            summary = summary.opened(notice.subject, notice.case_reference)
+        return MessageView(message, receipt, timeline, notice, summary)
+
+    def _open(self, message: Message) -> notice_pb2.CaseNotice | None:
+        """The stored notice in clear; None if its content was destroyed."""
+        if message.content_format == ContentFormat.DESTROYED.value:
+            return None
+        if message.content_format == ContentFormat.CLEAR.value:
+            content = message.content  # not sealed yet (see Node)
+        elif message.content_format == ContentFormat.SEALED_V1.value:
+            try:
+                content = open_content_at_rest(
+                    self.storage,
+                    content=message.content,
+                    data_key=message.data_key,
+                    storage_key_id=message.storage_key_id,
+                    row=Row(message.direction, message.sender, message.message_id),
+                )
+            except StoredContentError as error:
+                log.error("stored message %s does not open: %s", message.message_id, error)
+                raise StoredContentError(
+                    f"the stored notice {message.message_id} does not open: {error}; the "
+                    "database was altered or damaged (restore it from a backup)"
+                ) from None
+        else:
+            raise StoredContentError(
+                f"the stored notice {message.message_id} has an unknown content format"
+            )
+        try:
+            return notice_pb2.CaseNotice.FromString(content)
+        except DecodeError:
+            raise StoredContentError(
+                f"the stored notice {message.message_id} opens but does not parse"
+            ) from None
 
     def _wait(self, wait_seconds: int) -> int:
         """``wait_seconds`` if within ``limits.max_wait_seconds``, else ``RequestError``."""

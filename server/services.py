@@ -13,13 +13,14 @@ from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from liaison.keys.certs import pem_to_der
+from liaison.keys.storage import StoredContentError
 from liaison.server.errors import NotFound, RequestError
 from liaison.server.exchange import Receiver
 from liaison.server.gate import Limit, PeerGate, Refused
 from liaison.server.notices import Notices
 from liaison.server.store.models import AuditEvent, Direction, MessageState
 from liaison.server.store.records import MessageSummaryRow
-from liaison.v1 import envelope_pb2, node_pb2, node_pb2_grpc, notice_pb2, peer_pb2
+from liaison.v1 import envelope_pb2, node_pb2, node_pb2_grpc, peer_pb2
 
 _STATES = {
     state: node_pb2.MessageState.Value(f"MESSAGE_STATE_{state.name}") for state in MessageState
@@ -135,9 +136,10 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         self, request: node_pb2.GetMessageRequest, context: Context
     ) -> node_pb2.MessageDetail:
         view = await _answer(context, self._notices.get(request.message_id))
+        # A destroyed content leaves `notice` unset; the timeline ends in content-destroyed.
         detail = node_pb2.MessageDetail(
-            summary=_summary(MessageSummaryRow.of(view.message)),
-            notice=notice_pb2.CaseNotice.FromString(view.message.content),
+            summary=_summary(view.summary),
+            notice=view.notice,
             envelope_sha256=view.message.envelope_sha256,
             timeline=[_event(e) for e in view.timeline],
         )
@@ -167,6 +169,8 @@ async def _answer(context: Context, work: Awaitable[T]) -> T:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
     except NotFound as error:
         await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+    except StoredContentError as error:
+        await context.abort(grpc.StatusCode.DATA_LOSS, str(error))
     raise AssertionError("abort raises")  # for the type checker
 
 

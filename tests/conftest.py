@@ -11,9 +11,9 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -34,6 +34,7 @@ from liaison.server.store.store import Store
 from liaison.v1 import envelope_pb2, peer_pb2, peer_pb2_grpc
 
 START_TIMEOUT_SECONDS = 30
+T = TypeVar("T")
 # Every home in the tests seals its keys under this passphrase, at a cheap scrypt cost;
 # the CLI, the client library and `liaison serve` subprocesses find it in the environment.
 TEST_PASSPHRASE = "test passphrase, never a real one"
@@ -88,6 +89,14 @@ class RunningNode:
 
     def client(self) -> LiaisonClient:
         return LiaisonClient.from_home(self.home.path)
+
+    def run(self, awaitable: Awaitable[T]) -> T:
+        """Await ``awaitable`` on the node's event loop (e.g. one of its tasks); its result."""
+
+        async def wait() -> T:
+            return await awaitable
+
+        return asyncio.run_coroutine_threadsafe(wait(), self._loop).result(START_TIMEOUT_SECONDS)
 
     @property
     def identity(self) -> NodeIdentity:

@@ -299,6 +299,7 @@ def test_keys_list(home: NodeHome, capsys: pytest.CaptureFixture[str]) -> None:
         "tls",
         "api-ca",
         "api-server",
+        "storage",
     }
     assert {row["state"] for row in rows} == {"active"}
     assert all(row["retire_after"] is None for row in rows)

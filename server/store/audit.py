@@ -17,6 +17,10 @@ class AuditKind(enum.StrEnum):
     NODE_INITIALISED = "node-initialised"
     KEYS_PASSPHRASE_CHANGED = "keys-passphrase-changed"  # noqa: S105 - an event name
     KEYS_SEALED = "keys-sealed"
+    KEY_CREATED = "key-created"
+    # Notices at rest: clear rows of an older version sealed; a message's content destroyed.
+    CONTENT_SEALED = "content-sealed"
+    CONTENT_DESTROYED = "content-destroyed"
     PEER_PINNED = "peer-pinned"
     # An operator's decisions about a pinned peer (``liaison peers``).
     PEER_REPLACED = "peer-replaced"
@@ -51,10 +55,17 @@ OUTBOUND_EVENTS = frozenset(
         AuditKind.RECEIPT_INVALID,
         AuditKind.REJECTED_BY_PEER,
         AuditKind.EXPIRED,
+        AuditKind.CONTENT_DESTROYED,
     }
 )
 INBOUND_EVENTS = frozenset(
-    {AuditKind.RECEIVED, AuditKind.RECEIPT_ISSUED, AuditKind.DUPLICATE, AuditKind.REJECTED}
+    {
+        AuditKind.RECEIVED,
+        AuditKind.RECEIPT_ISSUED,
+        AuditKind.DUPLICATE,
+        AuditKind.REJECTED,
+        AuditKind.CONTENT_DESTROYED,
+    }
 )
 
 

@@ -55,6 +55,14 @@ class MessageState(enum.StrEnum):
     RECEIVED = "received"
 
 
+class ContentFormat(enum.StrEnum):
+    """How a message row holds its notice (``Message.content_format``)."""
+
+    CLEAR = "clear"
+    SEALED_V1 = "sealed-v1"
+    DESTROYED = "destroyed"
+
+
 FINAL_OUTBOUND_STATES = frozenset(
     {MessageState.DELIVERED, MessageState.FAILED, MessageState.EXPIRED}
 )
@@ -93,7 +101,19 @@ class Peer(Base):
 
 
 class Message(Base):
-    """A notice in either direction, with the exact envelope bytes that travelled."""
+    """A notice in either direction, with the exact envelope bytes that travelled.
+
+    The notice itself is sealed at rest (``liaison.keys.storage``): ``content`` is
+    its AES-256-GCM ciphertext under a data key of its own, ``data_key`` that key
+    wrapped under the storage key ``storage_key_id``, and ``summary`` the subject
+    and case reference that listings show, sealed apart. ``content_format`` says
+    which: ``sealed-v1``; ``clear`` for a row written before content was sealed
+    (then ``content``, ``subject`` and ``case_reference`` are in clear until the
+    node seals it at start-up); ``destroyed`` once its content was destroyed
+    (``data_key`` and ``summary`` are NULL, ``content`` and ``envelope`` empty;
+    digests, receipt and audit events stay). ``subject`` and ``case_reference`` are empty
+    unless ``clear``.
+    """
 
     __tablename__ = "messages"
     __table_args__ = (
@@ -101,6 +121,7 @@ class Message(Base):
         Index("ix_messages_outbox", "direction", "state", "recipient", "next_attempt_at"),
         Index("ix_messages_listing", "direction", "id"),
         Index("ix_messages_message_id", "message_id"),
+        Index("ix_messages_content_format", "content_format"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -118,6 +139,13 @@ class Message(Base):
     envelope: Mapped[bytes] = mapped_column(LargeBinary)
     envelope_sha256: Mapped[str] = mapped_column(String(64))
     content: Mapped[bytes] = mapped_column(LargeBinary)
+    # A row that does not say is in clear (rows of 0002), and the node seals it at its start.
+    content_format: Mapped[str] = mapped_column(
+        String(16), default=ContentFormat.CLEAR.value, server_default=ContentFormat.CLEAR.value
+    )
+    data_key: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    storage_key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    summary: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
-from liaison.server.store.models import Direction, Message, MessageState
+from liaison.server.store.models import ContentFormat, Direction, Message, MessageState
 from liaison.v1 import envelope_pb2, notice_pb2
 
 
 @dataclass(frozen=True)
 class NoticeRecord:
-    """A sealed notice: the exact envelope bytes, the notice bytes and what lists show."""
+    """A notice to store: the exact envelope bytes, the notice sealed at rest
+    (``liaison.keys.storage``: content, wrapped data key, its storage key id,
+    summary) and the clear columns a listing shows."""
 
     message_id: str
     sender: str
@@ -20,11 +22,12 @@ class NoticeRecord:
     category: int
     priority: int
     handling: int
-    case_reference: str
-    subject: str
     envelope: bytes
     envelope_sha256: str
     content: bytes
+    data_key: bytes
+    storage_key_id: str
+    summary: bytes
     created_at: dt.datetime
     expires_at: dt.datetime
 
@@ -37,6 +40,9 @@ class NoticeRecord:
         envelope: bytes,
         envelope_sha256: bytes,
         content: bytes,
+        data_key: bytes,
+        storage_key_id: str,
+        summary: bytes,
     ) -> NoticeRecord:
         return cls(
             message_id=header.message_id,
@@ -46,11 +52,12 @@ class NoticeRecord:
             category=notice.category,
             priority=notice.priority,
             handling=notice.handling,
-            case_reference=notice.case_reference,
-            subject=notice.subject,
             envelope=envelope,
             envelope_sha256=envelope_sha256.hex(),
             content=content,
+            data_key=data_key,
+            storage_key_id=storage_key_id,
+            summary=summary,
             created_at=header.created_at.ToDatetime(tzinfo=dt.UTC),
             expires_at=header.expires_at.ToDatetime(tzinfo=dt.UTC),
         )
@@ -66,11 +73,16 @@ class NoticeRecord:
             category=self.category,
             priority=self.priority,
             handling=self.handling,
-            case_reference=self.case_reference,
-            subject=self.subject,
+            # In the sealed summary only.
+            case_reference="",
+            subject="",
             envelope=self.envelope,
             envelope_sha256=self.envelope_sha256,
             content=self.content,
+            content_format=ContentFormat.SEALED_V1.value,
+            data_key=self.data_key,
+            storage_key_id=self.storage_key_id,
+            summary=self.summary,
             created_at=self.created_at,
             expires_at=self.expires_at,
             updated_at=at,
@@ -81,7 +93,11 @@ class NoticeRecord:
 
 @dataclass(frozen=True)
 class MessageSummaryRow:
-    """What a listing shows of a message: its summary columns, never its envelope or content."""
+    """What a listing reads of a message: its summary columns, never its envelope or content.
+
+    ``subject`` and ``case_reference`` are in clear only in a ``clear`` row;
+    a sealed row has them in ``summary``, which the caller opens (``opened``).
+    """
 
     message_id: str
     direction: str
@@ -95,10 +111,17 @@ class MessageSummaryRow:
     subject: str
     created_at: dt.datetime
     updated_at: dt.datetime
+    content_format: str
+    storage_key_id: str | None
+    summary: bytes | None
 
     @classmethod
     def of(cls, message: Message) -> MessageSummaryRow:
         return cls(**{name: getattr(message, name) for name in SUMMARY_COLUMNS})
+
+    def opened(self, subject: str, case_reference: str) -> MessageSummaryRow:
+        """This row with its opened summary in clear."""
+        return replace(self, subject=subject, case_reference=case_reference, summary=None)
 
     @property
     def peer(self) -> str:

@@ -27,6 +27,7 @@ from liaison.server.store import audit
 from liaison.server.store.audit import AuditKind
 from liaison.server.store.models import (
     AuditEvent,
+    ContentFormat,
     Direction,
     Message,
     MessageState,
@@ -48,6 +49,38 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 class StoreError(Exception):
     """The database is unreachable, or its contents break an invariant."""
+
+
+class DestroyOutcome(enum.StrEnum):
+    DESTROYED = "destroyed"
+    ALREADY = "already destroyed"
+    NOT_FOUND = "not found"
+    # An outbound notice still queued or in flight: its envelope is yet to be delivered.
+    PENDING = "pending delivery"
+
+
+@dataclass(frozen=True)
+class ClearRow:
+    """A message stored in clear by an earlier version, to be sealed."""
+
+    pk: int
+    direction: str
+    sender: str
+    message_id: str
+    content: bytes
+    subject: str
+    case_reference: str
+
+
+@dataclass(frozen=True)
+class SealedRow:
+    """The sealed form of a ``ClearRow`` (liaison.keys.storage.SealedContent's bytes)."""
+
+    pk: int
+    content: bytes
+    data_key: bytes
+    storage_key_id: str
+    summary: bytes
 
 
 class PinOutcome(enum.StrEnum):
@@ -138,6 +171,9 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        # Freed and overwritten cells and pages are zeroed, so a destroyed message's
+        # bytes (or a clear row's, once sealed) do not linger in the file.
+        cursor.execute("PRAGMA secure_delete=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -392,6 +428,127 @@ class Store:
             if direction is not None:
                 query = query.where(Message.direction == direction.value)
             return [MessageSummaryRow(**row._asdict()) for row in session.execute(query)]
+
+    def destroy_content(
+        self,
+        message_id: str,
+        direction: Direction,
+        *,
+        sender: str | None = None,
+        actor: str,
+        now: dt.datetime,
+    ) -> DestroyOutcome:
+        """Make a message's content unrecoverable; its digests, receipt and audit stay.
+
+        The wrapped data key and the sealed summary are overwritten with NULL,
+        the content ciphertext and the envelope with nothing (the envelope too: an inbound one is
+        HPKE ciphertext to this node's own key, which would open it). SQLite's
+        ``secure_delete`` zeroes the freed bytes, and the write-ahead log is
+        checkpointed and truncated after the commit, so no page image holding
+        them is left in ``node.db`` or ``node.db-wal``. Audited
+        ``content-destroyed``. ``sender`` tells apart inbound messages of one id
+        from several peers (a ``StoreError`` if it is needed and not given).
+        """
+        with self.write() as session:
+            query = select(Message).where(
+                Message.message_id == message_id, Message.direction == direction.value
+            )
+            if sender is not None:
+                query = query.where(Message.sender == sender)
+            rows = session.scalars(query).all()
+            if len(rows) > 1:
+                raise StoreError(
+                    f"several {direction.value} messages {message_id}: name the sender"
+                )
+            if not rows:
+                return DestroyOutcome.NOT_FOUND
+            row = rows[0]
+            if row.content_format == ContentFormat.DESTROYED.value:
+                return DestroyOutcome.ALREADY
+            if direction is Direction.OUTBOUND and row.state in {
+                MessageState.QUEUED.value,
+                MessageState.SENT.value,
+            }:
+                return DestroyOutcome.PENDING
+            row.data_key = None
+            row.summary = None
+            row.content = b""
+            row.envelope = b""
+            row.subject = ""
+            row.case_reference = ""
+            row.content_format = ContentFormat.DESTROYED.value
+            row.updated_at = now
+            outbound = direction is Direction.OUTBOUND
+            audit.append(
+                session,
+                AuditKind.CONTENT_DESTROYED,
+                at=now,
+                message_id=message_id,
+                peer=row.recipient if outbound else row.sender,
+                actor=actor,
+                envelope_sha256=row.envelope_sha256,
+                detail=f"{direction.value}; data key, summary, content and envelope forgotten",
+            )
+        self.checkpoint()
+        return DestroyOutcome.DESTROYED
+
+    def checkpoint(self) -> None:
+        """SQLite: copy the write-ahead log into the database and truncate it to nothing.
+
+        Best effort: a reader holding an old snapshot keeps its frames until it ends.
+        """
+        if self.engine.dialect.name != "sqlite":
+            return
+        with self.engine.connect() as connection:
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def clear_rows(self, limit: int) -> list[ClearRow]:
+        """Up to ``limit`` messages stored in clear by an earlier version."""
+        with self.read() as session:
+            rows = session.execute(
+                select(
+                    Message.id,
+                    Message.direction,
+                    Message.sender,
+                    Message.message_id,
+                    Message.content,
+                    Message.subject,
+                    Message.case_reference,
+                )
+                .where(Message.content_format == ContentFormat.CLEAR.value)
+                .order_by(Message.id)
+                .limit(limit)
+            ).all()
+        return [ClearRow(*row) for row in rows]
+
+    def seal_clear_rows(self, sealed: list[SealedRow]) -> int:
+        """Replace clear rows by their sealed form in one transaction; returns how many.
+
+        A row that is no longer clear (destroyed meanwhile) is left alone.
+        """
+        done = 0
+        with self.write() as session:
+            for item in sealed:
+                row = session.get(Message, item.pk)
+                if row is None or row.content_format != ContentFormat.CLEAR.value:
+                    continue
+                row.content = item.content
+                row.data_key = item.data_key
+                row.storage_key_id = item.storage_key_id
+                row.summary = item.summary
+                row.subject = ""
+                row.case_reference = ""
+                row.content_format = ContentFormat.SEALED_V1.value
+                done += 1
+            if done:
+                audit.append(
+                    session,
+                    AuditKind.CONTENT_SEALED,
+                    at=dt.datetime.now(dt.UTC),
+                    detail=f"{done} messages stored in clear sealed under storage key "
+                    f"{sealed[0].storage_key_id}",
+                )
+        return done
 
     def timeline(self, message: Message) -> list[AuditEvent]:
         """Audit events of one message, in order.
