@@ -267,8 +267,9 @@ def init_home(
     identity = generate_identity(agency_id, name, endpoint)
     api_keys = _init_api(home, agency_id, api_listen, credential_log2_n)
     assert home.unlocker is not None
+    new_keys = [*identity_keys(identity), *api_keys, storage_key_entry(StorageKey.generate())]
     home.keys.create(
-        [*identity_keys(identity), *api_keys, storage_key_entry(StorageKey.generate())],
+        new_keys,
         {TLS_CERT_FILE: identity.tls.certificate_pem()},
         home.unlocker,
         log2_n=kdf_log2_n,
@@ -287,16 +288,25 @@ def init_home(
         # SQLite gives its -wal and -shm files the database file's mode.
         os.close(os.open(path / DATABASE_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     store = home.open_store(config)
+    now = dt.datetime.now(dt.UTC)
     try:
         with store.write() as session:
             append(
                 session,
                 AuditKind.NODE_INITIALISED,
-                at=dt.datetime.now(dt.UTC),
+                at=now,
                 peer=agency_id,
                 actor=ADMIN,
                 detail=f"card {identity.card.fingerprint.replace(' ', '')}",
             )
+            for key in new_keys:  # ids and roles only: a key id reveals nothing of the key
+                append(
+                    session,
+                    AuditKind.KEY_CREATED,
+                    at=now,
+                    actor=ADMIN,
+                    detail=f"{key.entry.role} key {key.entry.key_id}",
+                )
     finally:
         store.close()
     return home

@@ -395,3 +395,11 @@ def test_keys_seal_seals_a_home_of_the_previous_version_and_deletes_the_clear_ke
     assert {entry.role for entry in home.keys.entries()} >= {"signing", "api-ca", "api-server"}
     with Inspector(home) as inspector:
         assert [e.event for e in inspector.audit_since(0)][-1] == "keys-sealed"
+
+
+def test_init_audits_every_key_it_creates_by_role_and_id(home: NodeHome) -> None:
+    with Inspector(home) as inspector:
+        created = [e.detail for e in inspector.audit_since(0) if e.event == "key-created"]
+    expected = {f"{entry.role} key {entry.key_id}" for entry in home.keys.entries()}
+    assert set(created) == expected
+    assert len(expected) == 7
