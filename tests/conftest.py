@@ -33,6 +33,8 @@ from liaison.server.store.models import AuditEvent, Direction, Message
 from liaison.server.store.store import Store
 from liaison.v1 import envelope_pb2, peer_pb2, peer_pb2_grpc
 
+# Fixtures of homes made with the CLI (a_home, b_home) for every test module.
+pytest_plugins = ["tests.cli_homes"]
 START_TIMEOUT_SECONDS = 30
 T = TypeVar("T")
 # Every home in the tests seals its keys under this passphrase, at a cheap scrypt cost;
@@ -211,6 +213,12 @@ def deliver_checked(
         signed.signature, signing_input(RECEIPT_SIGNATURE_LABEL, signed.receipt)
     )
     return envelope_pb2.Receipt.FromString(signed.receipt)
+
+
+@pytest.fixture(autouse=True)
+def no_default_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command that forgets ``--home`` must never touch the real ``~/.liaison``."""
+    monkeypatch.setenv("LIAISON_HOME", str(tmp_path / "no-such-home"))
 
 
 @pytest.fixture

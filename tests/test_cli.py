@@ -6,117 +6,33 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
-import json
 import re
 import stat
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from liaison.client.cli import main
-from liaison.client.demo import free_port
 from liaison.keys.card import armor_card, dearmor_card, sign_card
 from liaison.keys.ids import is_message_id
-from liaison.keys.sealed import Passphrase
 from liaison.server.config import load_config
 from liaison.server.home import NodeHome
 from liaison.v1 import envelope_pb2
-from tests.conftest import TEST_PASSPHRASE, Inspector, RunningNode
+from tests.cli_homes import (
+    CliHome,
+    run,
+    run_init,
+    run_json,
+    snapshot,
+)
+from tests.conftest import Inspector, RunningNode
 
 A_ID = "MA.DGSN.CCPI"
 B_ID = "DE.BPOL.LO-RABAT"
 WAIT = "30"
-FINGERPRINT = re.compile(r"[0-9a-f]{4}( [0-9a-f]{4}){15}")
 BODY = "Body of the notice, with accents (é, ü) and Arabic (مرحبا).\nSecond line.\n"
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run ``liaison ARGV`` in-process; (exit code, stdout, stderr)."""
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> object:
-    code, out, err = run(capsys, *argv, "--json")
-    assert code == 0, err
-    return json.loads(out)
-
-
-@dataclass(frozen=True)
-class CliHome:
-    agency_id: str
-    path: Path
-    api: str
-    card_file: Path
-    fingerprint: str
-
-    @property
-    def home(self) -> NodeHome:
-        return NodeHome.unlocked(self.path, Passphrase(TEST_PASSPHRASE))
-
-
-def run_init(
-    capsys: pytest.CaptureFixture[str],
-    path: Path,
-    agency_id: str,
-    *,
-    name: str = "Agency",
-    endpoint: str = "127.0.0.1:7001",
-    extra: tuple[str, ...] = (),
-) -> tuple[int, str, str]:
-    """``liaison init --home PATH --agency ID --name NAME --endpoint ENDPOINT [extra]``."""
-    return run(
-        capsys,
-        "init",
-        "--home",
-        str(path),
-        "--agency",
-        agency_id,
-        "--name",
-        name,
-        "--endpoint",
-        endpoint,
-        "--kdf-cost",
-        "10",
-        *extra,
-    )
-
-
-def cli_init(capsys: pytest.CaptureFixture[str], root: Path, agency_id: str) -> CliHome:
-    """``liaison init`` on loopback ports, then ``liaison card export`` into a file."""
-    path = root / agency_id
-    peer, api = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    code, out, err = run_init(
-        capsys,
-        path,
-        agency_id,
-        name=f"Agency {agency_id}",
-        endpoint=peer,
-        extra=("--listen", peer, "--api", api),
-    )
-    assert code == 0, err
-    assert f"Initialised node {agency_id} in {path}" in out
-    code, armored, err = run(capsys, "card", "export", "--home", str(path))
-    assert code == 0, err
-    fingerprint = err.removeprefix("card fingerprint: ").strip()
-    assert FINGERPRINT.fullmatch(fingerprint)
-    assert f"card           {fingerprint}" in out
-    card_file = root / f"{agency_id}.card"
-    card_file.write_text(armored, encoding="utf-8")
-    return CliHome(agency_id, path, api, card_file, fingerprint)
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {
-        str(path.relative_to(folder)): path.read_bytes()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
 
 
 def peers_json(capsys: pytest.CaptureFixture[str], home: CliHome) -> list[dict[str, str]]:
@@ -139,22 +55,6 @@ def message_count(home: CliHome) -> int:
         return inspector.count_messages()
     finally:
         inspector.close()
-
-
-@pytest.fixture(autouse=True)
-def no_default_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A command that forgets ``--home`` must never touch the real ``~/.liaison``."""
-    monkeypatch.setenv("LIAISON_HOME", str(tmp_path / "no-such-home"))
-
-
-@pytest.fixture
-def a_home(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> CliHome:
-    return cli_init(capsys, tmp_path, A_ID)
-
-
-@pytest.fixture
-def b_home(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> CliHome:
-    return cli_init(capsys, tmp_path, B_ID)
 
 
 @pytest.fixture

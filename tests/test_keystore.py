@@ -4,9 +4,7 @@ CLI on real homes (each refusal one line, exit 2, nothing changed on disk)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +12,6 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from liaison.client.cli import main
 from liaison.keys.errors import KeyStoreError
 from liaison.keys.identity import (
     KEM_X25519_FILE,
@@ -29,6 +26,7 @@ from liaison.keys.identity import (
 from liaison.keys.keystore import NodeKeys
 from liaison.keys.sealed import Passphrase, Unlocker, WrongPassphrase
 from liaison.server.home import NodeHome
+from tests.cli_homes import run, snapshot
 from tests.conftest import TEST_PASSPHRASE, Inspector, make_home
 
 A_ID = "MA.DGSN.CCPI"
@@ -62,17 +60,6 @@ def load(keys: NodeKeys, a: NodeIdentity, secret: str = RIGHT) -> NodeIdentity:
         endpoint=a.endpoint,
         created_at=a.created_at,
     )
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """Every file below ``folder`` (links as their targets), by SHA-256."""
-    found = {}
-    for path in sorted(folder.rglob("*")):
-        if path.is_symlink():
-            found[str(path.relative_to(folder))] = "-> " + os.readlink(path)
-        elif path.is_file():
-            found[str(path.relative_to(folder))] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return found
 
 
 def test_keys_round_trip_sealed(keys: NodeKeys, a: NodeIdentity) -> None:
@@ -229,12 +216,6 @@ def test_the_passphrase_never_shows(keys: NodeKeys) -> None:
 
 
 # The CLI on a real home ---------------------------------------------------------------
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

@@ -36,10 +36,10 @@ from liaison.server.home import NodeHome
 from liaison.server.store.models import AuditEvent, Direction, Peer, PeerState
 from liaison.server.store.store import MIGRATIONS, Store, sqlite_url
 from liaison.v1 import envelope_pb2
+from tests.cli_homes import CliHome, cli_init, run, snapshot
 from tests.conftest import Inspector, RunningNode, deliver_checked, make_home, peer_channel, pin
 from tests.forge import Forge
 from tests.notices import complete, sample_notice
-from tests.test_cli import CliHome, cli_init, run
 
 R = envelope_pb2.RejectReason
 A_ID = "MA.DGSN.CCPI"
@@ -177,22 +177,6 @@ def test_migration_0002_keeps_every_pinned_peer_active(
 # The CLI --------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def no_default_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A command that forgets ``--home`` must never touch the real ``~/.liaison``."""
-    monkeypatch.setenv("LIAISON_HOME", str(tmp_path / "no-such-home"))
-
-
-@pytest.fixture
-def a_home(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> CliHome:
-    return cli_init(capsys, tmp_path, A_ID)
-
-
-@pytest.fixture
-def b_home(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> CliHome:
-    return cli_init(capsys, tmp_path, B_ID)
-
-
 @pytest.fixture
 def impostor(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> CliHome:
     """Another node claiming B's agency id: new keys, another endpoint."""
@@ -225,15 +209,6 @@ def show(capsys: pytest.CaptureFixture[str], home: CliHome, agency_id: str) -> d
     return shown
 
 
-def file_hashes(folder: Path) -> dict[str, str]:
-    """SHA-256 of every file under ``folder``: keys, config, node.db and its WAL, if any."""
-    return {
-        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
-
-
 def audit_events(home: CliHome | NodeHome, after: int = 0) -> list[AuditEvent]:
     with Inspector(home if isinstance(home, NodeHome) else home.home) as inspector:
         return inspector.audit_since(after)
@@ -253,7 +228,7 @@ def test_a_repinning_attack_is_refused_and_changes_nothing_on_disk(
 ) -> None:
     assert add(capsys, a_home, b_home)[0] == 0
     assert load_config(impostor.path).endpoint != load_config(b_home.path).endpoint
-    before = file_hashes(a_home.path)
+    before = snapshot(a_home.path)
 
     code, out, err = add(capsys, a_home, impostor)
 
@@ -266,7 +241,7 @@ def test_a_repinning_attack_is_refused_and_changes_nothing_on_disk(
     assert lines[2].startswith(f"  offered card  {impostor.fingerprint}")
     assert "--replace" in lines[3]
     assert len(lines) == 4
-    assert file_hashes(a_home.path) == before
+    assert snapshot(a_home.path) == before
     assert [p["fingerprint"] for p in peers(capsys, a_home)] == [b_home.fingerprint]
 
 
@@ -274,12 +249,12 @@ def test_the_same_card_again_changes_nothing_and_says_so(
     a_home: CliHome, b_home: CliHome, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert add(capsys, a_home, b_home)[0] == 0
-    before = file_hashes(a_home.path)
+    before = snapshot(a_home.path)
     for extra in [(), ("--replace",)]:
         code, out, err = add(capsys, a_home, b_home, *extra)
         assert code == 0, err
         assert out.startswith(f"{B_ID} is already pinned with this card; nothing changed")
-        assert file_hashes(a_home.path) == before
+        assert snapshot(a_home.path) == before
 
 
 def test_replace_audits_both_fingerprints_and_the_next_notice_goes_to_the_new_endpoint(
@@ -370,14 +345,14 @@ def test_without_fingerprint_off_a_terminal_nothing_is_pinned(
     card: str,
 ) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO(b_home.card_file.read_text()))
-    before = file_hashes(a_home.path)
+    before = snapshot(a_home.path)
     argument = str(b_home.card_file) if card == "file" else "-"
     code, out, err = run(capsys, "peers", "add", "--home", str(a_home.path), argument)
     assert code == 2
     assert out == ""
     assert err.startswith("liaison: --fingerprint is required when standard input is not a ")
     assert len(err.splitlines()) == 1
-    assert file_hashes(a_home.path) == before
+    assert snapshot(a_home.path) == before
 
 
 def _terminal_session(argv: list[str], answer: bytes) -> tuple[int, str, bool]:
@@ -426,7 +401,7 @@ def test_on_a_terminal_the_card_is_shown_escaped_and_the_operator_must_type_yes(
     card_file = b_home.path.parent / "hostile-name.card"
     card_file.write_text(armor_card(signed))
     fingerprint = parse_card(signed).fingerprint
-    before = file_hashes(a_home.path)
+    before = snapshot(a_home.path)
     liaison = Path(sys.executable).parent / "liaison"
 
     code, shown, answered = _terminal_session(
@@ -447,7 +422,7 @@ def test_on_a_terminal_the_card_is_shown_escaped_and_the_operator_must_type_yes(
     else:
         assert code == 2, shown
         assert "liaison: not confirmed: not pinned" in shown
-        assert file_hashes(a_home.path) == before
+        assert snapshot(a_home.path) == before
 
 
 def test_remove_unpins_and_is_audited(
@@ -463,14 +438,14 @@ def test_remove_unpins_and_is_audited(
     assert (event.event, event.peer, event.actor) == ("peer-removed", B_ID, "admin")
     assert event.detail == f"card {bare(b_home.fingerprint)}, active"
 
-    before = file_hashes(a_home.path)
+    before = snapshot(a_home.path)
     code, out, err = run(capsys, "peers", "remove", B_ID, "--home", str(a_home.path))
     assert code == 2
     assert (out, err) == ("", f"liaison: {B_ID} is not a pinned peer; nothing removed\n")
     code, out, err = run(capsys, "peers", "remove", "not-an-id", "--home", str(a_home.path))
     assert code == 2
     assert "is not an agency id" in err
-    assert file_hashes(a_home.path) == before
+    assert snapshot(a_home.path) == before
 
 
 @pytest.mark.parametrize(
@@ -492,13 +467,13 @@ def test_a_revocation_reason_is_one_line_of_at_most_200_characters(
     problem: str,
 ) -> None:
     assert add(capsys, a_home, b_home)[0] == 0
-    before = file_hashes(a_home.path)
+    before = snapshot(a_home.path)
     code, out, err = run(
         capsys, "peers", "revoke", B_ID, "--reason", reason, "--home", str(a_home.path)
     )
     assert code == 2
     assert (out, err) == ("", f"liaison: {problem}: not revoked\n")
-    assert file_hashes(a_home.path) == before
+    assert snapshot(a_home.path) == before
 
 
 def revoke(
@@ -539,10 +514,10 @@ def test_revoke_and_reinstate_are_audited_and_shown(
     code, text_out, _ = run(capsys, "peers", "show", B_ID, "--home", str(a_home.path))
     assert f"revoke_reason            {REASON}" in text_out
 
-    before = file_hashes(a_home.path)
+    before = snapshot(a_home.path)
     out = revoke(capsys, a_home, B_ID, "another reason")
     assert out.startswith(f"{B_ID} is already revoked, since {shown['revoked_at']} ({REASON})")
-    assert file_hashes(a_home.path) == before
+    assert snapshot(a_home.path) == before
 
     out = reinstate(capsys, a_home, B_ID)
     assert out.startswith(f"Reinstated {B_ID}")
