@@ -12,6 +12,8 @@ import subprocess
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -213,6 +215,37 @@ def deliver_checked(
         signed.signature, signing_input(RECEIPT_SIGNATURE_LABEL, signed.receipt)
     )
     return envelope_pb2.Receipt.FromString(signed.receipt)
+
+
+@dataclass
+class PeerLink:
+    """A running receiving node ``b``, a pinned peer's identity ``a``, and a real
+    mutual-TLS channel from ``a`` to ``b``'s peer listener."""
+
+    a: NodeIdentity
+    b: RunningNode
+    channel: grpc.Channel
+    inspector: Inspector
+
+    def deliver(self, envelope: bytes) -> envelope_pb2.Receipt:
+        return deliver_checked(self.channel, envelope, self.b.card)
+
+
+@contextmanager
+def peer_link(root: Path, sender: str, receiver: str) -> Iterator[PeerLink]:
+    """Homes for ``sender`` and ``receiver`` under ``root``; the receiver pins the
+    sender and runs until the block ends."""
+    a_home, b_home = make_home(root, sender), make_home(root, receiver)
+    pin(b_home, a_home.identity().card)
+    b = RunningNode(b_home).start()
+    channel = peer_channel(a_home.identity(), b.card)
+    inspector = Inspector(b_home)
+    try:
+        yield PeerLink(a=a_home.identity(), b=b, channel=channel, inspector=inspector)
+    finally:
+        channel.close()
+        inspector.close()
+        b.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,6 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
-from liaison.keys.identity import NodeIdentity
 from liaison.keys.ids import new_message_id
 from liaison.keys.labels import RECEIPT_SIGNATURE_LABEL, signing_input
 from liaison.server.home import NodeHome
@@ -31,12 +30,13 @@ from liaison.server.store.models import Direction
 from liaison.v1 import envelope_pb2, peer_pb2
 from tests.conftest import (
     Inspector,
+    PeerLink,
     RunningNode,
     deliver_checked,
     deliver_raw,
     make_home,
     peer_channel,
-    pin,
+    peer_link,
     pin_each_other,
 )
 from tests.forge import Forge, assemble
@@ -56,12 +56,7 @@ NOW_NANOS = NOW.microsecond * 1_000
 
 
 @dataclass
-class World:
-    a: NodeIdentity  # the connecting peer, pinned by b
-    b: RunningNode  # the receiving node under test
-    channel: grpc.Channel
-    inspector: Inspector
-
+class World(PeerLink):
     def forge(self, **changes: object) -> Forge:
         forge = Forge(
             sender=self.a,
@@ -87,20 +82,9 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    root: Path = tmp_path_factory.mktemp("conformance")
-    a_home = make_home(root, "MA.DGSN.CCPI")
-    b_home = make_home(root, "DE.BPOL.LO-RABAT")
-    pin(b_home, a_home.identity().card)
-    b = RunningNode(b_home).start()
-    a = a_home.identity()
-    channel = peer_channel(a, b.card)
-    inspector = Inspector(b_home)
-    try:
-        yield World(a=a, b=b, channel=channel, inspector=inspector)
-    finally:
-        channel.close()
-        inspector.close()
-        b.stop()
+    root = tmp_path_factory.mktemp("conformance")
+    with peer_link(root, "MA.DGSN.CCPI", "DE.BPOL.LO-RABAT") as link:
+        yield World(**vars(link))
 
 
 def times(

@@ -20,14 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
 from liaison.client import render
 from liaison.client.cli import main
 from liaison.client.errors import RequestRejected
 from liaison.keys.card import armor_card, parse_card, sign_card
-from liaison.keys.identity import NodeIdentity
 from liaison.keys.ids import new_message_id
 from liaison.keys.notice import CASE_NOTICE_CONTENT_TYPE, notice_problems
 from liaison.keys.text import first_control_character
@@ -38,12 +36,9 @@ from liaison.server.store.store import Store
 from liaison.v1 import envelope_pb2
 from liaison.v1 import notice_pb2 as N
 from tests.conftest import (
-    Inspector,
-    RunningNode,
-    deliver_checked,
+    PeerLink,
     make_home,
-    peer_channel,
-    pin,
+    peer_link,
 )
 from tests.forge import Forge
 from tests.notices import complete, sample_notice
@@ -131,12 +126,7 @@ def code_point(char: str) -> str:
 
 
 @dataclass
-class World:
-    a: NodeIdentity  # the connecting peer, pinned by b
-    b: RunningNode  # the receiving node under test
-    channel: grpc.Channel
-    inspector: Inspector
-
+class World(PeerLink):
     def forge(self, notice: N.CaseNotice) -> Forge:
         return Forge(
             sender=self.a,
@@ -146,25 +136,11 @@ class World:
             message_id=new_message_id(),
         )
 
-    def deliver(self, envelope: bytes) -> envelope_pb2.Receipt:
-        return deliver_checked(self.channel, envelope, self.b.card)
-
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    root: Path = tmp_path_factory.mktemp("hostile-text")
-    a_home, b_home = make_home(root, A_ID), make_home(root, B_ID)
-    pin(b_home, a_home.identity().card)
-    b = RunningNode(b_home).start()
-    a = a_home.identity()
-    channel = peer_channel(a, b.card)
-    inspector = Inspector(b_home)
-    try:
-        yield World(a=a, b=b, channel=channel, inspector=inspector)
-    finally:
-        channel.close()
-        inspector.close()
-        b.stop()
+    with peer_link(tmp_path_factory.mktemp("hostile-text"), A_ID, B_ID) as link:
+        yield World(**vars(link))
 
 
 @pytest.mark.parametrize("field", list(ONE_LINE_FIELDS))
