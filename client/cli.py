@@ -108,6 +108,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         passphrase=secret,
         kdf_log2_n=args.kdf_cost,
         credential_log2_n=max(MIN_KDF_COST, args.kdf_cost - 1),
+        mldsa65=args.mldsa65,
     )
     card = home.identity().card
     print(f"Initialised node {card.agency_id} in {home.path}")
@@ -151,6 +152,7 @@ def _card_json(card: Any) -> dict[str, str]:
         "encryption_key_id": card.encryption_key_id,
         "tls_certificate_sha256": card.tls_fingerprint,
         "created_at": card.created_at.isoformat().replace("+00:00", "Z"),
+        "post_quantum_card_signature": "ML-DSA-65" if card.post_quantum_signed else "none",
     }
 
 
@@ -599,6 +601,11 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
         type=_kdf_cost,
         default=NODE_KEYS_LOG2_N,
         help=f"scrypt cost of the passphrase, as log2 N (default {NODE_KEYS_LOG2_N}: 64 MiB)",
+    )
+    p.add_argument(
+        "--mldsa65",
+        action="store_true",
+        help="also sign the agency card with a post-quantum ML-DSA-65 key (default: Ed25519 only)",
     )
     p.set_defaults(run=cmd_init)
 

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hpke
-from cryptography.hazmat.primitives.asymmetric import ed25519, mlkem, x25519
+from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa, mlkem, x25519
 from google.protobuf.message import DecodeError
 
 from liaison.keys.certs import certificate_sha256
 from liaison.keys.errors import CardError
 from liaison.keys.ids import encryption_key_id, is_agency_id, signing_key_id, tls_name
-from liaison.keys.labels import CARD_SIGNATURE_LABEL, signing_input
+from liaison.keys.labels import CARD_MLDSA65_CONTEXT, CARD_SIGNATURE_LABEL, signing_input
 from liaison.keys.times import is_valid_timestamp
 from liaison.v1 import envelope_pb2
 
@@ -41,6 +41,13 @@ class PeerCard:
     tls_fingerprint: str
     created_at: dt.datetime
     signed_card: bytes
+    # The card's ML-DSA-65 key, when its self-signature is also post-quantum.
+    mldsa65_key: mldsa.MLDSA65PublicKey | None = None
+
+    @property
+    def post_quantum_signed(self) -> bool:
+        """True if the card carries an ML-DSA-65 key and its signature verified too."""
+        return self.mldsa65_key is not None
 
     @property
     def fingerprint(self) -> str:
@@ -53,18 +60,40 @@ class PeerCard:
         return tls_name(self.agency_id)
 
 
-def sign_card(card: envelope_pb2.AgencyCard, signing_key: ed25519.Ed25519PrivateKey) -> bytes:
-    """Serialize ``card`` once and return the ``SignedCard`` bytes over it."""
+def sign_card(
+    card: envelope_pb2.AgencyCard,
+    signing_key: ed25519.Ed25519PrivateKey,
+    mldsa65_key: mldsa.MLDSA65PrivateKey | None = None,
+    *,
+    mldsa65_signature: bytes = b"",
+) -> bytes:
+    """Serialize ``card`` once and return the ``SignedCard`` bytes over it.
+
+    With ``mldsa65_key`` the card is also signed with ML-DSA-65 (the caller puts its
+    public key in ``card.mldsa65_key``). ML-DSA-65 signing is randomized, so a fresh
+    signature gives other card bytes and another fingerprint each time:
+    ``mldsa65_signature``, a signature made earlier, is reused if it verifies over
+    these card bytes, so that the same card keeps the same bytes.
+    """
     card_bytes = card.SerializeToString()
-    signature = signing_key.sign(signing_input(CARD_SIGNATURE_LABEL, card_bytes))
-    return envelope_pb2.SignedCard(card=card_bytes, signature=signature).SerializeToString()
+    message = signing_input(CARD_SIGNATURE_LABEL, card_bytes)
+    signed = envelope_pb2.SignedCard(card=card_bytes, signature=signing_key.sign(message))
+    if mldsa65_key is not None:
+        try:
+            mldsa65_key.public_key().verify(mldsa65_signature, message, CARD_MLDSA65_CONTEXT)
+        except InvalidSignature:
+            mldsa65_signature = mldsa65_key.sign(message, CARD_MLDSA65_CONTEXT)
+        signed.mldsa65_signature = mldsa65_signature
+    return signed.SerializeToString()
 
 
 def parse_card(signed_card: bytes) -> PeerCard:
     """Verify a ``SignedCard``'s self-signature and return the card it holds.
 
     Raises ``CardError`` if the bytes do not parse, a field is missing or
-    malformed, or the signature does not verify under the card's own key.
+    malformed, or the signature does not verify under the card's own key. A card
+    that holds an ML-DSA-65 key must carry a second signature that verifies under
+    it, and a card without one must carry none.
     """
     try:
         outer = envelope_pb2.SignedCard.FromString(signed_card)
@@ -75,7 +104,7 @@ def parse_card(signed_card: bytes) -> PeerCard:
         raise CardError(f"unsupported card version {card.version}")
     if not is_agency_id(card.agency_id):
         raise CardError(f"invalid agency id {card.agency_id!r}")
-    # The self-signature first: nothing unauthenticated reaches the key and X.509 parsers.
+    # The self-signatures first: nothing unauthenticated reaches the key and X.509 parsers.
     try:
         signing_key = ed25519.Ed25519PublicKey.from_public_bytes(card.signing_key)
         signing_key.verify(outer.signature, signing_input(CARD_SIGNATURE_LABEL, outer.card))
@@ -83,6 +112,7 @@ def parse_card(signed_card: bytes) -> PeerCard:
         raise CardError(f"the card of {card.agency_id} holds a malformed signing key") from exc
     except InvalidSignature as exc:
         raise CardError(f"the card of {card.agency_id} is not signed by its own key") from exc
+    mldsa65_key = _verified_mldsa65_key(card, outer)
     try:
         kem_key = hpke.MLKEM768X25519PublicKey(
             mlkem.MLKEM768PublicKey.from_public_bytes(card.kem_mlkem768_key),
@@ -106,7 +136,41 @@ def parse_card(signed_card: bytes) -> PeerCard:
         tls_fingerprint=certificate_sha256(card.tls_certificate),
         created_at=_created_at(card),
         signed_card=signed_card,
+        mldsa65_key=mldsa65_key,
     )
+
+
+def _verified_mldsa65_key(
+    card: envelope_pb2.AgencyCard, outer: envelope_pb2.SignedCard
+) -> mldsa.MLDSA65PublicKey | None:
+    """The card's ML-DSA-65 key once its signature verifies; ``None`` for a card without."""
+    if not card.mldsa65_key:
+        if outer.mldsa65_signature:
+            raise CardError(
+                f"the card of {card.agency_id} carries an ML-DSA-65 signature but no ML-DSA-65 key"
+            )
+        return None
+    if not outer.mldsa65_signature:
+        # Stripping the second signature must not downgrade a post-quantum card.
+        raise CardError(
+            f"the card of {card.agency_id} holds an ML-DSA-65 key but no ML-DSA-65 signature"
+        )
+    try:
+        key = mldsa.MLDSA65PublicKey.from_public_bytes(card.mldsa65_key)
+        key.verify(
+            outer.mldsa65_signature,
+            signing_input(CARD_SIGNATURE_LABEL, outer.card),
+            CARD_MLDSA65_CONTEXT,
+        )
+    except ValueError as exc:
+        raise CardError(
+            f"the card of {card.agency_id} holds a malformed ML-DSA-65 key: {exc}"
+        ) from exc
+    except InvalidSignature as exc:
+        raise CardError(
+            f"the card of {card.agency_id} is not signed by its own ML-DSA-65 key"
+        ) from exc
+    return key
 
 
 def _created_at(card: envelope_pb2.AgencyCard) -> dt.datetime:

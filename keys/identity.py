@@ -10,13 +10,13 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hpke, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mlkem, x25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, mlkem, x25519
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from liaison.keys.card import CARD_VERSION, PeerCard, parse_card, sign_card
 from liaison.keys.certs import IssuedCertificate, self_signed_peer_certificate
 from liaison.keys.errors import KeyStoreError
-from liaison.keys.ids import tls_name
+from liaison.keys.ids import mldsa65_key_id, tls_name
 from liaison.keys.keystore import KeyEntry, NewKey, OpenedKeys
 from liaison.v1 import envelope_pb2
 
@@ -25,6 +25,10 @@ KEM_MLKEM_FILE = "kem-mlkem768.key"
 KEM_X25519_FILE = "kem-x25519.key"
 TLS_KEY_FILE = "tls.key"
 TLS_CERT_FILE = "tls.crt"
+MLDSA65_KEY_FILE = "signing-mldsa65.key"
+# The card's ML-DSA-65 signature, made once at init and kept: ML-DSA-65 signing is
+# randomized, and a card signed afresh at every start would change its fingerprint.
+CARD_MLDSA65_SIGNATURE_FILE = "card-mldsa65.sig"
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,9 @@ class NodeIdentity:
     kem_mlkem: mlkem.MLKEM768PrivateKey
     kem_x25519: x25519.X25519PrivateKey
     tls: IssuedCertificate
+    # Optional post-quantum card signing key, and the card signature it made at init.
+    mldsa65_key: mldsa.MLDSA65PrivateKey | None = None
+    card_mldsa65_signature: bytes = b""
 
     @cached_property
     def decryption_key(self) -> hpke.MLKEM768X25519PrivateKey:
@@ -61,11 +68,21 @@ class NodeIdentity:
             tls_certificate=self.tls.certificate.public_bytes(serialization.Encoding.DER),
             created_at=created,
         )
-        return parse_card(sign_card(card, self.signing_key))
+        if self.mldsa65_key is not None:
+            card.mldsa65_key = self.mldsa65_key.public_key().public_bytes_raw()
+        signed = sign_card(
+            card, self.signing_key, self.mldsa65_key, mldsa65_signature=self.card_mldsa65_signature
+        )
+        return parse_card(signed)
 
 
-def generate_identity(agency_id: str, name: str, endpoint: str) -> NodeIdentity:
-    """Fresh keys for a new node. The creation time is whole seconds, UTC."""
+def generate_identity(
+    agency_id: str, name: str, endpoint: str, *, mldsa65: bool = False
+) -> NodeIdentity:
+    """Fresh keys for a new node. The creation time is whole seconds, UTC.
+
+    With ``mldsa65`` the node also gets an ML-DSA-65 key, and its card is signed with both.
+    """
     return NodeIdentity(
         agency_id=agency_id,
         name=name,
@@ -75,13 +92,16 @@ def generate_identity(agency_id: str, name: str, endpoint: str) -> NodeIdentity:
         kem_mlkem=mlkem.MLKEM768PrivateKey.generate(),
         kem_x25519=x25519.X25519PrivateKey.generate(),
         tls=self_signed_peer_certificate(agency_id, tls_name(agency_id)),
+        mldsa65_key=mldsa.MLDSA65PrivateKey.generate() if mldsa65 else None,
     )
 
 
 # Roles of the node's own keys in its key store, and what each is.
 SIGNING, KEM_MLKEM, KEM_X25519, TLS = "signing", "kem-mlkem768", "kem-x25519", "tls"
+MLDSA65 = "signing-mldsa65"
 _KINDS = {
     SIGNING: "Ed25519 signing key",
+    MLDSA65: "ML-DSA-65 card signing key",
     KEM_MLKEM: "ML-KEM-768 decryption key (hybrid HPKE, first half)",
     KEM_X25519: "X25519 decryption key (hybrid HPKE, second half)",
     TLS: "ECDSA P-256 TLS key of the peer listener",
@@ -90,6 +110,7 @@ _KINDS = {
 
 def _der(
     key: ed25519.Ed25519PrivateKey
+    | mldsa.MLDSA65PrivateKey
     | mlkem.MLKEM768PrivateKey
     | x25519.X25519PrivateKey
     | ec.EllipticCurvePrivateKey,
@@ -114,6 +135,9 @@ def identity_keys(identity: NodeIdentity) -> list[NewKey]:
         KEM_X25519: _der(identity.kem_x25519),
         TLS: _der(identity.tls.key),
     }
+    if identity.mldsa65_key is not None:
+        ids[MLDSA65] = mldsa65_key_id(identity.mldsa65_key.public_key().public_bytes_raw())
+        secrets[MLDSA65] = _der(identity.mldsa65_key)
     return [
         NewKey(
             KeyEntry(
@@ -124,10 +148,20 @@ def identity_keys(identity: NodeIdentity) -> list[NewKey]:
                 state="active",
                 created=identity.created_at,
             ),
-            secrets[role],
+            secret,
         )
-        for role in (SIGNING, KEM_MLKEM, KEM_X25519, TLS)
+        for role, secret in secrets.items()
     ]
+
+
+def identity_public_files(identity: NodeIdentity) -> dict[str, bytes]:
+    """The public files kept beside the node's keys: its TLS certificate, and the
+    ML-DSA-65 signature of its card if it has one."""
+    files = {TLS_CERT_FILE: identity.tls.certificate_pem()}
+    if identity.mldsa65_key is not None:
+        outer = envelope_pb2.SignedCard.FromString(identity.card.signed_card)
+        files[CARD_MLDSA65_SIGNATURE_FILE] = outer.mldsa65_signature
+    return files
 
 
 FILES = {
@@ -135,6 +169,7 @@ FILES = {
     KEM_MLKEM: KEM_MLKEM_FILE,
     KEM_X25519: KEM_X25519_FILE,
     TLS: TLS_KEY_FILE,
+    MLDSA65: MLDSA65_KEY_FILE,
 }
 
 
@@ -161,6 +196,10 @@ def load_identity(
     except (ValueError, x509.InvalidVersion) as exc:
         raise KeyStoreError(f"TLS certificate {TLS_CERT_FILE} is unreadable") from exc
     tls_key = load_private_key(keys.private(TLS), ec.EllipticCurvePrivateKey, TLS)
+    mldsa65_key, card_signature = None, b""
+    if keys.holds(MLDSA65):
+        mldsa65_key = load_private_key(keys.private(MLDSA65), mldsa.MLDSA65PrivateKey, MLDSA65)
+        card_signature = keys.public(CARD_MLDSA65_SIGNATURE_FILE)
     return NodeIdentity(
         agency_id=agency_id,
         name=name,
@@ -170,4 +209,6 @@ def load_identity(
         kem_mlkem=load_private_key(keys.private(KEM_MLKEM), mlkem.MLKEM768PrivateKey, KEM_MLKEM),
         kem_x25519=load_private_key(keys.private(KEM_X25519), x25519.X25519PrivateKey, KEM_X25519),
         tls=IssuedCertificate(tls_key, certificate),
+        mldsa65_key=mldsa65_key,
+        card_mldsa65_signature=card_signature,
     )

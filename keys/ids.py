@@ -8,7 +8,12 @@ import re
 import time
 import uuid
 
-from liaison.keys.labels import KEY_ID_LABEL_ENCRYPTION, KEY_ID_LABEL_SIGNING, labelled
+from liaison.keys.labels import (
+    KEY_ID_LABEL_ENCRYPTION,
+    KEY_ID_LABEL_MLDSA65,
+    KEY_ID_LABEL_SIGNING,
+    labelled,
+)
 
 _AGENCY_ID = re.compile(r"^[A-Z0-9]+(?:[.-][A-Z0-9]+)*$")
 MAX_AGENCY_ID_LENGTH = 63
@@ -56,3 +61,8 @@ def encryption_key_id(mlkem_public_key: bytes, x25519_public_key: bytes) -> str:
     """Key id of a hybrid HPKE public key: 128 bits of a labelled SHA-256, in hex."""
     material = labelled(KEY_ID_LABEL_ENCRYPTION, mlkem_public_key + x25519_public_key)
     return hashlib.sha256(material).hexdigest()[:32]
+
+
+def mldsa65_key_id(raw_public_key: bytes) -> str:
+    """Key id of an ML-DSA-65 public key: 128 bits of a labelled SHA-256, in hex."""
+    return hashlib.sha256(labelled(KEY_ID_LABEL_MLDSA65, raw_public_key)).hexdigest()[:32]

@@ -98,6 +98,10 @@ class OpenedKeys:
         self._entries = {entry.role: entry for entry in entries}
         self._unlocker = unlocker
 
+    def holds(self, role: str) -> bool:
+        """True if the key store has a key of ``role`` (optional keys, e.g. ML-DSA-65)."""
+        return role in self._entries
+
     def private(self, role: str) -> bytes:
         """The PKCS#8 DER key of ``role``; ``KeyStoreError`` naming the file if it fails."""
         entry = self._entries.get(role)

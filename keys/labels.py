@@ -15,9 +15,13 @@ ENVELOPE_SIGNATURE_LABEL = b"liaison-exchange/v1/envelope-signature"
 CONTENT_SIGNATURE_LABEL = b"liaison-exchange/v1/content-signature"
 RECEIPT_SIGNATURE_LABEL = b"liaison-exchange/v1/receipt-signature"
 CARD_SIGNATURE_LABEL = b"liaison-exchange/v1/card-signature"
+# The ML-DSA-65 context string of a card's second self-signature (ML-DSA takes the context
+# as its own parameter, so it is not prefixed to the signed bytes).
+CARD_MLDSA65_CONTEXT = b"liaison-exchange/v1/card-signature-mldsa65"
 HPKE_INFO_LABEL = b"liaison-exchange/v1/hpke-info"
 KEY_ID_LABEL_SIGNING = b"liaison-exchange/v1/signing-key-id"
 KEY_ID_LABEL_ENCRYPTION = b"liaison-exchange/v1/encryption-key-id"
+KEY_ID_LABEL_MLDSA65 = b"liaison-exchange/v1/mldsa65-key-id"
 # Private keys at rest: the HKDF info and the AES-GCM associated data of a sealed key file.
 SEALED_KEY_LABEL = b"liaison-exchange/v1/sealed-key"
 # Notices at rest (keys/storage.py): the associated data of a notice's content under its

@@ -38,6 +38,7 @@ from liaison.keys.identity import (
     NodeIdentity,
     generate_identity,
     identity_keys,
+    identity_public_files,
     load_identity,
     load_private_key,
 )
@@ -227,8 +228,11 @@ def init_home(
     passphrase: Passphrase,
     kdf_log2_n: int = NODE_KEYS_LOG2_N,
     credential_log2_n: int = CREDENTIAL_LOG2_N,
+    mldsa65: bool = False,
 ) -> NodeHome:
     """Create a new node home with fresh keys, credentials and an empty database.
+
+    With ``mldsa65`` the node also gets an ML-DSA-65 key and its card is signed with both.
 
     Every private key is sealed under ``passphrase`` (scrypt cost ``2**kdf_log2_n``
     for the node's keys, ``2**credential_log2_n`` for the admin credential's).
@@ -264,13 +268,13 @@ def init_home(
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     # The home holds keys and notices: only its owner may enter, even if it existed.
     path.chmod(0o700)
-    identity = generate_identity(agency_id, name, endpoint)
+    identity = generate_identity(agency_id, name, endpoint, mldsa65=mldsa65)
     api_keys = _init_api(home, agency_id, api_listen, credential_log2_n)
     assert home.unlocker is not None
     new_keys = [*identity_keys(identity), *api_keys, storage_key_entry(StorageKey.generate())]
     home.keys.create(
         new_keys,
-        {TLS_CERT_FILE: identity.tls.certificate_pem()},
+        identity_public_files(identity),
         home.unlocker,
         log2_n=kdf_log2_n,
     )

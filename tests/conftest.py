@@ -112,7 +112,8 @@ class RunningNode:
         return self.identity.card
 
 
-def make_home(root: Path, agency_id: str) -> NodeHome:
+def make_home(root: Path, agency_id: str, *, mldsa65: bool = False) -> NodeHome:
+    """A new home under ``root``; with ``mldsa65`` its card is also signed with ML-DSA-65."""
     peer_port, api_port = free_port(), free_port()
     return init_home(
         root / agency_id,
@@ -121,6 +122,7 @@ def make_home(root: Path, agency_id: str) -> NodeHome:
         endpoint=f"127.0.0.1:{peer_port}",
         peer_listen=f"127.0.0.1:{peer_port}",
         api_listen=f"127.0.0.1:{api_port}",
+        mldsa65=mldsa65,
         **TEST_KEYS,
     )
 

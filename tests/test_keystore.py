@@ -14,15 +14,19 @@ from cryptography.hazmat.primitives import serialization
 
 from liaison.keys.errors import KeyStoreError
 from liaison.keys.identity import (
+    CARD_MLDSA65_SIGNATURE_FILE,
     KEM_X25519_FILE,
+    MLDSA65_KEY_FILE,
     SIGNING_KEY_FILE,
     TLS_CERT_FILE,
     TLS_KEY_FILE,
     NodeIdentity,
     generate_identity,
     identity_keys,
+    identity_public_files,
     load_identity,
 )
+from liaison.keys.ids import mldsa65_key_id
 from liaison.keys.keystore import NodeKeys
 from liaison.keys.sealed import Passphrase, Unlocker, WrongPassphrase
 from liaison.server.home import NodeHome
@@ -164,6 +168,55 @@ def test_a_missing_file_is_refused(keys: NodeKeys, a: NodeIdentity, name: str) -
     (keys.current() / name).unlink()
     with pytest.raises(KeyStoreError):
         load(keys, a)
+
+
+@pytest.fixture(scope="module")
+def pq() -> NodeIdentity:
+    return generate_identity(A_ID, "Agency A", "127.0.0.1:7001", mldsa65=True)
+
+
+@pytest.fixture
+def pq_keys(tmp_path: Path, pq: NodeIdentity) -> NodeKeys:
+    store = NodeKeys(tmp_path / "pq-keys")
+    store.create(identity_keys(pq), identity_public_files(pq), unlocker(), log2_n=4)
+    return store
+
+
+def test_an_mldsa65_key_is_sealed_like_the_others_and_keeps_its_card(
+    pq_keys: NodeKeys, pq: NodeIdentity
+) -> None:
+    assert pq.mldsa65_key is not None
+    public = pq.mldsa65_key.public_key().public_bytes_raw()
+    entries = {entry.role: entry for entry in pq_keys.entries()}
+    assert entries["signing-mldsa65"].kind == "ML-DSA-65 card signing key"
+    assert entries["signing-mldsa65"].key_id == mldsa65_key_id(public)
+    sealed = (pq_keys.current() / MLDSA65_KEY_FILE).read_bytes()
+    assert json.loads(sealed)["format"] == "liaison-sealed-key/v1"
+    for path in pq_keys.folder.rglob("*"):
+        if path.is_file():
+            assert pq.mldsa65_key.private_bytes_raw() not in path.read_bytes(), path
+    loaded = load(pq_keys, pq)
+    assert loaded.mldsa65_key is not None
+    assert loaded.mldsa65_key.private_bytes_raw() == pq.mldsa65_key.private_bytes_raw()
+    # The kept ML-DSA-65 signature gives the same card bytes, also after a reseal.
+    assert loaded.card.signed_card == pq.card.signed_card
+    pq_keys.reseal(unlocker(), unlocker(WRONG), log2_n=4)
+    assert load(pq_keys, pq, WRONG).card.signed_card == pq.card.signed_card
+
+
+@pytest.mark.parametrize("name", [MLDSA65_KEY_FILE, CARD_MLDSA65_SIGNATURE_FILE])
+def test_a_missing_mldsa65_file_is_refused(pq_keys: NodeKeys, pq: NodeIdentity, name: str) -> None:
+    (pq_keys.current() / name).unlink()
+    with pytest.raises(KeyStoreError):
+        load(pq_keys, pq)
+
+
+def test_a_store_without_an_mldsa65_key_loads_a_classic_identity(
+    keys: NodeKeys, a: NodeIdentity
+) -> None:
+    loaded = load(keys, a)
+    assert loaded.mldsa65_key is None
+    assert not loaded.card.post_quantum_signed
 
 
 def test_create_refuses_a_folder_that_holds_keys(keys: NodeKeys, a: NodeIdentity) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, mldsa
 from cryptography.x509.oid import ExtensionOID
 from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import currently_in_test_context, event, example, given
@@ -54,6 +54,7 @@ CARD = envelope_pb2.AgencyCard.FromString(
     envelope_pb2.SignedCard.FromString(A.card.signed_card).card
 )
 TLS_KEY = ec.generate_private_key(ec.SECP256R1())
+MLDSA65_KEY = mldsa.MLDSA65PrivateKey.generate()
 
 
 def _count(outcome: str) -> None:
@@ -159,6 +160,10 @@ card_fields = changes(
         "tls_certificate": certificates() | st.binary(max_size=64),
         "created_at": st.one_of(st.none(), timestamps()),
         "unknown_enum": enum_values,
+        # The post-quantum second signature: made right, or one of its refusals.
+        "mldsa65": st.sampled_from(
+            ["signed", "signed", "key only", "signature only", "bad signature", "short key"]
+        ),
     },
 )
 
@@ -172,6 +177,12 @@ def drawn_card(fields: dict[str, object]) -> envelope_pb2.AgencyCard:
             if value is not None:
                 assert isinstance(value, Timestamp)
                 card.created_at.CopyFrom(value)
+        elif name == "mldsa65":
+            public = MLDSA65_KEY.public_key().public_bytes_raw()
+            if value in ("signed", "key only", "bad signature"):
+                card.mldsa65_key = public
+            elif value == "short key":
+                card.mldsa65_key = public[:-1]
         elif name == "unknown_enum":
             # An unknown field (number 15, varint) after the known ones: the signature
             # covers it, the parser must skip it.
@@ -180,6 +191,17 @@ def drawn_card(fields: dict[str, object]) -> envelope_pb2.AgencyCard:
         else:
             setattr(card, name, value)
     return card
+
+
+def self_signed(card: envelope_pb2.AgencyCard, fields: dict[str, object]) -> bytes:
+    """``card`` signed by A's Ed25519 key, and with the drawn ML-DSA-65 signature."""
+    variant = fields.get("mldsa65")
+    signed = sign_card(card, A.signing_key, MLDSA65_KEY if variant == "signed" else None)
+    if variant in ("signature only", "bad signature", "short key"):
+        outer = envelope_pb2.SignedCard.FromString(signed)
+        outer.mldsa65_signature = MLDSA65_KEY.sign(b"another message")
+        signed = outer.SerializeToString()
+    return signed
 
 
 def _varint(value: int) -> bytes:
@@ -201,13 +223,17 @@ def test_a_self_signed_card_with_drawn_fields_parses_or_is_refused(
     fields: dict[str, object],
 ) -> None:
     card = drawn_card(fields)
-    outcome = card_or_error(sign_card(card, A.signing_key))
+    outcome = card_or_error(self_signed(card, fields))
     if isinstance(outcome, PeerCard):
         assert outcome.agency_id == card.agency_id
         assert is_valid_timestamp(card.created_at)
+        assert outcome.post_quantum_signed == (fields.get("mldsa65") == "signed")
 
 
-@given(st.one_of(st.binary(max_size=512), bit_flips(A.card.signed_card)))
+PQ_CARD = self_signed(drawn_card({"mldsa65": "signed"}), {"mldsa65": "signed"})
+
+
+@given(st.one_of(st.binary(max_size=512), bit_flips(A.card.signed_card), bit_flips(PQ_CARD)))
 @example(b"\x0a" + b"\xff" * 9 + b"\x01")
 @budget()
 def test_card_bytes_parse_or_are_refused(signed_card: bytes) -> None:
@@ -218,6 +244,9 @@ def test_card_bytes_parse_or_are_refused(signed_card: bytes) -> None:
 
 def test_the_unchanged_card_parses() -> None:
     assert isinstance(card_or_error(sign_card(drawn_card({}), A.signing_key)), PeerCard)
+    post_quantum = card_or_error(PQ_CARD)
+    assert isinstance(post_quantum, PeerCard)
+    assert post_quantum.post_quantum_signed
 
 
 BEGIN = "-----BEGIN LIAISON AGENCY CARD-----"

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hpke, serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, mlkem, x25519
+from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa, mlkem, x25519
 
 from liaison.keys import labels
-from liaison.keys.card import PeerCard
+from liaison.keys.card import PeerCard, parse_card
 from liaison.keys.envelope import (
     EnvelopeLimits,
     check_envelope,
@@ -22,9 +23,10 @@ from liaison.keys.envelope import (
     open_checked,
 )
 from liaison.keys.errors import EnvelopeRejected, reason_name
-from liaison.keys.ids import encryption_key_id, signing_key_id
+from liaison.keys.ids import encryption_key_id, mldsa65_key_id, signing_key_id
 from liaison.keys.trust import TrustStore
 from liaison.v1 import envelope_pb2
+from tests.vectors.generate import card_identity
 from tests.vectors.keys import FixedKeys
 
 VECTORS = Path(__file__).resolve().parent / "vectors"
@@ -162,3 +164,43 @@ def test_mlkem768_keys_derive_from_their_seed_and_are_stored_as_it() -> None:
         loaded = serialization.load_der_private_key(pkcs8, password=None)
         assert isinstance(loaded, mlkem.MLKEM768PrivateKey)
         assert loaded.public_key().public_bytes_raw().hex() == case["public_key"]
+
+
+def test_card_derivations() -> None:
+    """PROTOCOL.md 4 and 11: a card without an ML-DSA-65 key has exactly the bytes it had
+    before the field existed; a card with one verifies under both keys."""
+    case = _load(VECTORS / "derivations.json")["cards"]
+    tls_certificate = bytes.fromhex(case["tls_certificate"])
+    classic = card_identity(tls_certificate, None).card
+    assert classic.signed_card.hex() == case["classic"]["signed_card"]
+    assert classic.fingerprint == case["classic"]["fingerprint"]
+    assert not parse_card(classic.signed_card).post_quantum_signed
+
+    key = mldsa.MLDSA65PrivateKey.from_seed_bytes(bytes.fromhex(case["mldsa65_seed"]))
+    public = key.public_key().public_bytes_raw()
+    assert public.hex() == case["mldsa65_public"]
+    assert mldsa65_key_id(public) == case["mldsa65_key_id"]
+    pq = case["post_quantum"]
+    signed_card = bytes.fromhex(pq["signed_card"])
+    signature = bytes.fromhex(pq["mldsa65_signature"])
+    outer = envelope_pb2.SignedCard.FromString(signed_card)
+    assert outer.mldsa65_signature == signature
+    assert (
+        labels.signing_input(labels.CARD_SIGNATURE_LABEL, outer.card).hex() == (pq["signing_input"])
+    )
+    # The identity re-signs with Ed25519 (deterministic) and keeps the ML-DSA-65 signature
+    # only because it verifies: the same bytes back means both signatures hold.
+    assert card_identity(tls_certificate, key, signature).card.signed_card == signed_card
+    parsed = parse_card(signed_card)
+    assert parsed.post_quantum_signed
+    assert parsed.fingerprint == pq["fingerprint"]
+    for check in pq["verify"]:
+        try:
+            key.public_key().verify(
+                signature, bytes.fromhex(pq["signing_input"]), check["context"].encode()
+            )
+        except InvalidSignature:
+            verified = False
+        else:
+            verified = True
+        assert verified is check["expect"], check["context"]

@@ -9,7 +9,10 @@ The envelope vectors in ``envelopes/`` contain HPKE ciphertexts, whose
 ephemeral randomness the ``cryptography`` API does not let us fix;
 regenerating them gives other bytes with the same expectations. They are
 written once and kept: only vectors whose file does not exist yet are written.
-The format is in docs/PROTOCOL.md section 11.
+The card derivations under ``cards`` hold two inputs that cannot be recomputed
+(a TLS certificate, whose ECDSA signature is randomized, and a hedged ML-DSA-65
+signature); they are kept from the existing file, and everything derived from
+them is recomputed. The format is in docs/PROTOCOL.md section 11.
 """
 
 from __future__ import annotations
@@ -23,11 +26,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import mlkem
+from cryptography.hazmat.primitives.asymmetric import mldsa, mlkem
 
 from liaison.keys import labels
+from liaison.keys.certs import IssuedCertificate
 from liaison.keys.envelope import issue_receipt
+from liaison.keys.identity import NodeIdentity
+from liaison.keys.ids import mldsa65_key_id
 from liaison.v1 import envelope_pb2, notice_pb2
 from tests.forge import Forge, assemble
 from tests.notices import complete, sample_notice
@@ -41,13 +49,16 @@ MAX_LIFETIME_NANOS = 30 * 86_400 * NANOS
 CLOCK_SKEW_NANOS = 300 * NANOS
 # Offset of the 64-byte seed in the PKCS#8 DER of an ML-KEM-768 private key (PROTOCOL.md B).
 MLKEM_PKCS8_SEED_OFFSET = 22
+# The sender's ML-DSA-65 key of the card vectors, as its 32-byte seed.
+SENDER_MLDSA65_SEED = (b"sender-mldsa65;" * 3)[:32]
 
 
 def _iso(moment: dt.datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def derivations() -> dict[str, Any]:
+def derivations(kept: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The derivations; ``kept``, the current file, supplies the card vectors' fixed inputs."""
     sender, receiver = SENDER.identity(), RECEIVER.identity()
     parts = [b"header bytes", b"content bytes"]
     receipt = envelope_pb2.SignedReceipt.FromString(
@@ -96,6 +107,80 @@ def derivations() -> dict[str, Any]:
             "signature": receipt.signature.hex(),
         },
         "mlkem768": [mlkem768_derivation(keys.mlkem768_seed) for keys in (SENDER, RECEIVER)],
+        "cards": card_derivations((kept or {}).get("cards")),
+    }
+
+
+def card_identity(
+    tls_certificate: bytes, mldsa65_key: mldsa.MLDSA65PrivateKey | None, signature: bytes = b""
+) -> NodeIdentity:
+    """The sender's identity with a fixed TLS certificate (only its DER is in the card)."""
+    sender = SENDER.identity()
+    certificate = x509.load_der_x509_certificate(tls_certificate)
+    return NodeIdentity(
+        agency_id=sender.agency_id,
+        name=sender.name,
+        endpoint=sender.endpoint,
+        created_at=sender.created_at,
+        signing_key=sender.signing_key,
+        kem_mlkem=sender.kem_mlkem,
+        kem_x25519=sender.kem_x25519,
+        tls=IssuedCertificate(sender.tls.key, certificate),
+        mldsa65_key=mldsa65_key,
+        card_mldsa65_signature=signature,
+    )
+
+
+def card_derivations(kept: dict[str, Any] | None) -> dict[str, Any]:
+    """The sender's card without and with an ML-DSA-65 key (PROTOCOL.md 4, 11)."""
+    if kept is None:
+        tls_certificate = SENDER.identity().tls.certificate.public_bytes(serialization.Encoding.DER)
+        kept_signature = b""
+    else:
+        tls_certificate = bytes.fromhex(kept["tls_certificate"])
+        kept_signature = bytes.fromhex(kept["post_quantum"]["mldsa65_signature"])
+    key = mldsa.MLDSA65PrivateKey.from_seed_bytes(SENDER_MLDSA65_SEED)
+    classic = card_identity(tls_certificate, None).card
+    post_quantum = card_identity(tls_certificate, key, kept_signature).card
+    outer = envelope_pb2.SignedCard.FromString(post_quantum.signed_card)
+    message = labels.signing_input(labels.CARD_SIGNATURE_LABEL, outer.card)
+    public = key.public_key()
+
+    def verifies(context: bytes | None) -> bool:
+        try:
+            public.verify(outer.mldsa65_signature, message, context)
+        except InvalidSignature:
+            return False
+        return True
+
+    return {
+        "description": (
+            "The sender's card (name, endpoint and creation time of tests/vectors/keys.py, "
+            "this TLS certificate) without and with an ML-DSA-65 key. ML-DSA-65 signing is "
+            "randomized: its signature is a fixed input, checked by verification."
+        ),
+        "tls_certificate": tls_certificate.hex(),
+        "mldsa65_seed": SENDER_MLDSA65_SEED.hex(),
+        "mldsa65_public": public.public_bytes_raw().hex(),
+        "mldsa65_key_id": mldsa65_key_id(public.public_bytes_raw()),
+        "classic": {
+            "signed_card": classic.signed_card.hex(),
+            "fingerprint": classic.fingerprint,
+        },
+        "post_quantum": {
+            "signed_card": post_quantum.signed_card.hex(),
+            "fingerprint": post_quantum.fingerprint,
+            "signing_input": message.hex(),
+            "mldsa65_signature": outer.mldsa65_signature.hex(),
+            "verify": [
+                {"context": context.decode(), "expect": verifies(context)}
+                for context in (
+                    labels.CARD_MLDSA65_CONTEXT,
+                    b"",
+                    labels.CARD_SIGNATURE_LABEL,
+                )
+            ],
+        },
     }
 
 
@@ -478,7 +563,8 @@ def write(path: Path, data: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    write(HERE / "derivations.json", derivations())
+    path = HERE / "derivations.json"
+    write(path, derivations(json.loads(path.read_text(encoding="utf-8"))))
     folder = HERE / "envelopes"
     folder.mkdir(exist_ok=True)
     for name, vector in envelope_vectors().items():

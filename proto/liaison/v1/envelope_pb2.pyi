@@ -301,6 +301,7 @@ class AgencyCard(_message.Message):
     KEM_X25519_KEY_FIELD_NUMBER: _builtins.int
     TLS_CERTIFICATE_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    MLDSA65_KEY_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     agency_id: _builtins.str
     name: _builtins.str
@@ -314,6 +315,10 @@ class AgencyCard(_message.Message):
     """Raw X25519 public key (32 bytes) of the HPKE key."""
     tls_certificate: _builtins.bytes
     """DER of the self-signed ECDSA P-256 certificate the node presents in TLS."""
+    mldsa65_key: _builtins.bytes
+    """Optional raw ML-DSA-65 public key (1952 bytes): when present, the card's self-signature
+    is made with both keys (SignedCard.mldsa65_signature). Absent, the card is as before.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -328,10 +333,11 @@ class AgencyCard(_message.Message):
         kem_x25519_key: _builtins.bytes = ...,
         tls_certificate: _builtins.bytes = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        mldsa65_key: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_id", b"agency_id", "created_at", b"created_at", "endpoint", b"endpoint", "kem_mlkem768_key", b"kem_mlkem768_key", "kem_x25519_key", b"kem_x25519_key", "name", b"name", "signing_key", b"signing_key", "tls_certificate", b"tls_certificate", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_id", b"agency_id", "created_at", b"created_at", "endpoint", b"endpoint", "kem_mlkem768_key", b"kem_mlkem768_key", "kem_x25519_key", b"kem_x25519_key", "mldsa65_key", b"mldsa65_key", "name", b"name", "signing_key", b"signing_key", "tls_certificate", b"tls_certificate", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -343,19 +349,25 @@ class SignedCard(_message.Message):
 
     CARD_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    MLDSA65_SIGNATURE_FIELD_NUMBER: _builtins.int
     card: _builtins.bytes
     """Serialized AgencyCard, the exact bytes the signature covers."""
     signature: _builtins.bytes
     """Ed25519 signature by the card's own signing_key."""
+    mldsa65_signature: _builtins.bytes
+    """ML-DSA-65 signature (3309 bytes) by the card's own mldsa65_key over the same signing
+    input, with a context string; present exactly when the card holds an mldsa65_key.
+    """
     def __init__(
         self,
         *,
         card: _builtins.bytes = ...,
         signature: _builtins.bytes = ...,
+        mldsa65_signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["card", b"card", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card", b"card", "mldsa65_signature", b"mldsa65_signature", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
