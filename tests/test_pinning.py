@@ -638,6 +638,34 @@ def test_notices_to_a_revoked_peer_are_held_until_it_is_reinstated(
     assert show(capsys, a_home, B_ID)["held_notices"] == 0
 
 
+def test_notices_to_a_removed_peer_are_held_not_retried_and_go_out_if_it_is_pinned_again(
+    pinned_pair: tuple[CliHome, CliHome],
+    capsys: pytest.CaptureFixture[str],
+    node_factory: Callable[[NodeHome], RunningNode],
+) -> None:
+    a_home, b_home = pinned_pair
+    a = node_factory(a_home.home)  # B is not running yet: the notice stays queued
+    with a.client() as client:
+        sent = client.send_notice(B_ID, sample_notice(), wait_seconds=0)
+        code, out, err = run(capsys, "peers", "remove", B_ID, "--home", str(a_home.path))
+        assert code == 0, err
+        assert "notices waiting for it, not sent unless it is pinned again: 1" in out
+        removed_seq = last_seq(a_home)
+        node_factory(b_home.home)
+        # Held cannot be awaited: watch for longer than a retry would take to come due.
+        status = client.get_status(sent.message_id, wait_seconds=HOLD_OBSERVED_SECONDS)
+        assert state_name(status.state) == "queued"
+        attempts = [
+            e.event for e in audit_events(a_home, removed_seq) if e.message_id == sent.message_id
+        ]
+        assert attempts == []  # neither claimed nor retried, so no audit noise either
+        assert add(capsys, a_home, b_home)[0] == 0
+        status = client.get_status(sent.message_id, wait_seconds=30)
+        assert state_name(status.state) == "delivered"
+    with Inspector(b_home.home) as inspector:
+        assert inspector.count_messages(Direction.INBOUND) == 1
+
+
 def test_a_new_notice_to_a_revoked_peer_is_refused(
     pinned_pair: tuple[CliHome, CliHome],
     capsys: pytest.CaptureFixture[str],

@@ -72,8 +72,8 @@ def claim_due(
     """Move up to ``limit`` due QUEUED messages for ``recipient`` to SENT, oldest first.
 
     Expired envelopes are left for the expiry sweep: sending them is pointless.
-    Nothing is claimed for a revoked recipient: its messages are held, QUEUED,
-    until an operator reinstates it (or they expire).
+    Nothing is claimed for a revoked or removed recipient: its messages are
+    held, QUEUED, until an operator reinstates or pins it again (or they expire).
     """
     if is_held(session, recipient):
         return []
@@ -235,6 +235,7 @@ def next_due_at(session: Session, recipient: str, now: dt.datetime) -> dt.dateti
 
 
 def is_held(session: Session, recipient: str) -> bool:
-    """True if ``recipient`` is a revoked peer: notices to it are held, not sent."""
+    """True if notices to ``recipient`` are held, not sent: it is revoked, or no
+    longer pinned (removed; they go out if it is pinned again, else they expire)."""
     state = session.scalar(select(Peer.state).where(Peer.agency_id == recipient))
-    return state == PeerState.REVOKED.value
+    return state is None or state == PeerState.REVOKED.value
