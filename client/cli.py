@@ -25,9 +25,9 @@ import logging
 import mimetypes
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from liaison.client import render
 from liaison.client.api import LiaisonClient, state_name
@@ -54,6 +54,7 @@ from liaison.server.store.store import (
 from liaison.v1 import node_pb2, notice_pb2
 
 DEFAULT_HOME = Path("~/.liaison")
+T = TypeVar("T")
 MIN_KDF_COST = 10
 
 CATEGORIES = {render.category(v): v for v in notice_pb2.Category.values() if v}
@@ -297,14 +298,24 @@ def cmd_peers_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_peers_show(args: argparse.Namespace) -> int:
+def _on_peer(args: argparse.Namespace, work: Callable[[Store, str], T]) -> tuple[str, T, int]:
+    """Run ``work`` on the home's store for the peer ``args`` names.
+
+    Returns the agency id, what ``work`` returned, and the notices still
+    waiting for that peer afterwards.
+    """
     agency_id = _agency(args.agency_id)
     store = NodeHome(_home(args)).open_store()
     try:
-        peer = store.pinned_peer(agency_id)
+        result = work(store, agency_id)
         pending = store.pending_by_recipient().get(agency_id, 0)
     finally:
         store.close()
+    return agency_id, result, pending
+
+
+def cmd_peers_show(args: argparse.Namespace) -> int:
+    agency_id, peer, pending = _on_peer(args, lambda store, agency: store.pinned_peer(agency))
     if peer is None:
         raise UsageError(f"{agency_id} is not a pinned peer")
     shown = _peer_json(peer, pending)
@@ -318,13 +329,10 @@ def cmd_peers_show(args: argparse.Namespace) -> int:
 
 
 def cmd_peers_remove(args: argparse.Namespace) -> int:
-    agency_id = _agency(args.agency_id)
-    store = NodeHome(_home(args)).open_store()
-    try:
-        removed = store.remove_peer(agency_id, actor="admin", now=dt.datetime.now(dt.UTC))
-        pending = store.pending_by_recipient().get(agency_id, 0)
-    finally:
-        store.close()
+    agency_id, removed, pending = _on_peer(
+        args,
+        lambda store, agency: store.remove_peer(agency, actor="admin", now=dt.datetime.now(dt.UTC)),
+    )
     if removed is None:
         raise UsageError(f"{agency_id} is not a pinned peer; nothing removed")
     print(f"Removed {agency_id}: card {removed.card.fingerprint} is no longer trusted")
@@ -334,18 +342,15 @@ def cmd_peers_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_peers_revoke(args: argparse.Namespace) -> int:
-    agency_id = _agency(args.agency_id)
     problem = revoke_reason_problem(args.reason)
     if problem:
         raise UsageError(f"{problem}: not revoked")
-    store = NodeHome(_home(args)).open_store()
-    try:
-        change = store.revoke_peer(
-            agency_id, args.reason, actor="admin", now=dt.datetime.now(dt.UTC)
-        )
-        pending = store.pending_by_recipient().get(agency_id, 0)
-    finally:
-        store.close()
+    agency_id, change, pending = _on_peer(
+        args,
+        lambda store, agency: store.revoke_peer(
+            agency, args.reason, actor="admin", now=dt.datetime.now(dt.UTC)
+        ),
+    )
     if change is None:
         raise UsageError(f"{agency_id} is not a pinned peer; nothing revoked")
     peer = change.peer
@@ -362,13 +367,12 @@ def cmd_peers_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_peers_reinstate(args: argparse.Namespace) -> int:
-    agency_id = _agency(args.agency_id)
-    store = NodeHome(_home(args)).open_store()
-    try:
-        change = store.reinstate_peer(agency_id, actor="admin", now=dt.datetime.now(dt.UTC))
-        pending = store.pending_by_recipient().get(agency_id, 0)
-    finally:
-        store.close()
+    agency_id, change, pending = _on_peer(
+        args,
+        lambda store, agency: store.reinstate_peer(
+            agency, actor="admin", now=dt.datetime.now(dt.UTC)
+        ),
+    )
     if change is None:
         raise UsageError(f"{agency_id} is not a pinned peer; nothing reinstated")
     if not change.changed:

@@ -98,6 +98,17 @@ def cli_init(capsys: pytest.CaptureFixture[str], root: Path, agency_id: str) -> 
     return CliHome(agency_id, path, api, card_file, fingerprint)
 
 
+def peers_add(
+    capsys: pytest.CaptureFixture[str], home: CliHome, card: CliHome | Path, *extra: str
+) -> tuple[int, str, str]:
+    """``liaison peers add CARD [extra]`` on ``home``; a ``CliHome`` card comes with its
+    fingerprint."""
+    if isinstance(card, CliHome):
+        extra = ("--fingerprint", card.fingerprint, *extra)
+        card = card.card_file
+    return run(capsys, "peers", "add", "--home", str(home.path), str(card), *extra)
+
+
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file below ``folder`` by SHA-256 (links by their target): keys, config,
     node.db and its WAL. Equal snapshots mean nothing on disk changed."""

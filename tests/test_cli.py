@@ -22,6 +22,7 @@ from liaison.server.home import NodeHome
 from liaison.v1 import envelope_pb2
 from tests.cli_homes import (
     CliHome,
+    peers_add,
     run,
     run_init,
     run_json,
@@ -66,15 +67,10 @@ def running(
 ) -> tuple[CliHome, CliHome]:
     """Two homes made and pinned to each other with the CLI, then run as real nodes."""
     for home, other in ((a_home, b_home), (b_home, a_home)):
-        code, out, err = run(
+        code, out, err = peers_add(
             capsys,
-            "peers",
-            "add",
-            "--home",
-            str(home.path),
-            str(other.card_file),
-            "--fingerprint",
-            other.fingerprint,
+            home,
+            other,
         )
         assert code == 0, err
         assert f"Pinned {other.agency_id}" in out
@@ -284,15 +280,10 @@ def test_peers_add_pins_a_card(
     a_home: CliHome, b_home: CliHome, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert peers_json(capsys, a_home) == []
-    code, out, err = run(
+    code, out, err = peers_add(
         capsys,
-        "peers",
-        "add",
-        "--home",
-        str(a_home.path),
-        str(b_home.card_file),
-        "--fingerprint",
-        b_home.fingerprint,
+        a_home,
+        b_home,
     )
     assert code == 0, err
     assert f"Pinned {B_ID} (Agency {B_ID})" in out
@@ -312,13 +303,10 @@ def test_peers_add_accepts_the_fingerprint_in_another_notation(
     a_home: CliHome, b_home: CliHome, capsys: pytest.CaptureFixture[str]
 ) -> None:
     colons = ":".join(b_home.fingerprint.upper().split())
-    code, out, err = run(
+    code, out, err = peers_add(
         capsys,
-        "peers",
-        "add",
-        "--home",
-        str(a_home.path),
-        str(b_home.card_file),
+        a_home,
+        b_home.card_file,
         "--fingerprint",
         colons,
     )
@@ -333,13 +321,10 @@ def test_peers_add_with_a_wrong_fingerprint_pins_nothing(
     last = b_home.fingerprint[-1]
     wrong = b_home.fingerprint[:-1] + ("0" if last != "0" else "1")
     seq = audit_seq(a_home)
-    code, out, err = run(
+    code, out, err = peers_add(
         capsys,
-        "peers",
-        "add",
-        "--home",
-        str(a_home.path),
-        str(b_home.card_file),
+        a_home,
+        b_home.card_file,
         "--fingerprint",
         wrong,
     )

@@ -36,7 +36,7 @@ from liaison.server.home import NodeHome
 from liaison.server.store.models import AuditEvent, Direction, Peer, PeerState
 from liaison.server.store.store import MIGRATIONS, Store, sqlite_url
 from liaison.v1 import envelope_pb2
-from tests.cli_homes import CliHome, cli_init, run, snapshot
+from tests.cli_homes import CliHome, cli_init, peers_add, run, snapshot
 from tests.conftest import Inspector, RunningNode, deliver_checked, make_home, peer_channel, pin
 from tests.forge import Forge
 from tests.notices import complete, sample_notice
@@ -183,16 +183,6 @@ def impostor(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> CliHome:
     return cli_init(capsys, tmp_path / "impostor", B_ID)
 
 
-def add(
-    capsys: pytest.CaptureFixture[str], home: CliHome, card: CliHome | Path, *extra: str
-) -> tuple[int, str, str]:
-    """``liaison peers add CARD [extra]``; a ``CliHome`` card comes with its fingerprint."""
-    if isinstance(card, CliHome):
-        extra = ("--fingerprint", card.fingerprint, *extra)
-        card = card.card_file
-    return run(capsys, "peers", "add", "--home", str(home.path), str(card), *extra)
-
-
 def peers(capsys: pytest.CaptureFixture[str], home: CliHome) -> list[dict[str, Any]]:
     code, out, err = run(capsys, "peers", "list", "--home", str(home.path), "--json")
     assert code == 0, err
@@ -226,11 +216,11 @@ def bare(fingerprint: str) -> str:
 def test_a_repinning_attack_is_refused_and_changes_nothing_on_disk(
     a_home: CliHome, b_home: CliHome, impostor: CliHome, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert add(capsys, a_home, b_home)[0] == 0
+    assert peers_add(capsys, a_home, b_home)[0] == 0
     assert load_config(impostor.path).endpoint != load_config(b_home.path).endpoint
     before = snapshot(a_home.path)
 
-    code, out, err = add(capsys, a_home, impostor)
+    code, out, err = peers_add(capsys, a_home, impostor)
 
     assert code == 2
     assert out == ""
@@ -248,10 +238,10 @@ def test_a_repinning_attack_is_refused_and_changes_nothing_on_disk(
 def test_the_same_card_again_changes_nothing_and_says_so(
     a_home: CliHome, b_home: CliHome, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert add(capsys, a_home, b_home)[0] == 0
+    assert peers_add(capsys, a_home, b_home)[0] == 0
     before = snapshot(a_home.path)
     for extra in [(), ("--replace",)]:
-        code, out, err = add(capsys, a_home, b_home, *extra)
+        code, out, err = peers_add(capsys, a_home, b_home, *extra)
         assert code == 0, err
         assert out.startswith(f"{B_ID} is already pinned with this card; nothing changed")
         assert snapshot(a_home.path) == before
@@ -264,11 +254,11 @@ def test_replace_audits_both_fingerprints_and_the_next_notice_goes_to_the_new_en
     capsys: pytest.CaptureFixture[str],
     node_factory: Callable[[NodeHome], RunningNode],
 ) -> None:
-    assert add(capsys, a_home, b_home)[0] == 0
-    assert add(capsys, impostor, a_home)[0] == 0
+    assert peers_add(capsys, a_home, b_home)[0] == 0
+    assert peers_add(capsys, impostor, a_home)[0] == 0
     seq = last_seq(a_home)
 
-    code, out, err = add(capsys, a_home, impostor, "--replace")
+    code, out, err = peers_add(capsys, a_home, impostor, "--replace")
 
     assert code == 0, err
     assert out.startswith(f"Replaced the card of {B_ID}")
@@ -309,25 +299,19 @@ def test_a_fingerprint_is_accepted_with_spaces_colons_dashes_or_none_in_either_c
         " : ".join(group.upper() if i % 2 else group for i, group in enumerate(groups)),
     ]
     for notation in notations:
-        code, _, err = run(
+        code, _, err = peers_add(
             capsys,
-            "peers",
-            "add",
-            "--home",
-            str(a_home.path),
-            str(b_home.card_file),
+            a_home,
+            b_home.card_file,
             "--fingerprint",
             notation,
         )
         assert code == 0, (notation, err)
     assert [p["fingerprint"] for p in peers(capsys, a_home)] == [b_home.fingerprint]
-    code, _, err = run(
+    code, _, err = peers_add(
         capsys,
-        "peers",
-        "add",
-        "--home",
-        str(a_home.path),
-        str(b_home.card_file),
+        a_home,
+        b_home.card_file,
         "--fingerprint",
         "".join(groups)[:-1] + "g",
     )
@@ -428,7 +412,7 @@ def test_on_a_terminal_the_card_is_shown_escaped_and_the_operator_must_type_yes(
 def test_remove_unpins_and_is_audited(
     a_home: CliHome, b_home: CliHome, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert add(capsys, a_home, b_home)[0] == 0
+    assert peers_add(capsys, a_home, b_home)[0] == 0
     seq = last_seq(a_home)
     code, out, err = run(capsys, "peers", "remove", B_ID, "--home", str(a_home.path))
     assert code == 0, err
@@ -466,7 +450,7 @@ def test_a_revocation_reason_is_one_line_of_at_most_200_characters(
     reason: str,
     problem: str,
 ) -> None:
-    assert add(capsys, a_home, b_home)[0] == 0
+    assert peers_add(capsys, a_home, b_home)[0] == 0
     before = snapshot(a_home.path)
     code, out, err = run(
         capsys, "peers", "revoke", B_ID, "--reason", reason, "--home", str(a_home.path)
@@ -495,7 +479,7 @@ def reinstate(capsys: pytest.CaptureFixture[str], home: CliHome, agency_id: str)
 def test_revoke_and_reinstate_are_audited_and_shown(
     a_home: CliHome, b_home: CliHome, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert add(capsys, a_home, b_home)[0] == 0
+    assert peers_add(capsys, a_home, b_home)[0] == 0
     pinned_at = show(capsys, a_home, B_ID)["pinned_at"]
     seq = last_seq(a_home)
 
@@ -595,8 +579,8 @@ def test_a_revoked_peers_envelope_is_refused_with_sender_revoked_over_mtls(
 def pinned_pair(
     a_home: CliHome, b_home: CliHome, capsys: pytest.CaptureFixture[str]
 ) -> tuple[CliHome, CliHome]:
-    assert add(capsys, a_home, b_home)[0] == 0
-    assert add(capsys, b_home, a_home)[0] == 0
+    assert peers_add(capsys, a_home, b_home)[0] == 0
+    assert peers_add(capsys, b_home, a_home)[0] == 0
     return a_home, b_home
 
 
@@ -659,7 +643,7 @@ def test_notices_to_a_removed_peer_are_held_not_retried_and_go_out_if_it_is_pinn
             e.event for e in audit_events(a_home, removed_seq) if e.message_id == sent.message_id
         ]
         assert attempts == []  # neither claimed nor retried, so no audit noise either
-        assert add(capsys, a_home, b_home)[0] == 0
+        assert peers_add(capsys, a_home, b_home)[0] == 0
         status = client.get_status(sent.message_id, wait_seconds=30)
         assert state_name(status.state) == "delivered"
     with Inspector(b_home.home) as inspector:
