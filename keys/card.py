@@ -43,6 +43,8 @@ class PeerCard:
     signed_card: bytes
     # The card's ML-DSA-65 key, when its self-signature is also post-quantum.
     mldsa65_key: mldsa.MLDSA65PublicKey | None = None
+    # 0 for a node's first card, one more at each rotation (liaison.keys.rotation).
+    sequence: int = 0
 
     @property
     def post_quantum_signed(self) -> bool:
@@ -50,9 +52,14 @@ class PeerCard:
         return self.mldsa65_key is not None
 
     @property
+    def sha256(self) -> bytes:
+        """SHA-256 of the signed card's bytes: what a card update names as its predecessor."""
+        return hashlib.sha256(self.signed_card).digest()
+
+    @property
     def fingerprint(self) -> str:
         """Human-comparable SHA-256 of the signed card, in groups of four hex digits."""
-        digest = hashlib.sha256(self.signed_card).hexdigest()
+        digest = self.sha256.hex()
         return " ".join(digest[i : i + 4] for i in range(0, len(digest), 4))
 
     @property
@@ -137,6 +144,7 @@ def parse_card(signed_card: bytes) -> PeerCard:
         created_at=_created_at(card),
         signed_card=signed_card,
         mldsa65_key=mldsa65_key,
+        sequence=card.sequence,
     )
 
 

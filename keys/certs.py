@@ -37,6 +37,11 @@ class IssuedCertificate:
     def certificate_pem(self) -> bytes:
         return self.certificate.public_bytes(serialization.Encoding.PEM)
 
+    @property
+    def fingerprint(self) -> str:
+        """``certificate_sha256`` of the certificate."""
+        return certificate_sha256(self.certificate.public_bytes(serialization.Encoding.DER))
+
 
 def _name(common_name: str, organisation: str = "Liaison Exchange") -> x509.Name:
     return x509.Name(

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from liaison.keys.card import PeerCard
-from liaison.keys.errors import EnvelopeRejected, ReceiptError
+from liaison.keys.errors import CardError, EnvelopeRejected, ReceiptError
 from liaison.keys.identity import NodeIdentity
 from liaison.keys.ids import is_agency_id, is_message_id, new_message_id
 from liaison.keys.labels import (
@@ -32,6 +34,7 @@ from liaison.keys.labels import (
     signing_input,
 )
 from liaison.keys.notice import CASE_NOTICE_CONTENT_TYPE, notice_problems
+from liaison.keys.rotation import CARD_UPDATE_CONTENT_TYPE, verify_card_update
 from liaison.keys.times import (
     datetime_nanos,
     duration_nanos,
@@ -80,16 +83,24 @@ class CheckedEnvelope:
     header_bytes: bytes
     ciphertext: bytes
     envelope_sha256: bytes
+    # The sender's current pinned card, and the pinned key the envelope is signed with:
+    # that card's, or in a grace period the card it replaced.
     sender: PeerCard
+    signing_key: ed25519.Ed25519PublicKey
 
 
 @dataclass(frozen=True)
 class OpenedNotice:
-    """A decrypted, verified and valid case notice, with its exact signed bytes."""
+    """Decrypted, verified and valid content, with its exact signed bytes.
+
+    Either a case notice (``notice``) or a card update (``card_update``: the
+    sender's new card, verified as the successor of its pinned one).
+    """
 
     checked: CheckedEnvelope
     content: bytes
-    notice: notice_pb2.CaseNotice
+    notice: notice_pb2.CaseNotice | None = None
+    card_update: PeerCard | None = None
 
 
 def _timestamp(moment: dt.datetime) -> Timestamp:
@@ -203,10 +214,11 @@ def check_envelope(
         raise reject(R.REJECT_REASON_SENDER_MISMATCH, f"connection is from {authenticated_peer}")
     if header.recipient != receiver.agency_id:
         raise reject(R.REJECT_REASON_WRONG_RECIPIENT, f"addressed to {_shown(header.recipient)}")
-    if header.sender_signing_key_id != sender.signing_key_id:
+    signing_key = trust.signing_key(header.sender, header.sender_signing_key_id)
+    if signing_key is None:
         raise reject(R.REJECT_REASON_UNKNOWN_SIGNING_KEY, "not the sender's pinned key")
     try:
-        sender.signing_key.verify(
+        signing_key.verify(
             sealed.signature,
             signing_input(ENVELOPE_SIGNATURE_LABEL, sealed.header_bytes, sealed.ciphertext),
         )
@@ -224,6 +236,7 @@ def check_envelope(
         ciphertext=sealed.ciphertext,
         envelope_sha256=hashlib.sha256(envelope).digest(),
         sender=sender,
+        signing_key=signing_key,
     )
 
 
@@ -299,9 +312,16 @@ def _header_problem(sealed: _Parsed, limits: EnvelopeLimits) -> str | None:
 HPKE_SUITE_OVERHEAD = hpke.KEM.MLKEM768_X25519.enc_length() + 16
 
 
-def open_checked(checked: CheckedEnvelope, *, receiver: NodeIdentity) -> OpenedNotice:
-    """The checks after the replay check: decrypt, inner signature, content type, notice.
+def open_checked(
+    checked: CheckedEnvelope,
+    *,
+    receiver: NodeIdentity,
+    decryption_keys: Mapping[str, hpke.MLKEM768X25519PrivateKey] | None = None,
+) -> OpenedNotice:
+    """The checks after the replay check: decrypt, inner signature, content type, content.
 
+    ``decryption_keys`` are the receiver's keys by encryption key id (after a
+    rotation, retiring ones beside the current); by default its current key only.
     Raises ``EnvelopeRejected``.
     """
     header = checked.header
@@ -309,11 +329,14 @@ def open_checked(checked: CheckedEnvelope, *, receiver: NodeIdentity) -> OpenedN
     def reject(reason: envelope_pb2.RejectReason.ValueType, detail: str) -> EnvelopeRejected:
         return EnvelopeRejected(reason, detail, message_id=header.message_id, sender=header.sender)
 
-    if header.recipient_encryption_key_id != receiver.card.encryption_key_id:
+    if decryption_keys is None:
+        decryption_keys = {receiver.card.encryption_key_id: receiver.decryption_key}
+    decryption_key = decryption_keys.get(header.recipient_encryption_key_id)
+    if decryption_key is None:
         raise reject(R.REJECT_REASON_UNKNOWN_ENCRYPTION_KEY, "sealed to a key this node lacks")
     try:
         plaintext = HPKE_SUITE.decrypt(
-            checked.ciphertext, receiver.decryption_key, info=hpke_info(checked.header_bytes)
+            checked.ciphertext, decryption_key, info=hpke_info(checked.header_bytes)
         )
     except (InvalidTag, ValueError):
         raise reject(R.REJECT_REASON_DECRYPTION_FAILED, "HPKE open fails") from None
@@ -325,11 +348,17 @@ def open_checked(checked: CheckedEnvelope, *, receiver: NodeIdentity) -> OpenedN
     content, signature = signed.content, signed.signature
     del plaintext, signed
     try:
-        checked.sender.signing_key.verify(
+        checked.signing_key.verify(
             signature, signing_input(CONTENT_SIGNATURE_LABEL, checked.header_bytes, content)
         )
     except InvalidSignature:
         raise reject(R.REJECT_REASON_BAD_INNER_SIGNATURE, "inner signature fails") from None
+    if header.content_type == CARD_UPDATE_CONTENT_TYPE:
+        try:
+            card = verify_card_update(content, pinned=checked.sender)
+        except CardError as error:
+            raise reject(R.REJECT_REASON_INVALID_CARD_UPDATE, str(error)) from None
+        return OpenedNotice(checked, content, card_update=card)
     if header.content_type != CASE_NOTICE_CONTENT_TYPE:
         raise reject(
             R.REJECT_REASON_UNSUPPORTED_CONTENT_TYPE,
@@ -342,7 +371,7 @@ def open_checked(checked: CheckedEnvelope, *, receiver: NodeIdentity) -> OpenedN
     problems = notice_problems(notice)
     if problems:
         raise reject(R.REJECT_REASON_INVALID_NOTICE, "; ".join(problems))
-    return OpenedNotice(checked, content, notice)
+    return OpenedNotice(checked, content, notice=notice)
 
 
 def issue_receipt(
@@ -378,29 +407,37 @@ def verify_receipt(
     message_id: str,
     sender: str,
     envelope_sha256: bytes,
+    previous: PeerCard | None = None,
 ) -> envelope_pb2.Receipt:
     """Verify ``issuer``'s receipt for one envelope; raises ``ReceiptError``.
 
-    Checks the signature under the issuer's pinned key, then that the receipt
-    names this envelope (SHA-256 of its bytes, message id and sender), and the
-    issuer. A REJECTED receipt may leave message id and sender empty: the
-    receiver could not read them from the envelope (too large, unparseable).
+    Checks the signature under the issuer's pinned key (or under ``previous``'s,
+    the card the issuer replaced, in its grace period: the issuer signs with
+    the card it knows we pin), then that the receipt names this envelope
+    (SHA-256 of its bytes, message id and sender), the issuer and that key. A
+    REJECTED receipt may leave message id and sender empty: the receiver could
+    not read them from the envelope (too large, unparseable).
     """
     try:
         outer = envelope_pb2.SignedReceipt.FromString(signed_receipt)
-        issuer.signing_key.verify(
-            outer.signature, signing_input(RECEIPT_SIGNATURE_LABEL, outer.receipt)
-        )
+    except DecodeError as exc:
+        raise ReceiptError(f"receipt from {issuer.agency_id} does not parse") from exc
+    message = signing_input(RECEIPT_SIGNATURE_LABEL, outer.receipt)
+    signer = next(
+        (card for card in (issuer, previous) if card and _verifies(card, outer.signature, message)),
+        None,
+    )
+    if signer is None:
+        raise ReceiptError(f"receipt signature of {issuer.agency_id} fails")
+    try:
         receipt = envelope_pb2.Receipt.FromString(outer.receipt)
     except DecodeError as exc:
         raise ReceiptError(f"receipt from {issuer.agency_id} does not parse") from exc
-    except InvalidSignature as exc:
-        raise ReceiptError(f"receipt signature of {issuer.agency_id} fails") from exc
     expected = {
         "receiver": issuer.agency_id,
         "sender": sender,
         "message_id": message_id,
-        "receiver_signing_key_id": issuer.signing_key_id,
+        "receiver_signing_key_id": signer.signing_key_id,
     }
     unread = receipt.status == envelope_pb2.RECEIPT_STATUS_REJECTED
     for name, value in expected.items():
@@ -421,3 +458,11 @@ def verify_receipt(
     if not is_valid_timestamp(receipt.received_at):
         raise ReceiptError("receipt's received time is not a valid Timestamp")
     return receipt
+
+
+def _verifies(card: PeerCard, signature: bytes, message: bytes) -> bool:
+    try:
+        card.signing_key.verify(signature, message)
+    except InvalidSignature:
+        return False
+    return True

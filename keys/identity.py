@@ -29,6 +29,11 @@ MLDSA65_KEY_FILE = "signing-mldsa65.key"
 # The card's ML-DSA-65 signature, made once at init and kept: ML-DSA-65 signing is
 # randomized, and a card signed afresh at every start would change its fingerprint.
 CARD_MLDSA65_SIGNATURE_FILE = "card-mldsa65.sig"
+# After a rotation (liaison.keys.keyring): the node's signed card, the card it replaced
+# (while that card's signing and TLS keys are kept), and the update that links them.
+CARD_FILE = "card.bin"
+PREVIOUS_CARD_FILE = "previous-card.bin"
+CARD_UPDATE_FILE = "card-update.bin"
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,10 @@ class NodeIdentity:
     # Optional post-quantum card signing key, and the card signature it made at init.
     mldsa65_key: mldsa.MLDSA65PrivateKey | None = None
     card_mldsa65_signature: bytes = b""
+    # 0 for the card a node is created with, one more at each rotation.
+    sequence: int = 0
+    # The signed card as stored after a rotation; ``card`` is then exactly these bytes.
+    stored_card: bytes | None = None
 
     @cached_property
     def decryption_key(self) -> hpke.MLKEM768X25519PrivateKey:
@@ -54,6 +63,8 @@ class NodeIdentity:
     @cached_property
     def card(self) -> PeerCard:
         """This node's own signed card (the same bytes every time for the same identity)."""
+        if self.stored_card is not None:
+            return parse_card(self.stored_card)
         raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
         created = Timestamp()
         created.FromDatetime(self.created_at)
@@ -67,6 +78,7 @@ class NodeIdentity:
             kem_x25519_key=self.kem_x25519.public_key().public_bytes(*raw),
             tls_certificate=self.tls.certificate.public_bytes(serialization.Encoding.DER),
             created_at=created,
+            sequence=self.sequence,
         )
         if self.mldsa65_key is not None:
             card.mldsa65_key = self.mldsa65_key.public_key().public_bytes_raw()
@@ -120,8 +132,11 @@ def _der(
     )
 
 
-def identity_keys(identity: NodeIdentity) -> list[NewKey]:
-    """The node's private keys as key-store entries, ready to seal."""
+def identity_keys(
+    identity: NodeIdentity, roles: frozenset[str] | None = None, *, file_suffix: str = ""
+) -> list[NewKey]:
+    """The node's private keys as key-store entries, ready to seal: all of them, or
+    those of ``roles``. ``file_suffix`` tells a rotated key's file from its predecessor's."""
     card = identity.card
     ids = {
         SIGNING: card.signing_key_id,
@@ -142,7 +157,7 @@ def identity_keys(identity: NodeIdentity) -> list[NewKey]:
         NewKey(
             KeyEntry(
                 role=role,
-                file=FILES[role],
+                file=FILES[role].replace(".key", f"{file_suffix}.key"),
                 key_id=ids[role],
                 kind=_KINDS[role],
                 state="active",
@@ -151,6 +166,7 @@ def identity_keys(identity: NodeIdentity) -> list[NewKey]:
             secret,
         )
         for role, secret in secrets.items()
+        if roles is None or role in roles
     ]
 
 

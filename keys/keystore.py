@@ -9,7 +9,7 @@ one in use::
     keys/gen-000002/signing.key ...      one sealed file per private key (mode 0600)
     keys/gen-000002/tls.crt              public files that go with them
 
-A change (a new passphrase today; rotation and destruction later) writes a
+A change (a new passphrase, a rotation, a retired key destroyed) writes a
 whole new generation, syncs it, and only then swaps the link with one
 ``rename``: a crash at any instruction leaves either the old set or the new
 one in use, never a mixture. No key file is ever rewritten in place.
@@ -23,7 +23,7 @@ import fcntl
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,9 @@ from liaison.keys.sealed import (
 )
 
 FORMAT = "liaison-keystore/v1"
+# States of a key: in use; kept after a rotation until nothing needs it; gone (the
+# manifest keeps its entry, with no file, so that ``keys list`` shows its history).
+ACTIVE, RETIRING, DESTROYED = "active", "retiring", "destroyed"
 CURRENT = "current"
 MANIFEST = "keystore.json"
 CHECK = "passphrase-check"
@@ -90,23 +93,50 @@ class NewKey:
     secret: bytes
 
 
+@dataclass(frozen=True)
+class KeyChange:
+    """A new generation's keys and public files (``NodeKeys.change``)."""
+
+    keys: list[NewKey]
+    public: dict[str, bytes]
+
+
 class OpenedKeys:
     """The current generation, unlocked: private keys are opened on request."""
 
     def __init__(self, folder: Path, entries: list[KeyEntry], unlocker: Unlocker) -> None:
         self._folder = folder
-        self._entries = {entry.role: entry for entry in entries}
+        self._entries = list(entries)
         self._unlocker = unlocker
 
-    def holds(self, role: str) -> bool:
-        """True if the key store has a key of ``role`` (optional keys, e.g. ML-DSA-65)."""
-        return role in self._entries
+    @property
+    def generation(self) -> str:
+        """The name of the generation these keys were opened from."""
+        return self._folder.name
 
-    def private(self, role: str) -> bytes:
-        """The PKCS#8 DER key of ``role``; ``KeyStoreError`` naming the file if it fails."""
-        entry = self._entries.get(role)
+    def entries(self) -> list[KeyEntry]:
+        return list(self._entries)
+
+    def holds(self, role: str, key_id: str | None = None) -> bool:
+        """True if the key store has an active key of ``role`` (optional keys, e.g.
+        ML-DSA-65), or with ``key_id`` a key of ``role`` and that id not destroyed."""
+        return self._find(role, key_id) is not None
+
+    def _find(self, role: str, key_id: str | None) -> KeyEntry | None:
+        for entry in self._entries:
+            if entry.role != role or entry.state == DESTROYED:
+                continue
+            if (key_id is None and entry.state == ACTIVE) or entry.key_id == key_id:
+                return entry
+        return None
+
+    def private(self, role: str, key_id: str | None = None) -> bytes:
+        """The PKCS#8 DER key of ``role``: the active one, or with ``key_id`` the
+        one of that id (active or retiring). ``KeyStoreError`` naming the file if it fails."""
+        entry = self._find(role, key_id)
         if entry is None:
-            raise KeyStoreError(f"the key store in {self._folder} holds no {role} key")
+            which = f"{role} key {key_id}" if key_id else f"active {role} key"
+            raise KeyStoreError(f"the key store in {self._folder} holds no {which}")
         path = self._folder / entry.file
         sealed = SealedFile.parse(read_private_file(path), str(path))
         if sealed.key_id != entry.key_id:
@@ -119,6 +149,9 @@ class OpenedKeys:
                 f"key file {path} was altered or damaged (the passphrase is right); "
                 "restore the key store from a backup"
             ) from None
+
+    def has_public(self, name: str) -> bool:
+        return (self._folder / name).is_file()
 
     def public(self, name: str) -> bytes:
         path = self._folder / name
@@ -170,6 +203,10 @@ class NodeKeys:
         verify_passphrase(check, unlocker, name=str(folder / CHECK))
         return OpenedKeys(folder, self.entries(), unlocker)
 
+    def generation(self) -> str:
+        """The name of the current generation (it changes with every change of the store)."""
+        return self.current().name
+
     def create(
         self,
         keys: Iterable[NewKey],
@@ -213,15 +250,34 @@ class NodeKeys:
         that is already present: ``KeyStoreError``.
         """
         added = list(new_keys)
-        with self._changing():
-            keys, public, folder = self._current_keys(unlocker)
+
+        def with_added(keys: list[NewKey], public: dict[str, bytes]) -> KeyChange:
             present = {key.entry.role for key in keys} | {key.entry.file for key in keys}
             for key in added:
                 if key.entry.role in present or key.entry.file in present | set(public):
                     raise KeyStoreError(
                         f"the key store {self.folder} already holds a {key.entry.role} key"
                     )
-            self._next_generation(folder, [*keys, *added], public, unlocker, self.params())
+            return KeyChange([*keys, *added], public)
+
+        self.change(unlocker, with_added)
+
+    def change(
+        self, unlocker: Unlocker, change: Callable[[list[NewKey], dict[str, bytes]], KeyChange]
+    ) -> None:
+        """Write a new generation from what ``change`` makes of the current one; switch at once.
+
+        ``change`` gets every key of the current generation (a destroyed key
+        with an empty secret) and its public files, and returns the new
+        generation's. A key entry whose state is ``destroyed`` is written to
+        the manifest only: no file. Keeps the scrypt parameters, like ``add``.
+        Every current key is opened first: a wrong passphrase or an altered
+        file changes nothing. Serialized with every other change.
+        """
+        with self._changing():
+            keys, public, folder = self._current_keys(unlocker)
+            changed = change(keys, public)
+            self._next_generation(folder, changed.keys, changed.public, unlocker, self.params())
 
     @contextlib.contextmanager
     def _changing(self) -> Iterator[None]:
@@ -242,7 +298,13 @@ class NodeKeys:
         opened = self.open(unlocker)
         folder = self.current()
         entries = self.entries()
-        keys = [NewKey(entry, opened.private(entry.role)) for entry in entries]
+        keys = [
+            NewKey(
+                entry,
+                b"" if entry.state == DESTROYED else opened.private(entry.role, entry.key_id),
+            )
+            for entry in entries
+        ]
         public = {
             path.name: path.read_bytes()
             for path in folder.iterdir()
@@ -282,6 +344,8 @@ class NodeKeys:
             "keys": [key.entry.to_json() for key in keys],
         }
         for key in keys:
+            if key.entry.state == DESTROYED:
+                continue
             data = seal(
                 key.secret,
                 role=key.entry.role,

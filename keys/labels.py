@@ -18,6 +18,10 @@ CARD_SIGNATURE_LABEL = b"liaison-exchange/v1/card-signature"
 # The ML-DSA-65 context string of a card's second self-signature (ML-DSA takes the context
 # as its own parameter, so it is not prefixed to the signed bytes).
 CARD_MLDSA65_CONTEXT = b"liaison-exchange/v1/card-signature-mldsa65"
+# A card update (keys/rotation.py): the replaced card's signatures over the update, which
+# names the new card. ML-DSA-65 again takes its context as a parameter.
+CARD_UPDATE_LABEL = b"liaison-exchange/v1/card-update"
+CARD_UPDATE_MLDSA65_CONTEXT = b"liaison-exchange/v1/card-update-mldsa65"
 HPKE_INFO_LABEL = b"liaison-exchange/v1/hpke-info"
 KEY_ID_LABEL_SIGNING = b"liaison-exchange/v1/signing-key-id"
 KEY_ID_LABEL_ENCRYPTION = b"liaison-exchange/v1/encryption-key-id"

@@ -26,10 +26,10 @@ from liaison.keys.card import PeerCard
 from liaison.keys.certs import der_to_pem
 from liaison.keys.envelope import verify_receipt
 from liaison.keys.errors import ReceiptError, reason_name
-from liaison.keys.identity import NodeIdentity
 from liaison.server.committer import GroupCommitter
 from liaison.server.config import Limits
 from liaison.server.exchange import Clock, utc_now
+from liaison.server.own_keys import OwnKeys
 from liaison.server.peers import PeerDirectory
 from liaison.server.store import outbox
 from liaison.server.store.models import FINAL_OUTBOUND_STATES, MessageState
@@ -52,14 +52,14 @@ class Delivery:
     def __init__(
         self,
         *,
-        identity: NodeIdentity,
+        keys: OwnKeys,
         peers: PeerDirectory,
         store: Store,
         committer: GroupCommitter,
         limits: Limits,
         clock: Clock = utc_now,
     ) -> None:
-        self._identity = identity
+        self._keys = keys
         self._peers = peers
         self._store = store
         self._committer = committer
@@ -67,11 +67,14 @@ class Delivery:
         self._clock = clock
         self._wake: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._workers: dict[str, asyncio.Task[None]] = {}
-        self._channels: dict[tuple[str, str, str], grpc.aio.Channel] = {}
+        # One channel per peer: keyed by what it was made with, replaced when that changes.
+        self._channels: dict[str, tuple[tuple[str, ...], grpc.aio.Channel]] = {}
         self._watchers: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
         self._sweeper: asyncio.Task[None] | None = None
         # Every delivery attempt under way, across peers, so that stop() can end them.
         self._in_flight: set[asyncio.Task[None]] = set()
+        # Replaced channels, closing once the calls on them have finished.
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Requeue what a previous run left in flight and start a worker per waiting peer."""
@@ -94,9 +97,10 @@ class Delivery:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._workers.clear()
-        for channel in self._channels.values():
+        for _key, channel in self._channels.values():
             await channel.close(grace=None)
         self._channels.clear()
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
     def notify(self, recipient: str) -> None:
         """Something was queued for ``recipient``: make sure its worker runs and looks."""
@@ -200,8 +204,9 @@ class Delivery:
             receipt = verify_receipt(
                 response.receipt,
                 issuer=card,
+                previous=self._peers.trust.previous(card.agency_id),
                 message_id=pending.message_id,
-                sender=self._identity.agency_id,
+                sender=self._keys.current.agency_id,
                 envelope_sha256=bytes.fromhex(pending.envelope_sha256),
             )
         except ReceiptError as error:
@@ -235,13 +240,31 @@ class Delivery:
         )
 
     def _stub(self, card: PeerCard) -> peer_pb2_grpc.PeerExchangeAsyncStub:
-        key = (card.agency_id, card.tls_fingerprint, card.endpoint)
-        channel = self._channels.get(key)
+        """A stub on the channel to ``card``'s node.
+
+        The channel trusts the peer's pinned certificate (and the one it replaced,
+        in its grace period: the peer presents it until all its peers know the
+        new one) and presents ours that the peer pins. When any of that changes,
+        a new channel replaces the old one, which closes once its calls are done.
+        """
+        previous = self._peers.trust.previous(card.agency_id)
+        ours = self._keys.for_peer(card.agency_id).tls
+        roots = [card.tls_certificate, *([previous.tls_certificate] if previous else [])]
+        key = (
+            card.tls_fingerprint,
+            previous.tls_fingerprint if previous else "",
+            card.endpoint,
+            ours.fingerprint,
+        )
+        known = self._channels.get(card.agency_id)
+        channel = known[1] if known and known[0] == key else None
         if channel is None:
+            if known is not None:
+                self._retire_channel(known[1])
             credentials = grpc.ssl_channel_credentials(
-                root_certificates=der_to_pem(card.tls_certificate),
-                private_key=self._identity.tls.key_pem(),
-                certificate_chain=self._identity.tls.certificate_pem(),
+                root_certificates=b"".join(der_to_pem(der) for der in roots),
+                private_key=ours.key_pem(),
+                certificate_chain=ours.certificate_pem(),
             )
             size = self._limits.max_grpc_message_bytes
             channel = grpc.aio.secure_channel(
@@ -253,8 +276,14 @@ class Delivery:
                     ("grpc.max_receive_message_length", size),
                 ],
             )
-            self._channels[key] = channel
+            self._channels[card.agency_id] = (key, channel)
         return peer_pb2_grpc.PeerExchangeStub(channel)  # an async stub for an aio channel
+
+    def _retire_channel(self, channel: grpc.aio.Channel) -> None:
+        grace = self._limits.delivery_timeout_seconds
+        task = asyncio.create_task(channel.close(grace=grace), name="close-replaced-channel")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def _read(self, query: Callable[..., T], *args: object) -> T:
         with self._store.read() as session:

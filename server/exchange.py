@@ -15,14 +15,17 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sqlalchemy.orm import Session
+
+from liaison.keys.card import PeerCard
 from liaison.keys.envelope import EnvelopeLimits, check_envelope, issue_receipt, open_checked
 from liaison.keys.errors import EnvelopeRejected, reason_name
-from liaison.keys.identity import NodeIdentity
 from liaison.keys.ids import is_agency_id, is_message_id
 from liaison.keys.storage import Row, StorageKey, Summary, seal_content_at_rest
 from liaison.server.committer import GroupCommitter
+from liaison.server.own_keys import OwnKeys
 from liaison.server.peers import PeerDirectory
-from liaison.server.store import inbox
+from liaison.server.store import cards, inbox
 from liaison.server.store.models import Direction
 from liaison.server.store.records import NoticeRecord
 from liaison.server.store.store import Store
@@ -41,21 +44,24 @@ def sealed_record(
     storage: StorageKey,
     direction: Direction,
     header: envelope_pb2.EnvelopeHeader,
-    notice: notice_pb2.CaseNotice,
+    notice: notice_pb2.CaseNotice | None,
     *,
     content: bytes,
     envelope: bytes,
     envelope_sha256: bytes,
+    summary: Summary | None = None,
 ) -> NoticeRecord:
-    """The record to store of a notice, its content sealed at rest under a fresh data key.
+    """The record to store of a message, its content sealed at rest under a fresh data key.
 
-    CPU work (AES-GCM over the whole notice): run it off the event loop.
+    A notice's summary is its subject and case reference; other content (a card
+    update) gives its own ``summary``. CPU work (AES-GCM over the whole
+    content): run it off the event loop.
     """
+    if summary is None:
+        assert notice is not None
+        summary = Summary(subject=notice.subject, case_reference=notice.case_reference)
     sealed = seal_content_at_rest(
-        storage,
-        content,
-        Summary(subject=notice.subject, case_reference=notice.case_reference),
-        Row(direction.value, header.sender, header.message_id),
+        storage, content, summary, Row(direction.value, header.sender, header.message_id)
     )
     return NoticeRecord.of(
         header,
@@ -69,9 +75,14 @@ def sealed_record(
     )
 
 
+def card_update_summary(card: PeerCard) -> Summary:
+    """What a listing shows of a card update: which card of whom."""
+    return Summary(subject=f"Card update: {card.agency_id} card {card.sequence}", case_reference="")
+
+
 @dataclass
 class Receiver:
-    identity: NodeIdentity
+    keys: OwnKeys
     peers: PeerDirectory
     store: Store
     committer: GroupCommitter
@@ -93,7 +104,7 @@ class Receiver:
         try:
             checked = check_envelope(
                 envelope,
-                receiver=self.identity,
+                receiver=self.keys.current,
                 trust=self.peers.trust,
                 authenticated_peer=peer,
                 now=now,
@@ -108,19 +119,26 @@ class Receiver:
         earlier = await asyncio.to_thread(self._stored_receipt, header.sender, header.message_id)
         if earlier is not None:
             return await self._duplicate(earlier, header, digest, now)
+        ring = self.keys.ring
         try:
-            opened = await asyncio.to_thread(open_checked, checked, receiver=self.identity)
+            opened = await asyncio.to_thread(
+                open_checked,
+                checked,
+                receiver=ring.current,
+                decryption_keys=ring.decryption_keys,
+            )
         except Exception as error:
             return await self._refuse(error, envelope, peer, now)
 
         receipt = issue_receipt(
-            receiver=self.identity,
+            receiver=self.keys.for_peer(peer),
             message_id=header.message_id,
             envelope_sha256=checked.envelope_sha256,
             sender=header.sender,
             status=envelope_pb2.RECEIPT_STATUS_ACCEPTED,
             now=now,
         )
+        update = opened.card_update
         record = await asyncio.to_thread(
             sealed_record,
             self.storage,
@@ -130,15 +148,35 @@ class Receiver:
             content=opened.content,
             envelope=envelope,
             envelope_sha256=checked.envelope_sha256,
+            summary=card_update_summary(update) if update else None,
         )
         del opened
-        earlier = await self.committer.submit(
-            lambda session: inbox.accept(session, record, signed_receipt=receipt, received_at=now)
-        )
+        grace_until = now + self.limits.max_lifetime + self.limits.clock_skew
+
+        def accept(session: Session) -> inbox.StoredReceipt | None:
+            earlier = inbox.accept(session, record, signed_receipt=receipt, received_at=now)
+            if earlier is None and update is not None:
+                cards.apply_card_update(
+                    session,
+                    card=update,
+                    replaced=checked.sender.signed_card,
+                    replaced_fingerprint=checked.sender.fingerprint,
+                    grace_until=grace_until,
+                    message_id=header.message_id,
+                    at=now,
+                )
+            return earlier
+
+        earlier = await self.committer.submit(accept)
         if earlier is not None:
             return await self._duplicate(earlier, header, digest, now)
         if self.on_stored is not None:
             self.on_stored(header.sender, len(envelope))
+        if update is not None:
+            log.info(
+                "pinned card %d of %s, from its card update", update.sequence, update.agency_id
+            )
+            await asyncio.to_thread(self.peers.refresh)
         log.info("received %s from %s", header.message_id, header.sender)
         return receipt
 
@@ -187,7 +225,7 @@ class Receiver:
         if same:
             return earlier.signed_receipt
         return issue_receipt(
-            receiver=self.identity,
+            receiver=self.keys.for_peer(header.sender),
             message_id=header.message_id,
             envelope_sha256=bytes.fromhex(digest),
             sender=header.sender,
@@ -221,7 +259,7 @@ class Receiver:
             )
         )
         return issue_receipt(
-            receiver=self.identity,
+            receiver=self.keys.for_peer(peer),
             message_id=message_id,
             envelope_sha256=digest,
             sender=claimed or peer,

@@ -24,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from liaison.keys.card import parse_card
 from liaison.keys.certs import (
     IssuedCertificate,
     certificate_sha256,
@@ -32,17 +33,18 @@ from liaison.keys.certs import (
     local_certificate_authority,
 )
 from liaison.keys.credentials import ClientCredential
-from liaison.keys.errors import KeyStoreError
+from liaison.keys.errors import CardError, KeyStoreError
 from liaison.keys.identity import (
+    CARD_FILE,
     TLS_CERT_FILE,
     NodeIdentity,
     generate_identity,
     identity_keys,
     identity_public_files,
-    load_identity,
     load_private_key,
 )
 from liaison.keys.ids import is_agency_id
+from liaison.keys.keyring import KeyRing, load_keyring
 from liaison.keys.keystore import (
     KeyEntry,
     NewKey,
@@ -168,14 +170,29 @@ class NodeHome:
         return store
 
     def identity(self, config: NodeConfig | None = None) -> NodeIdentity:
+        """The node's current identity: its keys and the card they make."""
+        return self.keyring(config).current
+
+    def keyring(self, config: NodeConfig | None = None) -> KeyRing:
+        """Every key the node holds, across rotations (liaison.keys.keyring)."""
         config = config or self.config()
-        return load_identity(
+        return load_keyring(
             self.open_keys(),
             agency_id=config.agency_id,
             name=config.name,
             endpoint=config.endpoint,
             created_at=config.created_at,
         )
+
+    def card_sequence(self) -> int:
+        """The sequence of the node's current card, read without the passphrase."""
+        path = self.keys.current() / CARD_FILE
+        if not path.is_file():
+            return 0  # never rotated
+        try:
+            return parse_card(path.read_bytes()).sequence
+        except CardError as error:
+            raise KeyStoreError(f"{path} does not verify: {error}") from None
 
     def storage_key(self) -> StorageKey:
         """The node's storage key, which wraps the data keys of stored notices.

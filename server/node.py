@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import datetime as dt
 import logging
 import signal
 import sys
@@ -36,7 +37,9 @@ from liaison.server.gate import Limit, PeerGate
 from liaison.server.home import HomeLock, NodeHome
 from liaison.server.interceptors import ErrorInterceptor
 from liaison.server.notices import Notices
+from liaison.server.own_keys import OwnKeys
 from liaison.server.peers import PeerDirectory, TlsTrust
+from liaison.server.rotation import announce, retire_keys
 from liaison.server.services import NodeServicer, PeerExchangeServicer
 from liaison.server.store import audit
 from liaison.server.store.audit import AuditKind
@@ -65,11 +68,14 @@ class Node:
         self.home = home
         home.check_private()
         self.config: NodeConfig = home.config()
-        self.identity: NodeIdentity = home.identity(self.config)
+        # The keys first: a wrong passphrase stops the node before anything else is opened.
+        ring = home.keyring(self.config)
         self.store: Store = home.open_store(self.config)
         # Loaded once; a key store without one (an older home) gets one here.
         self.storage: StorageKey = home.storage_key()
         self.peers = PeerDirectory(self.store)
+        # Reloaded when the key store changes (a rotation, a retired key destroyed).
+        self.keys = OwnKeys(home, self.config, self.peers, ring)
         limits = self.config.limits
         self.committer = GroupCommitter(self.store, max_batch=limits.commit_batch)
         self.gate = PeerGate(
@@ -79,7 +85,7 @@ class Node:
             audit=self._audit_refusal,
         )
         self.receiver = Receiver(
-            self.identity,
+            self.keys,
             self.peers,
             self.store,
             self.committer,
@@ -87,16 +93,16 @@ class Node:
             self.storage,
             on_stored=self.gate.stored,
         )
-        self.tls_trust = TlsTrust(self.identity, self.peers)
+        self.tls_trust = TlsTrust(self.keys, self.peers)
         self.delivery = Delivery(
-            identity=self.identity,
+            keys=self.keys,
             peers=self.peers,
             store=self.store,
             committer=self.committer,
             limits=limits,
         )
         self.notices = Notices(
-            self.identity,
+            self.keys,
             self.peers,
             self.store,
             self.committer,
@@ -110,6 +116,11 @@ class Node:
         self._housekeeping: asyncio.Task[None] | None = None
         # Seals the rows an earlier version stored in clear; done when it returns.
         self.sealing: asyncio.Task[int] | None = None
+
+    @property
+    def identity(self) -> NodeIdentity:
+        """The node's current identity (its newest card and keys)."""
+        return self.keys.current
 
     async def start(self) -> BoundPorts:
         """Lock the home, start storage workers and both listeners; returns the bound ports.
@@ -201,7 +212,8 @@ class Node:
         )
 
     async def _housekeep(self) -> None:
-        """Pick up newly pinned peers, end quiet refusal bursts, count handshakes.
+        """Pick up newly pinned peers and rotated keys, announce our card and retire old
+        keys (``rotation``), end quiet refusal bursts, count handshakes.
 
         Survives any error: it is logged at once and the next round runs.
         """
@@ -212,6 +224,7 @@ class Node:
                 if await asyncio.to_thread(self.peers.refresh):
                     log.info("pinned peers changed: %d pinned", len(self.peers.trust.cards()))
                 self.gate.end_quiet_bursts()
+                await self.rotation_round()
             except Exception:
                 log.exception("housekeeping failed; retrying in %g s", HOUSEKEEPING_SECONDS)
             now = asyncio.get_running_loop().time()
@@ -224,6 +237,39 @@ class Node:
                         now - reported_at,
                     )
                 reported, reported_at = count, now
+
+    async def rotation_round(self, now: dt.datetime | None = None) -> None:
+        """Load a new key-store generation, queue card announcements still to send,
+        and retire the keys that are due (``now``: the present, unless a test moves it)."""
+        if await asyncio.to_thread(self.keys.reload_if_changed):
+            log.info(
+                "key store changed: card %d, %s",
+                self.keys.current.sequence,
+                self.keys.generation,
+            )
+            for card in self.peers.trust.cards():  # the queue may hold new announcements
+                self.delivery.notify(card.agency_id)
+        announced = await asyncio.to_thread(
+            announce,
+            self.keys.ring,
+            self.store,
+            self.storage,
+            self.config.limits,
+            actor="node",
+        )
+        for agency_id in announced:
+            log.info("card %d announced to %s", self.keys.current.sequence, agency_id)
+            self.delivery.notify(agency_id)
+        retired = await asyncio.to_thread(
+            retire_keys,
+            self.home,
+            self.store,
+            self.keys.ring,
+            self.config.limits,
+            now=now or utc_now(),
+        )
+        if retired:
+            await asyncio.to_thread(self.keys.reload_if_changed)
 
     async def _seal_clear_rows(self) -> int:
         """Seal, in batches, the notices an earlier version stored in clear; returns how many.

@@ -18,7 +18,6 @@ from liaison.keys.envelope import (
     SealedMessage,
     seal_content,
 )
-from liaison.keys.identity import NodeIdentity
 from liaison.keys.ids import is_agency_id, is_message_id
 from liaison.keys.notice import CASE_NOTICE_CONTENT_TYPE, notice_problems
 from liaison.keys.storage import (
@@ -33,6 +32,7 @@ from liaison.server.config import Limits
 from liaison.server.delivery import Delivery
 from liaison.server.errors import NotFound, RequestError
 from liaison.server.exchange import Clock, sealed_record, utc_now
+from liaison.server.own_keys import OwnKeys
 from liaison.server.peers import PeerDirectory
 from liaison.server.store import outbox
 from liaison.server.store.models import (
@@ -80,7 +80,7 @@ class MessageView:
 
 @dataclass
 class Notices:
-    identity: NodeIdentity
+    keys: OwnKeys
     peers: PeerDirectory
     store: Store
     committer: GroupCommitter
@@ -113,7 +113,8 @@ class Notices:
         card = await asyncio.to_thread(self.peers.peer, recipient)
         if card is None:
             raise RequestError(f"{recipient} is not a pinned peer; add its card first")
-        if recipient == self.identity.agency_id:
+        own = self.keys.current.agency_id
+        if recipient == own:
             raise RequestError("a node does not send notices to itself")
         # The database, not the trust snapshot: a revocation counts from the moment it is made.
         if await asyncio.to_thread(self.store.is_revoked, recipient):
@@ -122,8 +123,8 @@ class Notices:
                 f"runs `liaison peers reinstate {recipient}`"
             )
         now = self.clock()
-        notice = _complete(notice, self.identity.agency_id, now)
-        if notice.originator.agency_id != self.identity.agency_id:
+        notice = _complete(notice, own, now)
+        if notice.originator.agency_id != own:
             raise RequestError("the originator must be this node's agency")
         problems = notice_problems(notice)
         if problems:
@@ -174,13 +175,15 @@ class Notices:
         have fixed lengths, and timestamps encode in five bytes from 1978 to
         3058), so its size is measured once per recipient key by sealing nothing.
         """
+        # The card of ours the recipient pins: it verifies what that card's key signs.
+        sender = self.keys.for_peer(card.agency_id)
         key = (card.agency_id, card.encryption_key_id)
         header_size = self._header_sizes.get(key)
         if header_size is None:
             probe = seal_content(
                 b"",
                 content_type=CASE_NOTICE_CONTENT_TYPE,
-                sender=self.identity,
+                sender=sender,
                 recipient=card,
                 ttl=ttl,
                 now=now,
@@ -196,7 +199,7 @@ class Notices:
         return seal_content(
             content,
             content_type=CASE_NOTICE_CONTENT_TYPE,
-            sender=self.identity,
+            sender=sender,
             recipient=card,
             ttl=ttl,
             now=now,
@@ -276,11 +279,16 @@ class Notices:
         summary = MessageSummaryRow.of(message)
         if notice is not None:
             summary = summary.opened(notice.subject, notice.case_reference)
+        else:  # destroyed (nothing to open), or not a notice: its sealed summary says what
+            summary = await asyncio.to_thread(self._opened_summary, summary)
         return MessageView(message, receipt, timeline, notice, summary)
 
     def _open(self, message: Message) -> notice_pb2.CaseNotice | None:
-        """The stored notice in clear; None if its content was destroyed."""
+        """The stored notice in clear; None if its content was destroyed, or if the
+        message is not a notice (a card update: its summary says what it is)."""
         if message.content_format == ContentFormat.DESTROYED.value:
+            return None
+        if message.content_type != CASE_NOTICE_CONTENT_TYPE:
             return None
         if message.content_format == ContentFormat.CLEAR.value:
             content = message.content  # not sealed yet (see Node)

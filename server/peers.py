@@ -11,17 +11,20 @@ of pinned peers.
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from collections.abc import Callable
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import grpc
 
 from liaison.keys.card import PeerCard
 from liaison.keys.certs import der_to_pem
-from liaison.keys.identity import NodeIdentity
 from liaison.keys.trust import TrustStore
-from liaison.server.store.store import PinSummary, Store
+from liaison.server.store.store import PinnedPeer, PinSummary, Store
+
+if TYPE_CHECKING:
+    from liaison.server.own_keys import OwnKeys
 
 
 class PeerDirectory:
@@ -29,6 +32,9 @@ class PeerDirectory:
         self._store = store
         self._lock = threading.Lock()
         self._summary: PinSummary = store.pin_summary()
+        self._our_cards: dict[str, int] = {}
+        # When the first previous card's grace period ends: the trust changes then.
+        self._grace_ends: dt.datetime | None = None
         self._trust = self._load()
         self._listeners: list[Callable[[], None]] = []
         self.version = 1
@@ -49,7 +55,8 @@ class PeerDirectory:
         """
         with self._lock:
             summary = self._store.pin_summary()
-            if summary == self._summary:
+            grace_ended = self._grace_ends is not None and _now() >= self._grace_ends
+            if summary == self._summary and not grace_ended:
                 return False
             self._trust = self._load()
             self._summary = summary
@@ -60,10 +67,21 @@ class PeerDirectory:
 
     def _load(self) -> TrustStore:
         peers = self._store.pinned_peers()
+        now = _now()
+        in_grace = [peer for peer in peers if _in_grace(peer, now)]
+        self._grace_ends = min(
+            (p.previous_until for p in in_grace if p.previous_until), default=None
+        )
+        self._our_cards = {peer.card.agency_id: peer.our_card for peer in peers}
         return TrustStore.of(
             (peer.card for peer in peers),
             revoked=(peer.card.agency_id for peer in peers if peer.revoked),
+            previous={p.card.agency_id: p.previous for p in in_grace if p.previous},
         )
+
+    def our_card(self, agency_id: str) -> int:
+        """The sequence of our card that ``agency_id`` pins (0 if it is not pinned)."""
+        return self._our_cards.get(agency_id, 0)
 
     def peer(self, agency_id: str) -> PeerCard | None:
         """The pinned card of ``agency_id``, looking in the database once if it is not known."""
@@ -87,12 +105,11 @@ class TlsTrust:
     presented leaf is exactly a pinned certificate (``PeerGate``).
     """
 
-    def __init__(self, identity: NodeIdentity, peers: PeerDirectory) -> None:
-        self._key = identity.tls.key_pem()
-        self._cert = identity.tls.certificate_pem()
+    def __init__(self, keys: OwnKeys, peers: PeerDirectory) -> None:
+        self._keys = keys
         self._peers = peers
         self._lock = threading.Lock()
-        self._served = 0
+        self._served: tuple[int, str] = (0, "")
         self.handshakes = 0
 
     def credentials(self) -> grpc.ServerCredentials:
@@ -106,18 +123,30 @@ class TlsTrust:
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         with self._lock:
             self.handshakes += 1
-            if self._peers.version == self._served:
+            if (self._peers.version, self._keys.generation) == self._served:
                 return None
             return self._configuration()
 
     def _configuration(self) -> grpc.ServerCertificateConfiguration:
-        # The version first: the trust store is replaced before the version moves on,
-        # so these cards are at least that new.
-        version = self._peers.version
-        cards = self._peers.trust.cards()
-        self._served = version
+        # The versions first: the trust store and key ring are replaced before the
+        # versions move on, so what is read next is at least that new.
+        served = (self._peers.version, self._keys.generation)
+        certificates = self._peers.trust.tls_certificates()
+        ours = self._keys.ring.server_tls
+        self._served = served
+        cert = ours.certificate_pem()
         # With no peer pinned yet, trust only ourselves: nobody else gets in.
-        roots = b"".join(der_to_pem(card.tls_certificate) for card in cards) or self._cert
+        roots = b"".join(der_to_pem(der) for der in certificates) or cert
         return grpc.ssl_server_certificate_configuration(
-            [(self._key, self._cert)], root_certificates=roots
+            [(ours.key_pem(), cert)], root_certificates=roots
         )
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _in_grace(peer: PinnedPeer, now: dt.datetime) -> bool:
+    return (
+        peer.previous is not None and peer.previous_until is not None and now < peer.previous_until
+    )

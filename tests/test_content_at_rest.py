@@ -18,6 +18,7 @@ from alembic.config import Config
 
 from liaison.client.errors import ClientError
 from liaison.keys.keystore import NewKey, NodeKeys
+from liaison.keys.notice import CASE_NOTICE_CONTENT_TYPE
 from liaison.keys.storage import (
     STORAGE_ROLE,
     Row,
@@ -396,12 +397,13 @@ def test_notices_stored_in_clear_by_an_earlier_version_are_sealed_at_start(
                 "INSERT INTO messages (message_id, direction, sender, recipient, state, "
                 "content_type, category, priority, handling, case_reference, subject, "
                 "envelope, envelope_sha256, content, created_at, expires_at, updated_at, "
-                "attempts) VALUES (?, 'inbound', ?, ?, 'received', 'x', 1, 1, 1, ?, ?, ?, ?, "
+                "attempts) VALUES (?, 'inbound', ?, ?, 'received', ?, 1, 1, 1, ?, ?, ?, ?, "
                 "?, ?, ?, ?, 0)",
                 (
                     message_id,
                     A_ID,
                     B_ID,
+                    CASE_NOTICE_CONTENT_TYPE,
                     notice.case_reference,
                     notice.subject,
                     envelope,

@@ -18,6 +18,15 @@ class AuditKind(enum.StrEnum):
     KEYS_PASSPHRASE_CHANGED = "keys-passphrase-changed"  # noqa: S105 - an event name
     KEYS_SEALED = "keys-sealed"
     KEY_CREATED = "key-created"
+    # Rotation (liaison keys rotate): a key replaced, a retiring key dated or destroyed.
+    KEY_ROTATED = "key-rotated"
+    KEY_RETIRING = "key-retiring"
+    KEY_DESTROYED = "key-destroyed"
+    # Our new card sent to a peer, and what became of it; a peer's new card pinned.
+    CARD_ANNOUNCED = "card-announced"
+    CARD_ACCEPTED_BY_PEER = "card-accepted-by-peer"
+    CARD_ANNOUNCEMENT_FAILED = "card-announcement-failed"
+    PEER_CARD_UPDATED = "peer-card-updated"
     # Notices at rest: clear rows of an older version sealed; a message's content destroyed.
     CONTENT_SEALED = "content-sealed"
     CONTENT_DESTROYED = "content-destroyed"
@@ -56,6 +65,9 @@ OUTBOUND_EVENTS = frozenset(
         AuditKind.REJECTED_BY_PEER,
         AuditKind.EXPIRED,
         AuditKind.CONTENT_DESTROYED,
+        AuditKind.CARD_ANNOUNCED,
+        AuditKind.CARD_ACCEPTED_BY_PEER,
+        AuditKind.CARD_ANNOUNCEMENT_FAILED,
     }
 )
 INBOUND_EVENTS = frozenset(
@@ -65,6 +77,7 @@ INBOUND_EVENTS = frozenset(
         AuditKind.DUPLICATE,
         AuditKind.REJECTED,
         AuditKind.CONTENT_DESTROYED,
+        AuditKind.PEER_CARD_UPDATED,
     }
 )
 

@@ -79,7 +79,8 @@ class PeerState(enum.StrEnum):
 
 
 class Peer(Base):
-    """A pinned peer: its signed card, verified again whenever it is loaded.
+    """A pinned peer: its signed card, verified again whenever it is loaded, and what
+    it holds of ours.
 
     ``added_at`` is when its current card was pinned; ``revoked_at`` and
     ``revoke_reason`` (the operator's words) are set while it is revoked.
@@ -98,6 +99,15 @@ class Peer(Base):
     )
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
     revoke_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # The card the peer replaced by a card update, trusted beside the new one until
+    # ``previous_until`` (envelopes it signed under its old key may still be in flight).
+    previous_card: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    previous_until: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    # The sequence of *our* card this peer pins, and the card being announced to it (the
+    # card update's message id) until that delivery settles.
+    our_card: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    announcing: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    announcement_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
 
 
 class Message(Base):

@@ -9,7 +9,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
-from liaison.server.store import audit
+from liaison.server.store import audit, cards
 from liaison.server.store.audit import AuditKind
 from liaison.server.store.models import (
     Direction,
@@ -151,6 +151,13 @@ def settle(session: Session, outcome: DeliveryOutcome) -> None:
         audit.append(session, AuditKind.DELIVERED, **common)
     else:
         audit.append(session, AuditKind.REJECTED_BY_PEER, **common, reason=outcome.reason)
+    cards.announcement_settled(
+        session,
+        recipient=pending.recipient,
+        message_id=pending.message_id,
+        state=outcome.state,
+        at=outcome.at,
+    )
 
 
 def any_expired(session: Session, now: dt.datetime) -> bool:
@@ -187,6 +194,13 @@ def expire_due(session: Session, *, now: dt.datetime) -> list[str]:
             message_id=row.message_id,
             peer=row.recipient,
             envelope_sha256=row.envelope_sha256,
+        )
+        cards.announcement_settled(
+            session,
+            recipient=row.recipient,
+            message_id=row.message_id,
+            state=MessageState.EXPIRED,
+            at=now,
         )
     return [row.message_id for row in rows]
 

@@ -35,7 +35,7 @@ class NoticeRecord:
     def of(
         cls,
         header: envelope_pb2.EnvelopeHeader,
-        notice: notice_pb2.CaseNotice,
+        notice: notice_pb2.CaseNotice | None,
         *,
         envelope: bytes,
         envelope_sha256: bytes,
@@ -49,9 +49,10 @@ class NoticeRecord:
             sender=header.sender,
             recipient=header.recipient,
             content_type=header.content_type,
-            category=notice.category,
-            priority=notice.priority,
-            handling=notice.handling,
+            # A card update has none of these: zero, "unspecified".
+            category=notice.category if notice else 0,
+            priority=notice.priority if notice else 0,
+            handling=notice.handling if notice else 0,
             envelope=envelope,
             envelope_sha256=envelope_sha256.hex(),
             content=content,

@@ -37,9 +37,11 @@ from liaison.server.store.models import (
 )
 from liaison.server.store.records import SUMMARY_COLUMNS, MessageSummaryRow
 
-# What identifies the pinned set and its states without parsing a card:
-# (agency id, TLS fingerprint, pinned at, state, revoked at).
-PinSummary = tuple[tuple[str, str, dt.datetime, str, dt.datetime | None], ...]
+# What identifies the pinned set and its states without parsing a card: (agency id, TLS
+# fingerprint, pinned at, state, revoked at, previous card trusted until, our card it pins).
+PinSummary = tuple[
+    tuple[str, str, dt.datetime, str, dt.datetime | None, dt.datetime | None, int], ...
+]
 MAX_REVOKE_REASON = 200
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _WRITE = "liaison_write"
@@ -98,6 +100,12 @@ class PinnedPeer:
     pinned_at: dt.datetime
     revoked_at: dt.datetime | None
     revoke_reason: str | None
+    # The card a card update replaced, trusted beside ``card`` until ``previous_until``.
+    previous: PeerCard | None = None
+    previous_until: dt.datetime | None = None
+    # The sequence of our card the peer pins, and the one being announced to it.
+    our_card: int = 0
+    announcing: int | None = None
 
     @property
     def revoked(self) -> bool:
@@ -147,6 +155,10 @@ def _pinned(peer: Peer) -> PinnedPeer:
         pinned_at=peer.added_at,
         revoked_at=peer.revoked_at,
         revoke_reason=peer.revoke_reason,
+        previous=parse_card(peer.previous_card) if peer.previous_card else None,
+        previous_until=peer.previous_until,
+        our_card=peer.our_card,
+        announcing=peer.announcing,
     )
 
 
@@ -223,13 +235,22 @@ class Store:
     # Peers -----------------------------------------------------------------
 
     def pin_peer(
-        self, card: PeerCard, *, actor: str, now: dt.datetime, replace: bool = False
+        self,
+        card: PeerCard,
+        *,
+        actor: str,
+        now: dt.datetime,
+        replace: bool = False,
+        our_card: int = 0,
     ) -> PinOutcome:
         """Trust ``card`` and audit it; the same card again changes nothing.
 
         An agency pinned with another card keeps it unless ``replace`` is
         given: raises ``PinConflict`` (nothing written). A replaced card keeps
-        the peer's state: a revoked peer stays revoked.
+        the peer's state: a revoked peer stays revoked; the card it replaced
+        by a card update, if any, is no longer trusted. ``our_card`` is the
+        sequence of our own current card, which a newly pinned peer is taken
+        to pin (it was handed our card out of band, as we were its).
         """
         with self.write() as session:
             peer = session.get(Peer, card.agency_id)
@@ -240,7 +261,9 @@ class Store:
             outcome = PinOutcome.PINNED if peer is None else PinOutcome.REPLACED
             new = _bare(card.fingerprint)
             if peer is None:
-                peer = Peer(agency_id=card.agency_id, state=PeerState.ACTIVE.value)
+                peer = Peer(
+                    agency_id=card.agency_id, state=PeerState.ACTIVE.value, our_card=our_card
+                )
                 session.add(peer)
                 kind, detail = AuditKind.PEER_PINNED, f"card {new}"
             else:
@@ -251,6 +274,8 @@ class Store:
             peer.signed_card = card.signed_card
             peer.tls_fingerprint = card.tls_fingerprint
             peer.added_at = now
+            peer.previous_card = None
+            peer.previous_until = None
             audit.append(session, kind, at=now, peer=card.agency_id, actor=actor, detail=detail)
         return outcome
 
@@ -332,10 +357,16 @@ class Store:
         with self.read() as session:
             rows = session.execute(
                 select(
-                    Peer.agency_id, Peer.tls_fingerprint, Peer.added_at, Peer.state, Peer.revoked_at
+                    Peer.agency_id,
+                    Peer.tls_fingerprint,
+                    Peer.added_at,
+                    Peer.state,
+                    Peer.revoked_at,
+                    Peer.previous_until,
+                    Peer.our_card,
                 ).order_by(Peer.agency_id)
             ).all()
-        return tuple((row[0], row[1], row[2], row[3], row[4]) for row in rows)
+        return tuple((r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows)
 
     def pinned_peer(self, agency_id: str) -> PinnedPeer | None:
         """The pinned card of ``agency_id`` (verified again) and its state, if pinned."""

@@ -88,6 +88,10 @@ class _RejectReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RejectRe
     """The sender is pinned, but the receiver's operator has revoked it (checked right after
     the known-sender check).
     """
+    REJECT_REASON_INVALID_CARD_UPDATE: _RejectReason.ValueType  # 18
+    """A card update (content type application/vnd.liaison.card-update.v1+proto) that fails
+    its checks: not signed by the pinned card, not its successor, or a malformed new card.
+    """
 
 class RejectReason(_RejectReason, metaclass=_RejectReasonEnumTypeWrapper):
     """Why a receiver refused an envelope. docs/PROTOCOL.md gives the order of the checks."""
@@ -112,6 +116,10 @@ REJECT_REASON_INVALID_NOTICE: RejectReason.ValueType  # 16
 REJECT_REASON_SENDER_REVOKED: RejectReason.ValueType  # 17
 """The sender is pinned, but the receiver's operator has revoked it (checked right after
 the known-sender check).
+"""
+REJECT_REASON_INVALID_CARD_UPDATE: RejectReason.ValueType  # 18
+"""A card update (content type application/vnd.liaison.card-update.v1+proto) that fails
+its checks: not signed by the pinned card, not its successor, or a malformed new card.
 """
 Global___RejectReason: _TypeAlias = RejectReason  # noqa: Y015
 
@@ -302,6 +310,7 @@ class AgencyCard(_message.Message):
     TLS_CERTIFICATE_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     MLDSA65_KEY_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     agency_id: _builtins.str
     name: _builtins.str
@@ -319,6 +328,10 @@ class AgencyCard(_message.Message):
     """Optional raw ML-DSA-65 public key (1952 bytes): when present, the card's self-signature
     is made with both keys (SignedCard.mldsa65_signature). Absent, the card is as before.
     """
+    sequence: _builtins.int
+    """Version of the card: 0 (absent) for the card a node is created with, one more at each
+    rotation. A card update replaces a pinned card only by its direct successor.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -334,10 +347,11 @@ class AgencyCard(_message.Message):
         tls_certificate: _builtins.bytes = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         mldsa65_key: _builtins.bytes = ...,
+        sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_id", b"agency_id", "created_at", b"created_at", "endpoint", b"endpoint", "kem_mlkem768_key", b"kem_mlkem768_key", "kem_x25519_key", b"kem_x25519_key", "mldsa65_key", b"mldsa65_key", "name", b"name", "signing_key", b"signing_key", "tls_certificate", b"tls_certificate", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_id", b"agency_id", "created_at", b"created_at", "endpoint", b"endpoint", "kem_mlkem768_key", b"kem_mlkem768_key", "kem_x25519_key", b"kem_x25519_key", "mldsa65_key", b"mldsa65_key", "name", b"name", "sequence", b"sequence", "signing_key", b"signing_key", "tls_certificate", b"tls_certificate", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -372,3 +386,61 @@ class SignedCard(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SignedCard: _TypeAlias = SignedCard  # noqa: Y015
+
+@_typing.final
+class CardUpdate(_message.Message):
+    """The content of an envelope of type "application/vnd.liaison.card-update.v1+proto": a
+    node announces its next card to a peer that pins its current one. See docs/PROTOCOL.md.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNED_CARD_FIELD_NUMBER: _builtins.int
+    PREVIOUS_CARD_SHA256_FIELD_NUMBER: _builtins.int
+    signed_card: _builtins.bytes
+    """SignedCard bytes of the new card, self-signed by its own keys."""
+    previous_card_sha256: _builtins.bytes
+    """SHA-256 of the SignedCard bytes of the card it replaces (the one the peer pins)."""
+    def __init__(
+        self,
+        *,
+        signed_card: _builtins.bytes = ...,
+        previous_card_sha256: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous_card_sha256", b"previous_card_sha256", "signed_card", b"signed_card"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CardUpdate: _TypeAlias = CardUpdate  # noqa: Y015
+
+@_typing.final
+class SignedCardUpdate(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPDATE_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    MLDSA65_SIGNATURE_FIELD_NUMBER: _builtins.int
+    update: _builtins.bytes
+    """Serialized CardUpdate, the exact bytes the signatures cover."""
+    signature: _builtins.bytes
+    """Ed25519 signature by the replaced card's signing_key."""
+    mldsa65_signature: _builtins.bytes
+    """ML-DSA-65 signature by the replaced card's mldsa65_key, with a context string; present
+    exactly when the replaced card holds an mldsa65_key.
+    """
+    def __init__(
+        self,
+        *,
+        update: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+        mldsa65_signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mldsa65_signature", b"mldsa65_signature", "signature", b"signature", "update", b"update"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignedCardUpdate: _TypeAlias = SignedCardUpdate  # noqa: Y015
