@@ -38,11 +38,13 @@ from liaison.client.passphrase import NEW_PASSPHRASE_VARIABLE, new_passphrase, p
 from liaison.keys.card import PeerCard, armor_card, dearmor_card, parse_card
 from liaison.keys.errors import KeysError
 from liaison.keys.ids import is_agency_id
+from liaison.keys.keyring import ROTATABLE
 from liaison.keys.sealed import MIN_LOG2_N, NODE_KEYS_LOG2_N, PASSPHRASE_VARIABLE
 from liaison.server.config import ConfigError
 from liaison.server.errors import ServerError
 from liaison.server.home import NodeHome, change_passphrase, init_home, seal_unsealed_home
 from liaison.server.node import serve
+from liaison.server.rotation import rotate_keys
 from liaison.server.store.store import (
     PinConflict,
     PinnedPeer,
@@ -154,6 +156,7 @@ def _card_json(card: Any) -> dict[str, str]:
         "tls_certificate_sha256": card.tls_fingerprint,
         "created_at": card.created_at.isoformat().replace("+00:00", "Z"),
         "post_quantum_card_signature": "ML-DSA-65" if card.post_quantum_signed else "none",
+        "card_sequence": str(card.sequence),
     }
 
 
@@ -211,7 +214,13 @@ def _confirmed(card: PeerCard, pinned: PinnedPeer | None) -> bool:
 
 
 def _pin(
-    store: Store, card: PeerCard, pinned: PinnedPeer | None, *, confirm: bool, replace: bool
+    store: Store,
+    card: PeerCard,
+    pinned: PinnedPeer | None,
+    *,
+    confirm: bool,
+    replace: bool,
+    our_card: int,
 ) -> PinOutcome:
     if pinned is not None and pinned.card.signed_card == card.signed_card:
         return PinOutcome.UNCHANGED
@@ -220,7 +229,9 @@ def _pin(
     if confirm and not _confirmed(card, pinned):
         raise UsageError("not confirmed: not pinned")
     try:
-        return store.pin_peer(card, actor="admin", now=dt.datetime.now(dt.UTC), replace=replace)
+        return store.pin_peer(
+            card, actor="admin", now=dt.datetime.now(dt.UTC), replace=replace, our_card=our_card
+        )
     except PinConflict as conflict:  # another card was pinned meanwhile
         raise UsageError(_card_changed(conflict.pinned, card)) from None
 
@@ -247,7 +258,15 @@ def cmd_peers_add(args: argparse.Namespace) -> int:
     store = home.open_store(config)
     try:
         pinned = store.pinned_peer(card.agency_id)
-        outcome = _pin(store, card, pinned, confirm=confirm, replace=args.replace)
+        outcome = _pin(
+            store,
+            card,
+            pinned,
+            confirm=confirm,
+            replace=args.replace,
+            # The peer was handed our current card, as we were handed theirs.
+            our_card=home.card_sequence(),
+        )
     finally:
         store.close()
     if outcome is PinOutcome.UNCHANGED:
@@ -272,6 +291,13 @@ def _peer_json(peer: PinnedPeer, pending: int) -> dict[str, Any]:
         "revoke_reason": peer.revoke_reason,
         "pending_notices": pending,
         "held_notices": pending if peer.revoked else 0,
+        # Rotation: the card the peer replaced, while still trusted; the card of ours it pins.
+        "previous_card": peer.previous.fingerprint if peer.previous else None,
+        "previous_card_trusted_until": _iso(peer.previous_until)
+        if peer.previous and peer.previous_until
+        else None,
+        "pins_our_card": peer.our_card,
+        "our_card_announced": peer.announcing,
     }
 
 
@@ -414,6 +440,50 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
                 f"{row['role']:<14} {row['state']:<9} {row['created']}  "
                 f"{row['retire_after'] or '-':<20}  {row['id']}  {row['kind']}"
             )
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    kinds = frozenset(kind for kind in ROTATABLE if getattr(args, kind))
+    if not kinds:
+        raise UsageError("say what to rotate: --signing, --encryption and/or --tls")
+    home = _unlocked_home(args)
+    config = home.config()
+    store = home.open_store(config)
+    try:
+        rotated = rotate_keys(
+            home,
+            store,
+            kinds,
+            storage=home.storage_key(),
+            limits=config.limits,
+            actor="admin",
+        )
+    finally:
+        store.close()
+    if args.json:
+        _print_json(
+            {
+                "card_sequence": rotated.sequence,
+                "fingerprint": rotated.fingerprint,
+                "rotated": [
+                    {"role": old.role, "old": old.key_id, "new": new.key_id}
+                    for old, new in zip(rotated.replaced, rotated.created, strict=True)
+                ],
+                "announced_to": rotated.announced,
+                "needs_card_out_of_band": rotated.behind,
+            }
+        )
+        return 0
+    print(f"Rotated {', '.join(sorted(kinds))}: this node's card is now card {rotated.sequence}")
+    for old, new in zip(rotated.replaced, rotated.created, strict=True):
+        print(f"  {old.role:<14} {old.key_id} -> {new.key_id}")
+    print(f"  card fingerprint {rotated.fingerprint}")
+    if rotated.announced:
+        print(f"Announced to {', '.join(rotated.announced)}; delivered by the node when it runs.")
+    for agency_id in rotated.behind:
+        print(f"  {agency_id} pins an older card of ours: give it the new card out of band")
+    print("The old keys are destroyed once every peer has the new card (`liaison keys list`).")
     return 0
 
 
@@ -631,6 +701,15 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     )
     p.add_argument("--kdf-cost", type=_kdf_cost, default=NODE_KEYS_LOG2_N, help="as for init")
     p.set_defaults(run=cmd_keys_seal)
+    p = keys.add_parser(
+        "rotate",
+        parents=[common, as_json],
+        help="replace keys, and announce the new card to every pinned peer",
+    )
+    p.add_argument("--signing", action="store_true", help="the signing key (and ML-DSA-65 key)")
+    p.add_argument("--encryption", action="store_true", help="the decryption key (HPKE)")
+    p.add_argument("--tls", action="store_true", help="the peer listener's TLS key")
+    p.set_defaults(run=cmd_keys_rotate)
 
     card = commands.add_parser("card", help="this node's public card").add_subparsers(
         dest="card_command", required=True, metavar="COMMAND"

@@ -120,6 +120,11 @@ class Receiver:
         if earlier is not None:
             return await self._duplicate(earlier, header, digest, now)
         ring = self.keys.ring
+        if header.recipient_encryption_key_id not in ring.decryption_keys:
+            # Perhaps sealed to a key rotated in by another process a moment ago, and
+            # announced before this node looked at its key store again.
+            await asyncio.to_thread(self.keys.reload_if_changed)
+            ring = self.keys.ring
         try:
             opened = await asyncio.to_thread(
                 open_checked,

@@ -116,6 +116,8 @@ class Node:
         self._housekeeping: asyncio.Task[None] | None = None
         # Seals the rows an earlier version stored in clear; done when it returns.
         self.sealing: asyncio.Task[int] | None = None
+        # One rotation round at a time (housekeeping, and a test calling it directly).
+        self._rotation_round = asyncio.Lock()
 
     @property
     def identity(self) -> NodeIdentity:
@@ -241,6 +243,10 @@ class Node:
     async def rotation_round(self, now: dt.datetime | None = None) -> None:
         """Load a new key-store generation, queue card announcements still to send,
         and retire the keys that are due (``now``: the present, unless a test moves it)."""
+        async with self._rotation_round:
+            await self._rotate_round(now)
+
+    async def _rotate_round(self, now: dt.datetime | None) -> None:
         if await asyncio.to_thread(self.keys.reload_if_changed):
             log.info(
                 "key store changed: card %d, %s",
