@@ -17,6 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from liaison.client.api import state_name
 from liaison.keys.errors import reason_name
+from liaison.keys.rotation import CARD_UPDATE_CONTENT_TYPE
 from liaison.keys.text import control_characters
 from liaison.v1 import envelope_pb2, node_pb2, notice_pb2
 
@@ -198,8 +199,9 @@ def _subject_line(s: dict[str, Any]) -> str:
 def detail_json(d: node_pb2.MessageDetail) -> dict[str, Any]:
     return {
         **summary_json(d.summary),
+        "content_type": d.summary.content_type,
         "envelope_sha256": d.envelope_sha256,
-        "notice": notice_json(d.notice),
+        "notice": notice_json(d.notice) if d.HasField("notice") else None,
         "receipt": receipt_json(d.receipt) if d.HasField("receipt") else None,
         "timeline": timeline_json(d.timeline),
     }
@@ -212,6 +214,8 @@ def detail_lines(d: node_pb2.MessageDetail) -> list[str]:
     ``../../etc/cron.d/x`` is only text here, and nothing in the client or
     the node opens a file by it.
     """
+    if not d.HasField("notice"):
+        return _bare_detail_lines(d)
     n = d.notice
     info = notice_json(n)
     evaluation = info["evaluation"]
@@ -235,6 +239,30 @@ def detail_lines(d: node_pb2.MessageDetail) -> list[str]:
     for reference in n.references:
         lines.append(f"Refers to   {safe(reference)}")
     lines += ["", safe(n.body, multiline=True), ""]
+    return lines + _evidence_lines(d)
+
+
+def _bare_detail_lines(d: node_pb2.MessageDetail) -> list[str]:
+    """A message without a notice to show: a card update, or a notice whose content was
+    destroyed (its timeline ends in content-destroyed)."""
+    what = (
+        "agency card update"
+        if d.summary.content_type == CARD_UPDATE_CONTENT_TYPE
+        else "notice content destroyed"
+    )
+    lines = [
+        f"Message     {safe(d.summary.message_id)} ({direction(d.summary.direction)}, "
+        f"{state_name(d.summary.state)})",
+        f"Peer        {safe(d.summary.peer)}",
+        f"Content     {what}",
+    ]
+    if d.summary.subject:
+        lines.append(f"Subject     {safe(d.summary.subject)}")
+    return [*lines, "", *_evidence_lines(d)]
+
+
+def _evidence_lines(d: node_pb2.MessageDetail) -> list[str]:
+    lines = []
     if d.HasField("receipt"):
         r = receipt_json(d.receipt)
         reason = f" ({r['reason']})" if r["reason"] else ""

@@ -193,6 +193,7 @@ def _summary(row: MessageSummaryRow) -> node_pb2.MessageSummary:
         subject=row.subject,
         created_at=_timestamp(row.created_at),
         updated_at=_timestamp(row.updated_at),
+        content_type=row.content_type,
     )
 
 

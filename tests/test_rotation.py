@@ -187,6 +187,33 @@ def test_notices_flow_both_ways_through_a_rotation(pair: Pair, kinds: tuple[str,
     assert new_b.card.fingerprint.replace(" ", "") in (updated[0].detail or "")
 
 
+def test_a_post_quantum_node_rotates_both_signing_keys(tmp_path: Path) -> None:
+    a_home = make_home(tmp_path, A_ID, mldsa65=True)
+    b_home = make_home(tmp_path, B_ID, mldsa65=True)
+    pin_each_other(a_home, b_home)
+    a, b = RunningNode(a_home).start(), RunningNode(b_home).start()
+    try:
+        old = b_home.identity().card
+        rotated = rotate(b_home, "signing")
+        assert {entry.role for entry in rotated.replaced} == {"signing", "signing-mldsa65"}
+        wait_delivered(b, [announcement_id(b_home, A_ID)])
+        store = Store(a_home.database_url())
+        try:
+            pinned = store.pinned_peer(B_ID)
+        finally:
+            store.close()
+        assert pinned is not None
+        assert pinned.card.sequence == 1
+        assert pinned.card.post_quantum_signed
+        assert pinned.card.mldsa65_key is not None
+        assert old.mldsa65_key is not None
+        assert pinned.card.mldsa65_key.public_bytes_raw() != old.mldsa65_key.public_bytes_raw()
+        wait_delivered(b, send(b, A_ID, 3, "pq-after"))
+    finally:
+        a.stop()
+        b.stop()
+
+
 def test_after_the_window_the_old_keys_are_gone_and_refused(pair: Pair) -> None:
     old_b = pair.b_home.identity()
     rotate(pair.b_home, "signing", "encryption", "tls")

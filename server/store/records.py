@@ -115,6 +115,7 @@ class MessageSummaryRow:
     content_format: str
     storage_key_id: str | None
     summary: bytes | None
+    content_type: str
 
     @classmethod
     def of(cls, message: Message) -> MessageSummaryRow:

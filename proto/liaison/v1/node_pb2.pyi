@@ -170,6 +170,7 @@ class MessageSummary(_message.Message):
     SUBJECT_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     direction: Global___Direction.ValueType
     peer: _builtins.str
@@ -179,6 +180,10 @@ class MessageSummary(_message.Message):
     handling: _notice_pb2.Tlp.ValueType
     case_reference: _builtins.str
     subject: _builtins.str
+    content_type: _builtins.str
+    """What the message carries: "application/vnd.liaison.case-notice.v1+proto" for a notice,
+    "application/vnd.liaison.card-update.v1+proto" for a card update (docs/PROTOCOL.md).
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -197,10 +202,11 @@ class MessageSummary(_message.Message):
         subject: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        content_type: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_reference", b"case_reference", "category", b"category", "created_at", b"created_at", "direction", b"direction", "handling", b"handling", "message_id", b"message_id", "peer", b"peer", "priority", b"priority", "state", b"state", "subject", b"subject", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_reference", b"case_reference", "category", b"category", "content_type", b"content_type", "created_at", b"created_at", "direction", b"direction", "handling", b"handling", "message_id", b"message_id", "peer", b"peer", "priority", b"priority", "state", b"state", "subject", b"subject", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
