@@ -24,6 +24,7 @@ from liaison.keys.envelope import (
 )
 from liaison.keys.errors import EnvelopeRejected, reason_name
 from liaison.keys.ids import encryption_key_id, mldsa65_key_id, signing_key_id
+from liaison.keys.rotation import CardUpdateError, verify_card_update
 from liaison.keys.trust import TrustStore
 from liaison.v1 import envelope_pb2
 from tests.vectors.generate import card_identity
@@ -204,3 +205,28 @@ def test_card_derivations() -> None:
         else:
             verified = True
         assert verified is check["expect"], check["context"]
+
+
+def test_card_update_vectors() -> None:
+    """PROTOCOL.md 4.6: the update from card 0 to card 1 verifies and is recomputed byte
+    for byte; each bent update is refused."""
+    case = _load(VECTORS / "derivations.json")["card_updates"]
+    pinned = parse_card(bytes.fromhex(case["pinned_card"]))
+    update = bytes.fromhex(case["update"])
+    card = verify_card_update(update, pinned=pinned)
+    assert card.signed_card.hex() == case["next_card"]
+    assert card.fingerprint == case["next_fingerprint"]
+    assert card.sequence == 1
+    next_key = ed25519.Ed25519PrivateKey.from_private_bytes(
+        bytes.fromhex(case["next_ed25519_seed"])
+    )
+    assert card.signing_key.public_bytes_raw() == next_key.public_key().public_bytes_raw()
+    signed = envelope_pb2.SignedCardUpdate.FromString(update)
+    message = labels.signing_input(labels.CARD_UPDATE_LABEL, signed.update)
+    assert message.hex() == case["signing_input"]
+    pinned.signing_key.verify(signed.signature, message)
+    assert envelope_pb2.CardUpdate.FromString(signed.update).previous_card_sha256 == pinned.sha256
+    for name, bent in case["bent"].items():
+        with pytest.raises(CardUpdateError):
+            verify_card_update(bytes.fromhex(bent), pinned=pinned)
+        assert name

@@ -18,6 +18,7 @@ them is recomputed. The format is in docs/PROTOCOL.md section 11.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -29,13 +30,14 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import mldsa, mlkem
+from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa, mlkem
 
 from liaison.keys import labels
 from liaison.keys.certs import IssuedCertificate
 from liaison.keys.envelope import issue_receipt
 from liaison.keys.identity import NodeIdentity
 from liaison.keys.ids import mldsa65_key_id
+from liaison.keys.rotation import CARD_UPDATE_CONTENT_TYPE, make_card_update
 from liaison.v1 import envelope_pb2, notice_pb2
 from tests.forge import Forge, assemble
 from tests.notices import complete, sample_notice
@@ -108,6 +110,59 @@ def derivations(kept: dict[str, Any] | None = None) -> dict[str, Any]:
         },
         "mlkem768": [mlkem768_derivation(keys.mlkem768_seed) for keys in (SENDER, RECEIVER)],
         "cards": card_derivations((kept or {}).get("cards")),
+        "card_updates": card_update_derivations((kept or {}).get("cards")),
+    }
+
+
+# The sender's next signing key in the card-update vectors, as its Ed25519 seed.
+NEXT_ED25519_SEED = (b"sender-next-ed25519;" * 2)[:32]
+NEXT_CREATED = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+
+
+def card_update_derivations(kept: dict[str, Any] | None) -> dict[str, Any]:
+    """The sender's classic card (of ``cards``) rotated to card 1 with a new signing key,
+    the update that links them, and bent updates a receiver must refuse (PROTOCOL.md 4.6)."""
+    if kept is None:
+        tls_certificate = SENDER.identity().tls.certificate.public_bytes(serialization.Encoding.DER)
+    else:
+        tls_certificate = bytes.fromhex(kept["tls_certificate"])
+    old = card_identity(tls_certificate, None)
+    new = dataclasses.replace(
+        old,
+        signing_key=ed25519.Ed25519PrivateKey.from_private_bytes(NEXT_ED25519_SEED),
+        sequence=1,
+        created_at=NEXT_CREATED,
+    )
+    update = make_card_update(old.card, new.card.signed_card, signing_key=old.signing_key)
+    signed = envelope_pb2.SignedCardUpdate.FromString(update)
+    skipped = dataclasses.replace(new, sequence=2)
+    bent = {
+        "signed-by-the-new-key": make_card_update(
+            old.card, new.card.signed_card, signing_key=new.signing_key
+        ),
+        "skips-a-sequence-number": make_card_update(
+            old.card, skipped.card.signed_card, signing_key=old.signing_key
+        ),
+        "names-another-predecessor": envelope_pb2.SignedCardUpdate(
+            update=envelope_pb2.CardUpdate(
+                signed_card=new.card.signed_card, previous_card_sha256=bytes(32)
+            ).SerializeToString(),
+        ).SerializeToString(),
+    }
+    return {
+        "description": (
+            "The classic card of `cards` (card 0) rotated to card 1: a new Ed25519 key "
+            "from next_ed25519_seed, created at next_created. Ed25519 is deterministic: "
+            "every byte here is recomputed. `bent` updates must be refused."
+        ),
+        "next_ed25519_seed": NEXT_ED25519_SEED.hex(),
+        "next_created": _iso(NEXT_CREATED),
+        "pinned_card": old.card.signed_card.hex(),
+        "next_card": new.card.signed_card.hex(),
+        "next_fingerprint": new.card.fingerprint,
+        "update": update.hex(),
+        "signing_input": labels.signing_input(labels.CARD_UPDATE_LABEL, signed.update).hex(),
+        "bent": {name: value.hex() for name, value in bent.items()},
     }
 
 
@@ -431,6 +486,15 @@ def conformance_vectors(base: Forge, accept: Accept, reject: Reject) -> None:
         "Content type application/x-other, otherwise valid.",
         base.but(header_fields={"content_type": "application/x-other"}),
         "UNSUPPORTED_CONTENT_TYPE",
+    )
+    reject(
+        "reject-invalid-card-update",
+        "Content type card update, but the content is not a SignedCardUpdate.",
+        base.but(
+            header_fields={"content_type": CARD_UPDATE_CONTENT_TYPE},
+            content=b"\xff\xff\xff",
+        ),
+        "INVALID_CARD_UPDATE",
     )
 
     header_checks: dict[str, tuple[str, Forge | bytes]] = {
