@@ -19,6 +19,8 @@ from sqlalchemy import select, update
 
 from liaison.keys.envelope import seal_notice
 from liaison.keys.keystore import DESTROYED, RETIRING
+from liaison.keys.notice import CASE_NOTICE_CONTENT_TYPE
+from liaison.keys.rotation import CARD_UPDATE_CONTENT_TYPE
 from liaison.keys.sealed import Passphrase
 from liaison.server.home import NodeHome
 from liaison.server.rotation import Rotated, rotate_keys
@@ -95,38 +97,29 @@ def wait_delivered(node: RunningNode, message_ids: list[str]) -> None:
             assert status.state == DELIVERED, (message_id, status)
 
 
-def announcement_id(home: NodeHome, recipient: str) -> str:
+def message_ids(home: NodeHome, direction: Direction, peer: str, content_type: str) -> list[str]:
+    """Ids of ``home``'s messages of ``content_type`` to or from ``peer``, in storage order."""
+    column = Message.recipient if direction is Direction.OUTBOUND else Message.sender
     store = Store(home.database_url())
     try:
         with store.read() as session:
-            found = session.scalar(
-                select(Message.message_id).where(
-                    Message.direction == Direction.OUTBOUND.value,
-                    Message.recipient == recipient,
-                    Message.content_type == "application/vnd.liaison.card-update.v1+proto",
-                )
+            query = select(Message.message_id).where(
+                Message.direction == direction.value,
+                column == peer,
+                Message.content_type == content_type,
             )
+            return list(session.scalars(query.order_by(Message.id)))
     finally:
         store.close()
-    assert found is not None
+
+
+def announcement_id(home: NodeHome, recipient: str) -> str:
+    (found,) = message_ids(home, Direction.OUTBOUND, recipient, CARD_UPDATE_CONTENT_TYPE)
     return found
 
 
 def inbound_ids(home: NodeHome, sender: str) -> list[str]:
-    store = Store(home.database_url())
-    try:
-        with store.read() as session:
-            return list(
-                session.scalars(
-                    select(Message.message_id).where(
-                        Message.direction == Direction.INBOUND.value,
-                        Message.sender == sender,
-                        Message.content_type == "application/vnd.liaison.case-notice.v1+proto",
-                    )
-                )
-            )
-    finally:
-        store.close()
+    return message_ids(home, Direction.INBOUND, sender, CASE_NOTICE_CONTENT_TYPE)
 
 
 def events(home: NodeHome, kind: AuditKind) -> list[AuditEvent]:
