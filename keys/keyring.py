@@ -208,6 +208,7 @@ class Rotation:
     previous: NodeIdentity
     current: NodeIdentity
     update: bytes
+    # The keys replaced and their successors, pairwise, by role.
     replaced: list[KeyEntry]
     created: list[KeyEntry]
 
@@ -275,7 +276,8 @@ def rotation(ring: KeyRing, kinds: frozenset[str], *, now: dt.datetime) -> Rotat
         current=new,
         update=update,
         replaced=[old_entries[role] for role in sorted(roles) if role in old_entries],
-        created=[key.entry for key in identity_keys(new, roles)],
+        # In the order of ``replaced``: the i-th new key replaces the i-th old one.
+        created=sorted((key.entry for key in identity_keys(new, roles)), key=lambda e: e.role),
     )
 
 

@@ -202,14 +202,24 @@ def test_keys_rotate_from_the_cli(
     assert err.count("\n") == 1
     assert "--signing" in err
 
-    rotated = run_json(capsys, "keys", "rotate", "--signing", "--tls", *home)
+    rotated = run_json(capsys, "keys", "rotate", "--signing", "--tls", "--encryption", *home)
     assert isinstance(rotated, dict)
     assert rotated["card_sequence"] == 1
     assert rotated["announced_to"] == [B_ID]
-    assert {r["role"] for r in rotated["rotated"]} == {"signing", "tls"}
-
+    assert {r["role"] for r in rotated["rotated"]} == {
+        "signing",
+        "tls",
+        "kem-mlkem768",
+        "kem-x25519",
+    }
     keys = run_json(capsys, "keys", "list", *home)
     assert isinstance(keys, list)
+    # Each pair is one role's old key and its successor.
+    for pair in rotated["rotated"]:
+        (old,) = [k for k in keys if k["id"] == pair["old"] and k["role"] == pair["role"]]
+        (new,) = [k for k in keys if k["id"] == pair["new"] and k["role"] == pair["role"]]
+        assert (old["state"], new["state"]) == ("retiring", "active")
+
     states = sorted((k["role"], k["state"]) for k in keys if k["role"] in ("signing", "tls"))
     assert states == [
         ("signing", "active"),
