@@ -96,14 +96,19 @@ def summary_json(m: node_pb2.MessageSummary) -> dict[str, Any]:
         "subject": m.subject,
         "created_at": iso(m.created_at),
         "updated_at": iso(m.updated_at),
+        "content_type": m.content_type,
     }
 
 
 def summary_line(m: node_pb2.MessageSummary) -> str:
     arrow = "<-" if m.direction == node_pb2.DIRECTION_INBOUND else "->"
+    if m.content_type == CARD_UPDATE_CONTENT_TYPE:  # no priority or handling: say what it is
+        kind = f"{'card':<8} {'update':<16}"
+    else:
+        kind = f"{priority(m.priority):<8} {tlp(m.handling):<16}"
     return (
         f"{safe(m.message_id)}  {iso(m.created_at)}  {arrow} {safe(m.peer):<20} "
-        f"{state_name(m.state):<9} {priority(m.priority):<8} {tlp(m.handling):<16} "
+        f"{state_name(m.state):<9} {kind} "
         f"{safe(m.case_reference)}  {safe(m.subject)}"
     )
 
@@ -199,7 +204,6 @@ def _subject_line(s: dict[str, Any]) -> str:
 def detail_json(d: node_pb2.MessageDetail) -> dict[str, Any]:
     return {
         **summary_json(d.summary),
-        "content_type": d.summary.content_type,
         "envelope_sha256": d.envelope_sha256,
         "notice": notice_json(d.notice) if d.HasField("notice") else None,
         "receipt": receipt_json(d.receipt) if d.HasField("receipt") else None,
