@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -25,6 +27,11 @@ Resp = TypeVar("Resp")
 
 Direction = node_pb2.Direction
 MessageState = node_pb2.MessageState
+
+
+# SendNotice retries after the node was unreachable or slow, and the first pause.
+SEND_RETRIES = 2
+SEND_RETRY_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -119,13 +126,36 @@ class LiaisonClient:
         *,
         ttl_seconds: int = 0,
         wait_seconds: int = 0,
+        idempotency_key: str | None = None,
+        retries: int = SEND_RETRIES,
     ) -> SendResult:
-        """Seal and queue ``notice``; with ``wait_seconds``, wait for delivery first."""
+        """Seal and queue ``notice``; with ``wait_seconds``, wait for delivery first.
+
+        The call carries an idempotency key (a fresh one unless given) and is retried
+        up to ``retries`` times with it when the node is unreachable or does not
+        answer in time: a retry after an answer that was lost returns the notice
+        queued the first time, never a second copy. Raises ``NodeUnavailable``
+        once the retries are spent.
+        """
         request = node_pb2.SendNoticeRequest(
-            recipient=recipient, notice=notice, ttl_seconds=ttl_seconds, wait_seconds=wait_seconds
+            recipient=recipient,
+            notice=notice,
+            ttl_seconds=ttl_seconds,
+            wait_seconds=wait_seconds,
+            idempotency_key=idempotency_key or f"send-{uuid.uuid4()}",
         )
-        response = self._call(self._stub.SendNotice, request, timeout=self._timeout + wait_seconds)
-        return SendResult(response.message_id, state_name(response.state))
+        attempt = 0
+        while True:
+            try:
+                response = self._call(
+                    self._stub.SendNotice, request, timeout=self._timeout + wait_seconds
+                )
+                return SendResult(response.message_id, state_name(response.state))
+            except NodeUnavailable:
+                if attempt >= retries:
+                    raise
+            time.sleep(SEND_RETRY_SECONDS * 2**attempt)
+            attempt += 1
 
     def list_messages(
         self,

@@ -64,6 +64,13 @@ class GroupCommitter:
             batch = [await self._queue.get()]
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            # Work whose caller has gone (its call cancelled, e.g. by the client's deadline)
+            # is dropped if it has not started; once started, it is committed.
+            for item in [item for item in batch if item[1].cancelled()]:
+                batch.remove(item)
+                self._queue.task_done()
+            if not batch:
+                continue
             loop = asyncio.get_running_loop()
             try:
                 outcomes = await loop.run_in_executor(

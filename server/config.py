@@ -29,6 +29,10 @@ class Limits:
     # Messages in flight to one peer at a time (pipelining window).
     delivery_window: int = 64
     delivery_timeout_seconds: float = 30.0
+    # HTTP/2 keepalive on connections to peers: a ping after this long without one, and
+    # the connection dropped if the ping has no answer within the timeout.
+    keepalive_seconds: float = 20.0
+    keepalive_timeout_seconds: float = 10.0
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 300.0
     # Most writes folded into one database transaction.

@@ -3,9 +3,24 @@
 Each peer's worker keeps up to ``Limits.delivery_window`` deliveries in flight
 over one HTTP/2 channel. It claims due messages from the outbox (QUEUED to
 SENT, audited), and each completed attempt is settled through the group
-committer, so deliveries that finish together share one commit. A transport
-error or an unusable receipt puts the message back in the queue with
-exponential backoff and jitter, until its envelope expires.
+committer, so deliveries that finish together share one commit.
+
+Failures are of three kinds, each handled once:
+
+- **The link.** A peer that cannot be reached (connection refused, TLS
+  refused, no answer in time) is *down*: its messages go back to the queue
+  without a backoff of their own, the worker stops claiming, and it probes
+  the peer (gRPC health over the same mutual TLS) with exponential backoff and
+  jitter. The first answer releases the whole queue at once. A 60-second
+  outage so costs the attempts that were in flight, not one per message per
+  backoff step. HTTP/2 keepalive finds a connection that froze without
+  closing, and a channel that keeps timing out is replaced.
+- **A message.** An unusable receipt, or a peer's limit (``RESOURCE_EXHAUSTED``),
+  puts that message back with its own exponential backoff, until its
+  envelope expires.
+- **This node.** A database error never ends a worker, the expiry sweep or a
+  settlement: it is logged when it happens, and the step is tried again after
+  a backoff. A settlement is retried until it is recorded.
 """
 
 from __future__ import annotations
@@ -18,9 +33,11 @@ import logging
 import random
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from liaison.keys.card import PeerCard
 from liaison.keys.certs import der_to_pem
@@ -28,6 +45,7 @@ from liaison.keys.envelope import verify_receipt
 from liaison.keys.errors import ReceiptError, reason_name
 from liaison.server.committer import GroupCommitter
 from liaison.server.config import Limits
+from liaison.server.errors import one_line
 from liaison.server.exchange import Clock, utc_now
 from liaison.server.own_keys import OwnKeys
 from liaison.server.peers import PeerDirectory
@@ -39,6 +57,12 @@ from liaison.v1 import envelope_pb2, peer_pb2, peer_pb2_grpc
 
 log = logging.getLogger(__name__)
 
+# Transport errors that say the peer cannot be reached, rather than that this message failed.
+_LINK_ERRORS = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# A channel whose calls time out this many times in a row is replaced by a new one.
+CHANNEL_TIMEOUTS = 3
+PEER_SERVICE = "liaison.v1.PeerExchange"
+
 _RECEIPT_STATES = {
     envelope_pb2.RECEIPT_STATUS_ACCEPTED: (MessageState.DELIVERED, "accepted"),
     envelope_pb2.RECEIPT_STATUS_DUPLICATE: (MessageState.FAILED, "duplicate"),
@@ -46,6 +70,34 @@ _RECEIPT_STATES = {
 }
 EXPIRY_SWEEP_SECONDS = 1.0
 T = TypeVar("T")
+
+
+@dataclass
+class _Link:
+    """What a worker knows of its peer's reachability."""
+
+    down_since: dt.datetime | None = None
+    error: str = ""
+    probes: int = 0
+    audited: bool = False
+    # Calls on the current channel that timed out in a row.
+    timeouts: int = 0
+
+
+def describe_transport_error(error: grpc.aio.AioRpcError) -> str:
+    """A transport failure in words an operator can act on (never the raw peer text)."""
+    code = error.code()
+    details = (error.details() or "").lower()
+    if "handshake" in details or "ssl" in details or "certificate" in details:
+        return (
+            f"{code.name}: the TLS handshake failed: the peer refuses this node's "
+            "certificate (is our card pinned there?) or presents one we do not pin"
+        )
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"{code.name}: no answer in time"
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return f"{code.name}: the peer cannot be reached (down, or its address is wrong)"
+    return code.name
 
 
 class Delivery:
@@ -75,11 +127,16 @@ class Delivery:
         self._in_flight: set[asyncio.Task[None]] = set()
         # Replaced channels, closing once the calls on them have finished.
         self._closing: set[asyncio.Task[None]] = set()
+        self._links: dict[str, _Link] = defaultdict(_Link)
 
     async def start(self) -> None:
         """Requeue what a previous run left in flight and start a worker per waiting peer."""
         now = self._clock()
-        await self._committer.submit(lambda session: outbox.requeue_in_flight(session, now=now))
+        requeued = await self._committer.submit(
+            lambda session: outbox.requeue_in_flight(session, now=now)
+        )
+        if requeued:
+            log.info("%d deliveries cut off by the last stop are queued again", requeued)
         recipients = await asyncio.to_thread(self._read, outbox.recipients_with_queue)
         for recipient in recipients:
             self.notify(recipient)
@@ -139,29 +196,56 @@ class Delivery:
                 future.set_result(None)
 
     async def _worker(self, recipient: str) -> None:
+        """Deliver ``recipient``'s queue for as long as the node runs.
+
+        Survives any error: it is logged at once and the round is tried again
+        after a backoff (a database locked by another process, for instance).
+        """
         wake = self._wake[recipient]
         in_flight: set[asyncio.Task[None]] = set()
+        failures = 0
         while True:
-            wake.clear()
-            free = self._limits.delivery_window - len(in_flight)
-            claimed: list[PendingDelivery] = []
-            if free > 0:
-                claimed = await self._committer.submit(
-                    functools.partial(
-                        outbox.claim_due, recipient=recipient, now=self._clock(), limit=free
-                    )
+            try:
+                if self._links[recipient].down_since is not None:
+                    await self._probe(recipient)
+                else:
+                    await self._round(recipient, wake, in_flight)
+                failures = 0
+            except Exception as error:
+                failures += 1
+                delay = self._backoff(failures)
+                log.error(
+                    "delivery to %s failed (%s); trying again in %.1f s",
+                    recipient,
+                    one_line(error),
+                    delay,
                 )
-            card = await asyncio.to_thread(self._peers.peer, recipient) if claimed else None
-            for pending in claimed:
-                task = asyncio.create_task(self._deliver(card, pending))
-                in_flight.add(task)
-                self._in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
-                task.add_done_callback(self._in_flight.discard)
-                task.add_done_callback(lambda _task: wake.set())
-            if claimed and len(claimed) == free:
-                continue
-            await self._sleep_until_due(recipient, wake, busy=bool(in_flight))
+                await asyncio.sleep(delay)
+
+    async def _round(
+        self, recipient: str, wake: asyncio.Event, in_flight: set[asyncio.Task[None]]
+    ) -> None:
+        """Claim what is due and start delivering it; else sleep until something is due."""
+        wake.clear()
+        free = self._limits.delivery_window - len(in_flight)
+        claimed: list[PendingDelivery] = []
+        if free > 0:
+            claimed = await self._committer.submit(
+                functools.partial(
+                    outbox.claim_due, recipient=recipient, now=self._clock(), limit=free
+                )
+            )
+        card = await asyncio.to_thread(self._peers.peer, recipient) if claimed else None
+        for pending in claimed:
+            task = asyncio.create_task(self._deliver(card, pending))
+            in_flight.add(task)
+            self._in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+            task.add_done_callback(self._in_flight.discard)
+            task.add_done_callback(lambda _task: wake.set())
+        if claimed and len(claimed) == free:
+            return
+        await self._sleep_until_due(recipient, wake, busy=bool(in_flight))
 
     async def _sleep_until_due(self, recipient: str, wake: asyncio.Event, *, busy: bool) -> None:
         timeout: float | None = None
@@ -172,13 +256,77 @@ class Delivery:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), timeout)
 
+    def _backoff(self, failures: int) -> float:
+        """Exponential backoff with jitter after ``failures`` failures in a row."""
+        growth: float = 2.0 ** max(0, failures - 1)
+        backoff = min(self._limits.retry_base_seconds * growth, self._limits.retry_max_seconds)
+        return backoff * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
+
+    async def _probe(self, recipient: str) -> None:
+        """One probe of a peer that is down, after a backoff; releases its queue if it answers."""
+        link = self._links[recipient]
+        if not link.audited:
+            error, now = link.error, self._clock()
+            await self._committer.submit(
+                lambda session: outbox.record_link(
+                    session, recipient, reachable=False, at=now, detail=error
+                )
+            )
+            link.audited = True
+            log.warning("%s is unreachable: %s", recipient, error)
+        await asyncio.sleep(self._backoff(link.probes + 1))
+        card = await asyncio.to_thread(self._peers.peer, recipient)
+        if card is not None:
+            try:
+                await health_pb2_grpc.HealthStub(self._channel(card)).Check(
+                    health_pb2.HealthCheckRequest(service=PEER_SERVICE),
+                    timeout=self._limits.delivery_timeout_seconds,
+                )
+            except grpc.aio.AioRpcError as error:
+                link.probes += 1
+                link.error = describe_transport_error(error)
+                self._count_timeout(card.agency_id, error)
+                log.info("%s is still unreachable (probe %d)", recipient, link.probes)
+                return
+        # It answers (or is no longer pinned: its queue is held by the outbox anyway).
+        now = self._clock()
+        down_since = link.down_since or now
+        await self._committer.submit(
+            lambda session: outbox.release_queue(session, recipient, now=now, down_since=down_since)
+        )
+        self._links[recipient] = _Link()
+        log.info("%s is reachable again; its queue is released", recipient)
+        self._wake[recipient].set()
+
+    def _link_failed(self, recipient: str, error: str) -> None:
+        link = self._links[recipient]
+        if link.down_since is None:
+            link.down_since = self._clock()
+            link.error = error
+            link.probes = 0
+            link.audited = False
+        self._wake[recipient].set()
+
+    def _count_timeout(self, agency_id: str, error: grpc.aio.AioRpcError) -> None:
+        """Replace a channel whose calls keep timing out (a connection frozen unnoticed)."""
+        link = self._links[agency_id]
+        if error.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
+            return
+        link.timeouts += 1
+        if link.timeouts >= CHANNEL_TIMEOUTS:
+            link.timeouts = 0
+            known = self._channels.pop(agency_id, None)
+            if known is not None:
+                log.warning("replacing the channel to %s: its calls keep timing out", agency_id)
+                self._retire_channel(known[1])
+
     async def _deliver(self, card: PeerCard | None, pending: PendingDelivery) -> None:
         try:
             outcome = await self._attempt(card, pending)
-            await self._committer.submit(lambda session: outbox.settle(session, outcome))
-        except Exception:
-            log.exception("settling delivery of %s failed", pending.message_id)
-            return
+        except Exception as error:  # a check that broke: the message is not at fault
+            log.error("delivering %s failed: %s", pending.message_id, type(error).__name__)
+            outcome = self._retry(pending, f"internal error: {type(error).__name__}")
+        await self._settle(outcome)
         if outcome.state in FINAL_OUTBOUND_STATES:
             log.info(
                 "%s to %s: %s%s",
@@ -189,6 +337,28 @@ class Delivery:
             )
             self._settled(pending.message_id)
 
+    async def _settle(self, outcome: DeliveryOutcome) -> None:
+        """Record ``outcome``; retried until it is recorded (a receipt is never dropped).
+
+        If the node stops first, the message is still SENT and goes back to the
+        queue at start: the receiver answers the redelivery with its original receipt.
+        """
+        failures = 0
+        while True:
+            try:
+                await self._committer.submit(lambda session: outbox.settle(session, outcome))
+                return
+            except Exception as error:
+                failures += 1
+                delay = self._backoff(failures)
+                log.error(
+                    "recording the outcome of %s failed (%s); trying again in %.1f s",
+                    outcome.pending.message_id,
+                    one_line(error),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
     async def _attempt(self, card: PeerCard | None, pending: PendingDelivery) -> DeliveryOutcome:
         if card is None:
             return self._retry(pending, "recipient is no longer a pinned peer")
@@ -198,7 +368,14 @@ class Delivery:
                 timeout=self._limits.delivery_timeout_seconds,
             )
         except grpc.aio.AioRpcError as error:
-            return self._retry(pending, f"transport: {error.code().name}")
+            described = describe_transport_error(error)
+            self._count_timeout(card.agency_id, error)
+            if error.code() in _LINK_ERRORS:
+                self._link_failed(card.agency_id, described)
+                # Not this message's fault: due again as soon as the peer answers.
+                return self._retry(pending, f"transport: {described}", backoff=False)
+            return self._retry(pending, f"transport: {described}")
+        self._links[card.agency_id].timeouts = 0
         now = self._clock()
         try:
             receipt = verify_receipt(
@@ -222,14 +399,15 @@ class Delivery:
         )
 
     def _retry(
-        self, pending: PendingDelivery, error: str, *, signed_receipt: bytes | None = None
+        self,
+        pending: PendingDelivery,
+        error: str,
+        *,
+        signed_receipt: bytes | None = None,
+        backoff: bool = True,
     ) -> DeliveryOutcome:
         now = self._clock()
-        backoff = min(
-            self._limits.retry_base_seconds * 2 ** (pending.attempts - 1),
-            self._limits.retry_max_seconds,
-        )
-        delay = backoff * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
+        delay = self._backoff(pending.attempts) if backoff else 0.0
         return DeliveryOutcome(
             pending=pending,
             state=MessageState.QUEUED,
@@ -240,7 +418,10 @@ class Delivery:
         )
 
     def _stub(self, card: PeerCard) -> peer_pb2_grpc.PeerExchangeAsyncStub:
-        """A stub on the channel to ``card``'s node.
+        return peer_pb2_grpc.PeerExchangeStub(self._channel(card))  # async stub, aio channel
+
+    def _channel(self, card: PeerCard) -> grpc.aio.Channel:
+        """The channel to ``card``'s node.
 
         The channel trusts the peer's pinned certificate (and the one it replaced,
         in its grace period: the peer presents it until all its peers know the
@@ -274,10 +455,18 @@ class Delivery:
                     ("grpc.ssl_target_name_override", card.tls_name),
                     ("grpc.max_send_message_length", size),
                     ("grpc.max_receive_message_length", size),
+                    # A connection that froze without closing is found by its unanswered
+                    # pings and dropped; the next call opens a new one.
+                    ("grpc.keepalive_time_ms", int(self._limits.keepalive_seconds * 1000)),
+                    (
+                        "grpc.keepalive_timeout_ms",
+                        int(self._limits.keepalive_timeout_seconds * 1000),
+                    ),
+                    ("grpc.http2.max_pings_without_data", 0),
                 ],
             )
             self._channels[card.agency_id] = (key, channel)
-        return peer_pb2_grpc.PeerExchangeStub(channel)  # an async stub for an aio channel
+        return channel
 
     def _retire_channel(self, channel: grpc.aio.Channel) -> None:
         grace = self._limits.delivery_timeout_seconds
@@ -290,13 +479,21 @@ class Delivery:
             return query(session, *args)
 
     async def _sweep_expired(self) -> None:
+        """Mark expired envelopes every second; survives any error (logged at once)."""
         while True:
-            now = self._clock()
-            # A read first: the write transaction is taken only when there is work.
-            if await asyncio.to_thread(self._read, outbox.any_expired, now):
-                expired = await self._committer.submit(
-                    functools.partial(outbox.expire_due, now=now)
+            try:
+                now = self._clock()
+                # A read first: the write transaction is taken only when there is work.
+                if await asyncio.to_thread(self._read, outbox.any_expired, now):
+                    expired = await self._committer.submit(
+                        functools.partial(outbox.expire_due, now=now)
+                    )
+                    for message_id in expired:
+                        self._settled(message_id)
+            except Exception as error:
+                log.error(
+                    "the expiry sweep failed (%s); trying again in %g s",
+                    one_line(error),
+                    EXPIRY_SWEEP_SECONDS,
                 )
-                for message_id in expired:
-                    self._settled(message_id)
             await asyncio.sleep(EXPIRY_SWEEP_SECONDS)

@@ -13,3 +13,10 @@ class RequestError(ServerError):
 
 class NotFound(ServerError):
     """The request names a message this node does not hold."""
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as one log line: its class and the first line of its message
+    (a database error's message goes on with the SQL statement)."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"

@@ -27,6 +27,7 @@ import grpc
 from grpc.aio import EOF  # type: ignore[attr-defined]
 from sqlalchemy.exc import OperationalError
 
+from liaison.server.errors import one_line
 from liaison.server.store.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ async def _fail(error: Exception, method: str, context: Context) -> NoReturn:
         )
     if isinstance(error, OperationalError | StoreError):
         # SQL errors carry no parameters (the engine hides them), so no content.
-        log.error("%s: storage is unavailable: %s", method, error)
+        log.error("%s: storage is unavailable: %s", method, one_line(error))
         await context.abort(grpc.StatusCode.UNAVAILABLE, STORAGE_UNAVAILABLE)
     log.error("%s failed", method, exc_info=error)
     await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_ERROR)

@@ -377,6 +377,13 @@ def _peer_listener_options(limits: Limits) -> list[tuple[str, int]]:
         ("grpc.max_concurrent_streams", limits.peer_streams_per_connection),
         ("grpc.max_connection_idle_ms", int(limits.peer_idle_seconds * 1000)),
         ("grpc.http2.bdp_probe", 0),
+        # Keepalive both ways: the server pings too, so that a client that froze
+        # without closing does not hold a connection (and its calls) forever; and it
+        # accepts the peers' own keepalive pings at the rate they send them.
+        ("grpc.keepalive_time_ms", int(limits.keepalive_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", int(limits.keepalive_timeout_seconds * 1000)),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", int(limits.keepalive_seconds * 500)),
+        ("grpc.http2.max_ping_strikes", 0),
     ]
 
 

@@ -6,7 +6,9 @@ import asyncio
 import builtins
 import contextlib
 import datetime as dt
+import hashlib
 import logging
+import re
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
@@ -43,6 +45,7 @@ from liaison.server.store.models import (
     Message,
     MessageState,
     Receipt,
+    SendRequest,
 )
 from liaison.server.store.records import MessageSummaryRow, NoticeRecord
 from liaison.server.store.store import Store
@@ -100,16 +103,32 @@ class Notices:
         actor: str,
         ttl_seconds: int = 0,
         wait_seconds: int = 0,
+        idempotency_key: str = "",
     ) -> SendOutcome:
         """Seal ``notice`` to ``recipient`` and queue it; optionally wait for a final state.
 
+        With an ``idempotency_key`` a retry of the same call (same caller, key and
+        request) answers with the message the first call queued, queuing nothing.
         Raises ``RequestError`` for a recipient that is not a pinned peer or is
-        revoked, an invalid notice, a ttl or wait over its limit, or a notice that would be
-        larger than ``limits.max_envelope_bytes`` once sealed.
+        revoked, an invalid notice, a ttl or wait over its limit, a notice that would be
+        larger than ``limits.max_envelope_bytes`` once sealed, or a key that is
+        malformed or was used for another request.
         """
         if not is_agency_id(recipient):
             raise RequestError(f"the recipient is not an agency id ({AGENCY_ID_FORM})")
         wait = self._wait(wait_seconds)
+        request_sha256 = ""
+        if idempotency_key:
+            _check_idempotency_key(idempotency_key)
+            request_sha256 = _request_digest(recipient, notice, ttl_seconds)
+            earlier = await asyncio.to_thread(self._sent_request, actor, idempotency_key)
+            if earlier is not None:
+                if earlier.request_sha256 != request_sha256:
+                    raise RequestError(
+                        "this idempotency key was used for another notice; use a new key "
+                        "for each notice"
+                    )
+                return await self._outcome(earlier.message_id, wait)
         card = await asyncio.to_thread(self.peers.peer, recipient)
         if card is None:
             raise RequestError(f"{recipient} is not a pinned peer; add its card first")
@@ -135,19 +154,33 @@ class Notices:
         record = await asyncio.to_thread(
             self._seal_record, notice, card, dt.timedelta(seconds=ttl), now
         )
-        message_id = record.message_id
-        settled = self.delivery.watch(message_id)
-        try:
+        if idempotency_key:
+            message_id = await self.committer.submit(
+                lambda session: outbox.queue_once(
+                    session,
+                    record,
+                    actor=actor,
+                    key=idempotency_key,
+                    request_sha256=request_sha256,
+                )
+            )
+        else:
             await self.committer.submit(lambda session: outbox.queue(session, record, actor=actor))
-            self.delivery.notify(recipient)
-            if not wait:
-                return SendOutcome(message_id, MessageState.QUEUED)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(settled), wait)
-        finally:
-            self.delivery.unwatch(message_id, settled)
-        state = await asyncio.to_thread(self.store.state, message_id)
-        return SendOutcome(message_id, MessageState(state))
+            message_id = record.message_id
+        self.delivery.notify(recipient)
+        return await self._outcome(message_id, wait)
+
+    async def _outcome(self, message_id: str, wait: int) -> SendOutcome:
+        """The message's state, after waiting up to ``wait`` seconds for a final one."""
+        if not wait:
+            state = await asyncio.to_thread(self.store.state, message_id)
+            return SendOutcome(message_id, MessageState(state))
+        view = await self.status(message_id, wait_seconds=wait)
+        return SendOutcome(message_id, MessageState(view.message.state))
+
+    def _sent_request(self, actor: str, key: str) -> SendRequest | None:
+        with self.store.read() as session:
+            return outbox.sent_request(session, actor, key)
 
     def _seal_record(
         self, notice: notice_pb2.CaseNotice, card: PeerCard, ttl: dt.timedelta, now: dt.datetime
@@ -327,6 +360,23 @@ class Notices:
                 "(limits.max_wait_seconds)"
             )
         return wait_seconds
+
+
+IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def _check_idempotency_key(key: str) -> None:
+    if not IDEMPOTENCY_KEY.fullmatch(key):
+        raise RequestError("the idempotency key must be 1 to 64 of A-Z a-z 0-9 . _ : -")
+
+
+def _request_digest(recipient: str, notice: notice_pb2.CaseNotice, ttl_seconds: int) -> str:
+    """What identifies a request across its retries: recipient, notice as sent, ttl."""
+    digest = hashlib.sha256()
+    for part in (recipient.encode(), notice.SerializeToString(deterministic=True)):
+        digest.update(len(part).to_bytes(8, "big") + part)
+    digest.update(ttl_seconds.to_bytes(8, "big"))
+    return digest.hexdigest()
 
 
 def _check_message_id(message_id: str) -> None:

@@ -122,6 +122,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 actor=_caller(context),
                 ttl_seconds=request.ttl_seconds,
                 wait_seconds=request.wait_seconds,
+                idempotency_key=request.idempotency_key,
             ),
         )
         return node_pb2.SendNoticeResponse(message_id=sent.message_id, state=_STATES[sent.state])

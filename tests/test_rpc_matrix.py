@@ -496,7 +496,7 @@ def test_a_locked_database_is_unavailable_and_the_send_can_be_retried(
                 STORAGE_UNAVAILABLE,
             )
         with node.client() as client, pytest.raises(NodeUnavailable, match=STORAGE_UNAVAILABLE):
-            client.send_notice(B_ID, sample_notice())
+            client.send_notice(B_ID, sample_notice(), retries=0)
     finally:
         holder.execute("ROLLBACK")
         holder.close()

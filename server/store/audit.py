@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from liaison.server.store.models import AuditEvent
@@ -39,6 +39,11 @@ class AuditKind(enum.StrEnum):
     SEALED = "sealed"
     SENT = "sent"
     DELIVERY_RETRY = "delivery-retry"
+    # An attempt cut off by a stop, queued again at start.
+    REQUEUED = "requeued"
+    # A peer's link: unreachable (once per outage, with why), reachable again.
+    PEER_UNREACHABLE = "peer-unreachable"
+    PEER_REACHABLE = "peer-reachable"
     DELIVERED = "delivered"
     RECEIPT_VERIFIED = "receipt-verified"
     RECEIPT_INVALID = "receipt-invalid"
@@ -59,6 +64,7 @@ OUTBOUND_EVENTS = frozenset(
         AuditKind.SEALED,
         AuditKind.SENT,
         AuditKind.DELIVERY_RETRY,
+        AuditKind.REQUEUED,
         AuditKind.DELIVERED,
         AuditKind.RECEIPT_VERIFIED,
         AuditKind.RECEIPT_INVALID,
@@ -98,15 +104,25 @@ def append(
 
     Must run inside a write transaction (the store takes the write lock when
     it begins one), which makes ``max(seq) + 1`` gap-free and unique. The
-    maximum is read once per transaction and counted on from there.
+    last event is read once per transaction and counted on from there.
+
+    The event's time is when it is written: ``at`` (when the step happened, read
+    before the write was queued) unless that is earlier than now or than the
+    previous event's time. Times then never run backwards against sequence
+    numbers, even when writes queue behind each other or the clock steps back.
     """
     last = session.info.get(_LAST_SEQ)
     if last is None:
-        last = session.scalar(select(func.max(AuditEvent.seq))) or 0
-    session.info[_LAST_SEQ] = last + 1
+        row = session.execute(
+            select(AuditEvent.seq, AuditEvent.at).order_by(AuditEvent.seq.desc()).limit(1)
+        ).first()
+        last = (row[0], row[1]) if row is not None else (0, None)
+    seq, previous = last
+    stamp = max(at, dt.datetime.now(dt.UTC), *([previous] if previous is not None else []))
+    session.info[_LAST_SEQ] = (seq + 1, stamp)
     event = AuditEvent(
-        seq=last + 1,
-        at=at,
+        seq=seq + 1,
+        at=stamp,
         event=kind.value,
         message_id=message_id,
         peer=peer,

@@ -196,3 +196,19 @@ class AuditEvent(Base):
     envelope_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class SendRequest(Base):
+    """A ``SendNotice`` call that carried an idempotency key, and the message it queued.
+
+    A retry of the call with the same key (and the same request) is answered
+    with this message instead of queuing another.
+    """
+
+    __tablename__ = "send_requests"
+
+    actor: Mapped[str] = mapped_column(String(128), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    message_id: Mapped[str] = mapped_column(String(36))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)

@@ -18,6 +18,7 @@ from liaison.server.store.models import (
     Peer,
     PeerState,
     Receipt,
+    SendRequest,
 )
 from liaison.server.store.records import NoticeRecord
 
@@ -58,12 +59,43 @@ def queue(session: Session, record: NoticeRecord, *, actor: str) -> None:
     audit.append(
         session,
         AuditKind.SEALED,
-        at=record.created_at,
+        # When it is written, not the envelope's creation time (whole seconds): audit
+        # times then never run backwards against sequence numbers.
+        at=dt.datetime.now(dt.UTC),
         message_id=record.message_id,
         peer=record.recipient,
         actor=actor,
         envelope_sha256=record.envelope_sha256,
     )
+
+
+def sent_request(session: Session, actor: str, key: str) -> SendRequest | None:
+    """The earlier ``SendNotice`` of ``actor`` with idempotency key ``key``, if any."""
+    return session.get(SendRequest, (actor, key))
+
+
+def queue_once(
+    session: Session, record: NoticeRecord, *, actor: str, key: str, request_sha256: str
+) -> str:
+    """``queue`` ``record`` under the caller's idempotency key; returns the message id.
+
+    If the key was recorded meanwhile (a retry that raced the first call), nothing
+    is queued and the first call's message id is returned.
+    """
+    earlier = sent_request(session, actor, key)
+    if earlier is not None:
+        return earlier.message_id
+    queue(session, record, actor=actor)
+    session.add(
+        SendRequest(
+            actor=actor,
+            idempotency_key=key,
+            request_sha256=request_sha256,
+            message_id=record.message_id,
+            created_at=dt.datetime.now(dt.UTC),
+        )
+    )
+    return record.message_id
 
 
 def claim_due(
@@ -121,6 +153,8 @@ def settle(session: Session, outcome: DeliveryOutcome) -> None:
     """Record the outcome of one attempt with its audit events."""
     pending = outcome.pending
     message = session.get_one(Message, pending.pk)
+    if message.state != MessageState.SENT.value:
+        return  # recorded already, by an attempt whose commit was reported as failed
     message.state = outcome.state.value
     message.updated_at = outcome.at
     common: dict[str, Any] = {
@@ -206,16 +240,63 @@ def expire_due(session: Session, *, now: dt.datetime) -> list[str]:
 
 
 def requeue_in_flight(session: Session, *, now: dt.datetime) -> int:
-    """At start-up: messages left SENT by a stopped node go back to the queue.
+    """At start-up: messages left SENT by a stopped node go back to the queue, each
+    audited ``requeued`` (its attempt was cut off and has no outcome).
 
     Redelivery is safe: the receiver answers a replay with its original receipt.
     """
+    rows = session.scalars(
+        select(Message).where(
+            Message.direction == OUTBOUND, Message.state == MessageState.SENT.value
+        )
+    ).all()
+    for row in rows:
+        row.state = MessageState.QUEUED.value
+        row.next_attempt_at = now
+        row.updated_at = now
+        audit.append(
+            session,
+            AuditKind.REQUEUED,
+            at=now,
+            message_id=row.message_id,
+            peer=row.recipient,
+            envelope_sha256=row.envelope_sha256,
+            detail=f"attempt {row.attempts} was cut off by a stop of this node",
+        )
+    return len(rows)
+
+
+def record_link(
+    session: Session, recipient: str, *, reachable: bool, at: dt.datetime, detail: str
+) -> None:
+    """Audit that ``recipient`` became unreachable (once per outage) or reachable again."""
+    kind = AuditKind.PEER_REACHABLE if reachable else AuditKind.PEER_UNREACHABLE
+    audit.append(session, kind, at=at, peer=recipient, detail=detail)
+
+
+def release_queue(
+    session: Session, recipient: str, *, now: dt.datetime, down_since: dt.datetime
+) -> int:
+    """``recipient`` answers again: everything queued for it is due now. Audited."""
     result = session.execute(
         update(Message)
-        .where(Message.direction == OUTBOUND, Message.state == MessageState.SENT.value)
-        .values(state=MessageState.QUEUED.value, next_attempt_at=now, updated_at=now)
+        .where(
+            Message.direction == OUTBOUND,
+            Message.state == MessageState.QUEUED.value,
+            Message.recipient == recipient,
+        )
+        .values(next_attempt_at=now)
     )
-    return cast("CursorResult[Any]", result).rowcount or 0
+    released = cast("CursorResult[Any]", result).rowcount or 0
+    seconds = max(0.0, (now - down_since).total_seconds())
+    record_link(
+        session,
+        recipient,
+        reachable=True,
+        at=now,
+        detail=f"after {seconds:.1f} s; {released} queued messages released",
+    )
+    return released
 
 
 def recipients_with_queue(session: Session) -> list[str]:

@@ -87,11 +87,18 @@ class SendNoticeRequest(_message.Message):
     NOTICE_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     WAIT_SECONDS_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     recipient: _builtins.str
     ttl_seconds: _builtins.int
     """Lifetime of the envelope in seconds; 0 means the node's default."""
     wait_seconds: _builtins.int
     """Wait up to this many seconds for a final state before answering; 0 answers at once."""
+    idempotency_key: _builtins.str
+    """Chosen by the caller, one per notice (1 to 64 of A-Z a-z 0-9 . _ : -), and sent again
+    unchanged when the call is retried: the node then answers with the notice it queued
+    the first time instead of queuing another. Scoped to the caller's credential; reusing
+    a key for another request is refused. Empty: no such protection.
+    """
     @_builtins.property
     def notice(self) -> _notice_pb2.CaseNotice: ...
     def __init__(
@@ -101,10 +108,11 @@ class SendNoticeRequest(_message.Message):
         notice: _notice_pb2.CaseNotice | None = ...,
         ttl_seconds: _builtins.int = ...,
         wait_seconds: _builtins.int = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["notice", b"notice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["notice", b"notice", "recipient", b"recipient", "ttl_seconds", b"ttl_seconds", "wait_seconds", b"wait_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "notice", b"notice", "recipient", b"recipient", "ttl_seconds", b"ttl_seconds", "wait_seconds", b"wait_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
