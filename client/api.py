@@ -38,6 +38,8 @@ SEND_RETRY_SECONDS = 1.0
 class SendResult:
     message_id: str
     state: str
+    # Why a "failed" or "expired" notice was not delivered, e.g. "TOO_LARGE"; else empty.
+    reason: str = ""
 
 
 def state_name(state: node_pb2.MessageState.ValueType) -> str:
@@ -150,7 +152,7 @@ class LiaisonClient:
                 response = self._call(
                     self._stub.SendNotice, request, timeout=self._timeout + wait_seconds
                 )
-                return SendResult(response.message_id, state_name(response.state))
+                return SendResult(response.message_id, state_name(response.state), response.reason)
             except NodeUnavailable:
                 if attempt >= retries:
                     raise

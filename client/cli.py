@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from liaison.client import render
 from liaison.client.api import LiaisonClient, state_name
 from liaison.client.demo import run_demo
-from liaison.client.errors import ClientError, UsageError
+from liaison.client.errors import ClientError, NotDelivered, UsageError
 from liaison.client.notice_file import NoticeFile, load_notice_file
 from liaison.client.passphrase import NEW_PASSPHRASE_VARIABLE, new_passphrase, passphrase
 from liaison.keys.card import PeerCard, armor_card, dearmor_card, parse_card
@@ -341,10 +341,17 @@ def _on_peer(args: argparse.Namespace, work: Callable[[Store, str], T]) -> tuple
 
 
 def cmd_peers_show(args: argparse.Namespace) -> int:
-    agency_id, peer, pending = _on_peer(args, lambda store, agency: store.pinned_peer(agency))
+    agency_id, found, pending = _on_peer(
+        args, lambda store, agency: (store.pinned_peer(agency), store.delivery_health(agency))
+    )
+    peer, health = found
     if peer is None:
         raise UsageError(f"{agency_id} is not a pinned peer")
-    shown = _peer_json(peer, pending)
+    shown = _peer_json(peer, pending) | {
+        "last_delivered_at": _iso(health.last_delivered_at) if health.last_delivered_at else None,
+        "last_delivery_error": health.last_error,
+        "last_delivery_error_at": _iso(health.last_error_at) if health.last_error_at else None,
+    }
     if args.json:
         _print_json(shown)
     else:
@@ -580,9 +587,30 @@ def cmd_send(args: argparse.Namespace) -> int:
     with _client(args) as client:
         result = client.send_notice(args.to, notice, ttl_seconds=args.ttl, wait_seconds=args.wait)
     if args.json:
-        _print_json({"message_id": result.message_id, "state": result.state})
+        _print_json(
+            {"message_id": result.message_id, "state": result.state, "reason": result.reason}
+        )
     else:
         print(f"{result.message_id} {result.state}")
+    return _delivery_verdict(result.state, result.reason, args.to, args.wait)
+
+
+def _delivery_verdict(state: str, reason: str, peer: str, waited: int) -> int:
+    """The exit code of a state reached within ``--wait``: NotDelivered's for failed or
+    expired (with why on standard error), 0 otherwise; a notice still on its way says so."""
+    if state == "failed":
+        why = "a duplicate of a message it holds" if reason == "DUPLICATE" else reason
+        print(f"liaison: rejected by {render.safe(peer)}: {why}", file=sys.stderr)
+        return NotDelivered.exit_code
+    if state == "expired":
+        print(f"liaison: expired before {render.safe(peer)} could be reached", file=sys.stderr)
+        return NotDelivered.exit_code
+    if state in ("queued", "sent") and waited:
+        print(
+            f"liaison: not delivered within {waited} s; the node keeps trying until the "
+            "notice expires (`liaison status ID --wait N`)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -623,12 +651,15 @@ def cmd_status(args: argparse.Namespace) -> int:
             {
                 "message_id": status.message_id,
                 "state": state,
+                "reason": status.reason,
                 "timeline": render.timeline_json(status.timeline),
             }
         )
     else:
         print(f"{status.message_id} {state}")
         print("\n".join(render.timeline_lines(status.timeline)))
+    if args.wait and status.peer and state in ("failed", "expired"):
+        return _delivery_verdict(state, status.reason, status.peer, 0)
     return 0
 
 

@@ -32,3 +32,9 @@ class MessageNotFound(ClientError):
     """The node holds no message with that id."""
 
     exit_code = 5
+
+
+class NotDelivered(ClientError):
+    """The notice ended FAILED (the peer refused it) or EXPIRED: it will not be delivered."""
+
+    exit_code = 6

@@ -85,10 +85,17 @@ class _Link:
 
 
 def describe_transport_error(error: grpc.aio.AioRpcError) -> str:
-    """A transport failure in words an operator can act on (never the raw peer text)."""
+    """A transport failure in words an operator can act on (never the raw peer text).
+
+    A peer that is down refuses the TCP connection; one that does not pin our
+    card accepts it and closes it during TLS (with TLS 1.3 the client sees the
+    socket closed right after its handshake), which tells the two apart.
+    """
     code = error.code()
     details = (error.details() or "").lower()
-    if "handshake" in details or "ssl" in details or "certificate" in details:
+    if code is grpc.StatusCode.UNAVAILABLE and any(
+        sign in details for sign in ("handshake", "ssl", "certificate", "socket closed")
+    ):
         return (
             f"{code.name}: the TLS handshake failed: the peer refuses this node's "
             "certificate (is our card pinned there?) or presents one we do not pin"

@@ -67,6 +67,8 @@ _DIRECTIONS: dict[int, Direction | None] = {
 class SendOutcome:
     message_id: str
     state: MessageState
+    # Why a FAILED or EXPIRED notice was not delivered (``Message.failure_reason``).
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,8 @@ class Notices:
             state = await asyncio.to_thread(self.store.state, message_id)
             return SendOutcome(message_id, MessageState(state))
         view = await self.status(message_id, wait_seconds=wait)
-        return SendOutcome(message_id, MessageState(view.message.state))
+        message = view.message
+        return SendOutcome(message_id, MessageState(message.state), message.failure_reason or "")
 
     def _sent_request(self, actor: str, key: str) -> SendRequest | None:
         with self.store.read() as session:

@@ -125,7 +125,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 idempotency_key=request.idempotency_key,
             ),
         )
-        return node_pb2.SendNoticeResponse(message_id=sent.message_id, state=_STATES[sent.state])
+        return node_pb2.SendNoticeResponse(
+            message_id=sent.message_id, state=_STATES[sent.state], reason=sent.reason
+        )
 
     async def ListMessages(
         self, request: node_pb2.ListMessagesRequest, context: Context
@@ -159,6 +161,8 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             message_id=view.message.message_id,
             state=_STATES[MessageState(view.message.state)],
             timeline=[_event(e) for e in view.timeline],
+            reason=view.message.failure_reason or "",
+            peer=view.summary.peer,
         )
 
 

@@ -28,7 +28,7 @@ from tests.cli_homes import (
     run_json,
     snapshot,
 )
-from tests.conftest import Inspector, RunningNode
+from tests.conftest import Inspector, RunningNode, set_limits
 
 A_ID = "MA.DGSN.CCPI"
 B_ID = "DE.BPOL.LO-RABAT"
@@ -408,7 +408,8 @@ def test_send_inbox_show_status(
         capsys, *send_args(B_ID, body_file, "--home", str(a.path), "--wait", WAIT, "--unit", "U1")
     )
     assert isinstance(sent, dict)
-    assert set(sent) == {"message_id", "state"}
+    assert set(sent) == {"message_id", "state", "reason"}
+    assert sent["reason"] == ""
     assert sent["state"] == "delivered"
     message_id = sent["message_id"]
     assert is_message_id(message_id)
@@ -588,6 +589,80 @@ def test_send_refuses_a_broken_notice_file_in_one_line(
     assert code == 2
     assert message in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_send_exits_6_with_the_reason_when_the_peer_refuses(
+    a_home: CliHome,
+    b_home: CliHome,
+    body_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    node_factory: Callable[[NodeHome], RunningNode],
+) -> None:
+    """Issue 7: `send` exits non-zero when the notice ends FAILED within --wait."""
+    for home, other in ((a_home, b_home), (b_home, a_home)):
+        assert peers_add(capsys, home, other)[0] == 0
+    set_limits(b_home.home, max_envelope_bytes=4096)  # B takes smaller envelopes than A
+    node_factory(a_home.home)
+    node_factory(b_home.home)
+    scan = tmp_path / "scan.bin"
+    scan.write_bytes(bytes(range(256)) * 32)
+    argv = send_args(B_ID, body_file, "--home", str(a_home.path), "--wait", WAIT)
+    code, out, err = run(capsys, *argv, "--attach", str(scan))
+    assert code == 6
+    assert out.split()[1] == "failed"
+    assert err == f"liaison: rejected by {B_ID}: TOO_LARGE\n"
+    status = run(capsys, "status", out.split()[0], "--home", str(a_home.path), "--wait", "1")
+    assert status[0] == 6
+    assert status[2] == f"liaison: rejected by {B_ID}: TOO_LARGE\n"
+
+
+def test_send_to_a_peer_that_is_down_says_delivery_continues_or_that_it_expired(
+    a_home: CliHome,
+    b_home: CliHome,
+    body_file: Path,
+    capsys: pytest.CaptureFixture[str],
+    node_factory: Callable[[NodeHome], RunningNode],
+) -> None:
+    assert peers_add(capsys, a_home, b_home)[0] == 0
+    node_factory(a_home.home)  # B never runs
+    argv = send_args(B_ID, body_file, "--home", str(a_home.path))
+    code, out, err = run(capsys, *argv, "--wait", "1")
+    assert code == 0
+    assert out.split()[1] in ("queued", "sent")
+    assert "the node keeps trying until the notice expires" in err
+    code, out, err = run(capsys, *argv, "--wait", "10", "--ttl", "2")
+    assert code == 6
+    assert out.split()[1] == "expired"
+    assert err == f"liaison: expired before {B_ID} could be reached\n"
+    shown = run_json(capsys, "peers", "show", B_ID, "--home", str(a_home.path))
+    assert isinstance(shown, dict)
+    assert shown["last_delivered_at"] is None
+    assert "peer-unreachable" in shown["last_delivery_error"]
+    assert "cannot be reached" in shown["last_delivery_error"]
+
+
+def test_a_peer_that_refuses_our_certificate_is_told_from_one_that_is_down(
+    a_home: CliHome,
+    b_home: CliHome,
+    body_file: Path,
+    capsys: pytest.CaptureFixture[str],
+    node_factory: Callable[[NodeHome], RunningNode],
+) -> None:
+    """Issue 7: B runs but has not pinned A: the sender's view says so."""
+    assert peers_add(capsys, a_home, b_home)[0] == 0
+    node_factory(a_home.home)
+    node_factory(b_home.home)
+    argv = send_args(B_ID, body_file, "--home", str(a_home.path), "--wait", "2")
+    code, out, _err = run(capsys, *argv)
+    assert code == 0
+    message_id = out.split()[0]
+    shown = run_json(capsys, "peers", "show", B_ID, "--home", str(a_home.path))
+    assert isinstance(shown, dict)
+    assert "TLS handshake failed" in shown["last_delivery_error"]
+    status = run_json(capsys, "status", message_id, "--home", str(a_home.path))
+    assert isinstance(status, dict)
+    assert any("our card pinned there" in e["detail"] for e in status["timeline"])
 
 
 def test_send_to_an_unknown_recipient_exits_4(

@@ -185,7 +185,10 @@ class AuditEvent(Base):
     """
 
     __tablename__ = "audit_events"
-    __table_args__ = (Index("ix_audit_events_message", "message_id", "seq"),)
+    __table_args__ = (
+        Index("ix_audit_events_message", "message_id", "seq"),
+        Index("ix_audit_events_peer", "peer", "event", "seq"),
+    )
 
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     at: Mapped[dt.datetime] = mapped_column(UtcDateTime)

@@ -170,7 +170,9 @@ def settle(session: Session, outcome: DeliveryOutcome) -> None:
         return
     assert outcome.signed_receipt is not None
     assert outcome.receipt_status is not None
-    message.failure_reason = outcome.reason
+    message.failure_reason = outcome.reason or (
+        "DUPLICATE" if outcome.state is MessageState.FAILED else None
+    )
     session.add(
         Receipt(
             message_pk=pending.pk,
@@ -220,6 +222,7 @@ def expire_due(session: Session, *, now: dt.datetime) -> list[str]:
     ).all()
     for row in rows:
         row.state = MessageState.EXPIRED.value
+        row.failure_reason = "EXPIRED"
         row.updated_at = now
         audit.append(
             session,

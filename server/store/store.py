@@ -120,6 +120,15 @@ class PeerChange:
     changed: bool
 
 
+@dataclass(frozen=True)
+class DeliveryHealth:
+    """How deliveries to a peer went lately (from the audit trail)."""
+
+    last_delivered_at: dt.datetime | None
+    last_error_at: dt.datetime | None
+    last_error: str | None
+
+
 class PinConflict(Exception):
     """The agency is pinned with another card, and replacing it was not asked for."""
 
@@ -390,6 +399,41 @@ class Store:
         with self.read() as session:
             state = session.scalar(select(Peer.state).where(Peer.agency_id == agency_id))
         return state == PeerState.REVOKED.value
+
+    def delivery_health(self, agency_id: str) -> DeliveryHealth:
+        """When a notice to ``agency_id`` was last delivered, and the last delivery error."""
+
+        def last(session: Session, kinds: tuple[AuditKind, ...]) -> AuditEvent | None:
+            return session.scalars(
+                select(AuditEvent)
+                .where(
+                    AuditEvent.peer == agency_id,
+                    AuditEvent.event.in_([kind.value for kind in kinds]),
+                )
+                .order_by(AuditEvent.seq.desc())
+                .limit(1)
+            ).first()
+
+        with self.read() as session:
+            success = last(session, (AuditKind.DELIVERED,))
+            error = last(
+                session,
+                (
+                    AuditKind.DELIVERY_RETRY,
+                    AuditKind.PEER_UNREACHABLE,
+                    AuditKind.REJECTED_BY_PEER,
+                    AuditKind.RECEIPT_INVALID,
+                ),
+            )
+        return DeliveryHealth(
+            last_delivered_at=success.at if success else None,
+            last_error_at=error.at if error else None,
+            last_error=(
+                f"{error.event}: {error.reason or error.detail or ''}".rstrip(": ")
+                if error
+                else None
+            ),
+        )
 
     def pending_by_recipient(self) -> dict[str, int]:
         """Outbound notices not yet delivered, failed or expired (queued or in flight),

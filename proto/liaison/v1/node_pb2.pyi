@@ -124,17 +124,23 @@ class SendNoticeResponse(_message.Message):
 
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     state: Global___MessageState.ValueType
+    reason: _builtins.str
+    """Why a FAILED or EXPIRED notice was not delivered: the peer's reject reason (e.g.
+    "TOO_LARGE"), "DUPLICATE", or "EXPIRED". Empty otherwise.
+    """
     def __init__(
         self,
         *,
         message_id: _builtins.str = ...,
         state: Global___MessageState.ValueType = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "reason", b"reason", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -315,8 +321,14 @@ class MessageStatus(_message.Message):
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     TIMELINE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    PEER_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     state: Global___MessageState.ValueType
+    reason: _builtins.str
+    """As in SendNoticeResponse."""
+    peer: _builtins.str
+    """The other end: the recipient of an outbound message, the sender of an inbound one."""
     @_builtins.property
     def timeline(self) -> _containers.RepeatedCompositeFieldContainer[Global___TimelineEvent]: ...
     def __init__(
@@ -325,10 +337,12 @@ class MessageStatus(_message.Message):
         message_id: _builtins.str = ...,
         state: Global___MessageState.ValueType = ...,
         timeline: _abc.Iterable[Global___TimelineEvent] | None = ...,
+        reason: _builtins.str = ...,
+        peer: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "state", b"state", "timeline", b"timeline"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "peer", b"peer", "reason", b"reason", "state", b"state", "timeline", b"timeline"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,4 +1,5 @@
-"""Idempotent SendNotice: the key a caller sent, and the message it queued.
+"""Idempotent SendNotice: the key a caller sent, and the message it queued; and an
+index to find a peer's latest audit events of a kind (``liaison peers show``).
 
 Revision ID: 0005
 Revises: 0004
@@ -27,7 +28,9 @@ def upgrade() -> None:
         sa.Column("message_id", sa.String(36), nullable=False),
         sa.Column("created_at", UtcDateTime(), nullable=False),
     )
+    op.create_index("ix_audit_events_peer", "audit_events", ["peer", "event", "seq"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_audit_events_peer", "audit_events")
     op.drop_table("send_requests")
