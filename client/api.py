@@ -144,14 +144,65 @@ class LiaisonClient:
             notice=notice,
             ttl_seconds=ttl_seconds,
             wait_seconds=wait_seconds,
-            idempotency_key=idempotency_key or f"send-{uuid.uuid4()}",
+            idempotency_key=idempotency_key or _new_key(),
         )
+        return self._send(self._stub.SendNotice, request, retries, self._timeout + wait_seconds)
+
+    def acknowledge(
+        self,
+        message_id: str,
+        status: notice_pb2.AckStatus.ValueType,
+        *,
+        comment: str = "",
+        idempotency_key: str | None = None,
+        retries: int = SEND_RETRIES,
+    ) -> SendResult:
+        """Acknowledge a received notice to its sender (``ACK_STATUS_ACKNOWLEDGED``,
+        ``_ACTION_TAKEN`` or ``_DECLINED``); returns the acknowledgement message."""
+        request = node_pb2.AcknowledgeRequest(
+            message_id=message_id,
+            status=status,
+            comment=comment,
+            idempotency_key=idempotency_key or _new_key(),
+        )
+        return self._send(self._stub.Acknowledge, request, retries, self._timeout)
+
+    def reply(
+        self,
+        message_id: str,
+        notice: notice_pb2.CaseNotice,
+        *,
+        ttl_seconds: int = 0,
+        idempotency_key: str | None = None,
+        retries: int = SEND_RETRIES,
+    ) -> SendResult:
+        """Answer a received notice with ``notice`` (what it leaves unset is carried over)."""
+        request = node_pb2.ReplyRequest(
+            message_id=message_id,
+            notice=notice,
+            ttl_seconds=ttl_seconds,
+            idempotency_key=idempotency_key or _new_key(),
+        )
+        return self._send(self._stub.Reply, request, retries, self._timeout)
+
+    def thread(self, message_id: str) -> list[node_pb2.MessageSummary]:
+        """The notice and its acknowledgements and replies, oldest first."""
+        request = node_pb2.GetMessageRequest(message_id=message_id)
+        return list(self._call(self._stub.GetThread, request).messages)
+
+    def _send(
+        self,
+        method: grpc.UnaryUnaryMultiCallable[Req, node_pb2.SendNoticeResponse],
+        request: Req,
+        retries: int,
+        timeout: float,
+    ) -> SendResult:
+        """Call ``method`` with ``request`` (which carries its idempotency key), retrying
+        up to ``retries`` times when the node is unreachable or slow."""
         attempt = 0
         while True:
             try:
-                response = self._call(
-                    self._stub.SendNotice, request, timeout=self._timeout + wait_seconds
-                )
+                response = self._call(method, request, timeout=timeout)
                 return SendResult(response.message_id, state_name(response.state), response.reason)
             except NodeUnavailable:
                 if attempt >= retries:
@@ -185,6 +236,11 @@ class LiaisonClient:
             return method(request, timeout=timeout or self._timeout)
         except grpc.RpcError as error:
             raise _translate(error) from None
+
+
+def _new_key() -> str:
+    """A fresh idempotency key: one per call of a sending method, kept across its retries."""
+    return f"lib-{uuid.uuid4()}"
 
 
 def _passphrase(given: Passphrase | str | None) -> Passphrase:

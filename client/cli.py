@@ -524,19 +524,27 @@ def _read_text(path: str) -> str:
 
 
 def _choice(name: str, value: str, choices: dict[str, Any]) -> Any:
+    if not value:
+        return 0  # unset: a reply carries its original's over
     key = value.lower().removeprefix("tlp:") if name == "TLP" else value.lower()
     if key not in choices:
         raise UsageError(f"unknown {name} {value!r}; choose from {', '.join(choices)}")
     return choices[key]
 
 
-def build_notice(args: argparse.Namespace) -> notice_pb2.CaseNotice:
-    """The notice from ``--notice FILE`` and the options; options win over the file."""
+def build_notice(args: argparse.Namespace, *, reply: bool = False) -> notice_pb2.CaseNotice:
+    """The notice from ``--notice FILE`` and the options; options win over the file.
+
+    For a ``reply`` only the body is needed: what is left unset is carried over
+    by the node from the message answered.
+    """
     given = load_notice_file(args.notice) if args.notice else NoticeFile()
 
     def text(option: str, key: str, default: str | None = None) -> str:
         value = getattr(args, option)
         value = value if value is not None else given.text.get(key, default)
+        if value is None and reply and option != "body_file":
+            return ""
         if value is None:
             raise UsageError(
                 f"the notice needs {key.replace('_', ' ')}: give --{option.replace('_', '-')} "
@@ -548,7 +556,9 @@ def build_notice(args: argparse.Namespace) -> notice_pb2.CaseNotice:
     notice = notice_pb2.CaseNotice(
         case_reference=text("case_ref", "case_reference"),
         category=_choice("category", text("category", "category"), CATEGORIES),
-        priority=_choice("priority", text("priority", "priority", "routine"), PRIORITIES),
+        priority=_choice(
+            "priority", text("priority", "priority", None if reply else "routine"), PRIORITIES
+        ),
         handling=_choice("TLP", text("tlp", "tlp"), TLPS),
         subject=text("subject", "subject"),
         body=_read_text(args.body_file) if args.body_file else text("body_file", "body"),
@@ -556,17 +566,18 @@ def build_notice(args: argparse.Namespace) -> notice_pb2.CaseNotice:
         originator=notice_pb2.Originator(
             unit=text("unit", "unit", ""), officer=text("officer", "officer", "")
         ),
-        evaluation=notice_pb2.Evaluation(
-            source_reliability=_choice(
-                "source reliability",
-                text("source_reliability", "source_reliability", "x"),
-                RELIABILITY,
-            ),
-            information_assessment=_choice(
-                "information assessment", text("information", "information", "4"), ASSESSMENT
-            ),
-        ),
     )
+    reliability = text("source_reliability", "source_reliability", None if reply else "x")
+    information = text("information", "information", None if reply else "4")
+    if reliability or information:  # a reply without either keeps its original's
+        notice.evaluation.CopyFrom(
+            notice_pb2.Evaluation(
+                source_reliability=_choice("source reliability", reliability or "x", RELIABILITY),
+                information_assessment=_choice(
+                    "information assessment", information or "4", ASSESSMENT
+                ),
+            )
+        )
     for path in [*given.attachments, *map(Path, args.attach)]:
         try:
             content = path.read_bytes()
@@ -611,6 +622,48 @@ def _delivery_verdict(state: str, reason: str, peer: str, waited: int) -> int:
             "notice expires (`liaison status ID --wait N`)",
             file=sys.stderr,
         )
+    return 0
+
+
+ACK_STATUSES = {
+    "acknowledged": notice_pb2.ACK_STATUS_ACKNOWLEDGED,
+    "action-taken": notice_pb2.ACK_STATUS_ACTION_TAKEN,
+    "declined": notice_pb2.ACK_STATUS_DECLINED,
+}
+
+
+def cmd_ack(args: argparse.Namespace) -> int:
+    comment = _read_text(args.comment_file) if args.comment_file else (args.comment or "")
+    with _client(args) as client:
+        result = client.acknowledge(
+            args.message_id, _choice("status", args.status, ACK_STATUSES), comment=comment
+        )
+    if args.json:
+        _print_json({"message_id": result.message_id, "state": result.state})
+    else:
+        print(f"{result.message_id} {result.state}")
+    return 0
+
+
+def cmd_reply(args: argparse.Namespace) -> int:
+    notice = build_notice(args, reply=True)
+    with _client(args) as client:
+        result = client.reply(args.message_id, notice, ttl_seconds=args.ttl)
+    if args.json:
+        _print_json({"message_id": result.message_id, "state": result.state})
+    else:
+        print(f"{result.message_id} {result.state}")
+    return 0
+
+
+def cmd_thread(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        messages = client.thread(args.message_id)
+    if args.json:
+        _print_json([render.summary_json(m) for m in messages])
+    else:
+        for message in messages:
+            print(render.summary_line(message))
     return 0
 
 
@@ -808,22 +861,38 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
         "options are visible to other users of the machine and stay in shell history.",
     )
     p.add_argument("--to", required=True, help="recipient agency id")
-    p.add_argument("--notice", help="TOML file with the notice's fields, or - for standard input")
-    p.add_argument("--category", help=f"one of {', '.join(sorted(CATEGORIES))}")
-    p.add_argument("--tlp", help=f"one of {', '.join(TLPS)}")
-    p.add_argument("--case-ref", help="case reference")
-    p.add_argument("--subject", help="one-line subject")
-    p.add_argument("--body-file", help="body text file, or - for standard input")
-    p.add_argument("--priority", help=f"one of {', '.join(PRIORITIES)} (default routine)")
-    p.add_argument("--source-reliability", help=f"one of {', '.join(RELIABILITY)} (default x)")
-    p.add_argument("--information", help=f"one of {', '.join(ASSESSMENT)} (default 4)")
-    p.add_argument("--reference", action="append", default=[], help="earlier message id")
-    p.add_argument("--attach", action="append", default=[], help="file to attach")
-    p.add_argument("--unit", help="originating unit")
-    p.add_argument("--officer", help="originating officer")
-    p.add_argument("--ttl", type=int, default=0, help="envelope lifetime in seconds")
+    _notice_options(p)
     p.add_argument("--wait", type=int, default=10, help="seconds to wait for delivery (0: none)")
     p.set_defaults(run=cmd_send)
+
+    p = commands.add_parser(
+        "ack",
+        parents=[api, as_json],
+        help="acknowledge a received notice to its sender",
+    )
+    p.add_argument("message_id")
+    p.add_argument("--status", required=True, help=f"one of {', '.join(ACK_STATUSES)}")
+    p.add_argument("--comment", help="a few words for the sender (visible in ps: prefer a file)")
+    p.add_argument("--comment-file", help="file holding the comment, or - for standard input")
+    p.set_defaults(run=cmd_ack)
+
+    p = commands.add_parser(
+        "reply",
+        parents=[api, as_json],
+        help="answer a received notice with a notice to its sender",
+        description="Case reference, category, priority, handling, evaluation and subject "
+        "(as 'Re: ...') are those of the notice answered unless given; handling may only "
+        "stay or get stricter.",
+    )
+    p.add_argument("message_id")
+    _notice_options(p)
+    p.set_defaults(run=cmd_reply)
+
+    p = commands.add_parser(
+        "thread", parents=[api, as_json], help="a notice with its acknowledgements and replies"
+    )
+    p.add_argument("message_id")
+    p.set_defaults(run=cmd_thread)
 
     for name, box, text in (
         ("inbox", "inbox", "list received notices"),
@@ -846,6 +915,24 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     p.add_argument("--keep", help="keep the demo's node homes in this folder")
     p.set_defaults(run=cmd_demo)
     return parser
+
+
+def _notice_options(p: argparse.ArgumentParser) -> None:
+    """The options that describe a notice (``send``, ``reply``)."""
+    p.add_argument("--notice", help="TOML file with the notice's fields, or - for standard input")
+    p.add_argument("--category", help=f"one of {', '.join(sorted(CATEGORIES))}")
+    p.add_argument("--tlp", help=f"one of {', '.join(TLPS)}")
+    p.add_argument("--case-ref", help="case reference")
+    p.add_argument("--subject", help="one-line subject")
+    p.add_argument("--body-file", help="body text file, or - for standard input")
+    p.add_argument("--priority", help=f"one of {', '.join(PRIORITIES)} (default routine)")
+    p.add_argument("--source-reliability", help=f"one of {', '.join(RELIABILITY)} (default x)")
+    p.add_argument("--information", help=f"one of {', '.join(ASSESSMENT)} (default 4)")
+    p.add_argument("--reference", action="append", default=[], help="earlier message id")
+    p.add_argument("--attach", action="append", default=[], help="file to attach")
+    p.add_argument("--unit", help="originating unit")
+    p.add_argument("--officer", help="originating officer")
+    p.add_argument("--ttl", type=int, default=0, help="envelope lifetime in seconds")
 
 
 def _kdf_cost(text: str) -> int:

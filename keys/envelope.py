@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -33,7 +33,14 @@ from liaison.keys.labels import (
     labelled,
     signing_input,
 )
-from liaison.keys.notice import CASE_NOTICE_CONTENT_TYPE, notice_problems
+from liaison.keys.notice import (
+    ACKNOWLEDGEMENT_CONTENT_TYPE,
+    CASE_NOTICE_CONTENT_TYPE,
+    REPLY_CONTENT_TYPE,
+    acknowledgement_problems,
+    notice_problems,
+    reply_problems,
+)
 from liaison.keys.rotation import CARD_UPDATE_CONTENT_TYPE, verify_card_update
 from liaison.keys.times import (
     datetime_nanos,
@@ -93,14 +100,27 @@ class CheckedEnvelope:
 class OpenedNotice:
     """Decrypted, verified and valid content, with its exact signed bytes.
 
-    Either a case notice (``notice``) or a card update (``card_update``: the
-    sender's new card, verified as the successor of its pinned one).
+    A case notice (``notice``), a card update (``card_update``: the sender's new
+    card, verified as the successor of its pinned one), an acknowledgement, or a
+    reply (whose notice is ``notice``).
     """
 
     checked: CheckedEnvelope
     content: bytes
     notice: notice_pb2.CaseNotice | None = None
     card_update: PeerCard | None = None
+    # An acknowledgement; or for a reply, the reply (``notice`` is then its notice).
+    acknowledgement: notice_pb2.Acknowledgement | None = None
+    reply: notice_pb2.Reply | None = None
+
+    @property
+    def refers_to(self) -> str | None:
+        """The message an acknowledgement or a reply answers (the receiver checks it)."""
+        if self.acknowledgement is not None:
+            return self.acknowledgement.message_id
+        if self.reply is not None:
+            return self.reply.in_reply_to
+        return None
 
 
 def _timestamp(moment: dt.datetime) -> Timestamp:
@@ -353,12 +373,39 @@ def open_checked(
         )
     except InvalidSignature:
         raise reject(R.REJECT_REASON_BAD_INNER_SIGNATURE, "inner signature fails") from None
+    return _open_content(checked, content, reject)
+
+
+Reject = Callable[[envelope_pb2.RejectReason.ValueType, str], EnvelopeRejected]
+
+
+def _open_content(checked: CheckedEnvelope, content: bytes, reject: Reject) -> OpenedNotice:
+    """Checks 17 to 19 (PROTOCOL.md section 7): the content type and its own rules."""
+    header = checked.header
     if header.content_type == CARD_UPDATE_CONTENT_TYPE:
         try:
             card = verify_card_update(content, pinned=checked.sender)
         except CardError as error:
             raise reject(R.REJECT_REASON_INVALID_CARD_UPDATE, str(error)) from None
         return OpenedNotice(checked, content, card_update=card)
+    if header.content_type == ACKNOWLEDGEMENT_CONTENT_TYPE:
+        try:
+            ack = notice_pb2.Acknowledgement.FromString(content)
+        except DecodeError:
+            raise reject(R.REJECT_REASON_INVALID_ACKNOWLEDGEMENT, "does not parse") from None
+        problems = acknowledgement_problems(ack)
+        if problems:
+            raise reject(R.REJECT_REASON_INVALID_ACKNOWLEDGEMENT, "; ".join(problems))
+        return OpenedNotice(checked, content, acknowledgement=ack)
+    if header.content_type == REPLY_CONTENT_TYPE:
+        try:
+            reply = notice_pb2.Reply.FromString(content)
+        except DecodeError:
+            raise reject(R.REJECT_REASON_INVALID_NOTICE, "reply does not parse") from None
+        problems = reply_problems(reply)
+        if problems:
+            raise reject(R.REJECT_REASON_INVALID_NOTICE, "; ".join(problems))
+        return OpenedNotice(checked, content, notice=reply.notice, reply=reply)
     if header.content_type != CASE_NOTICE_CONTENT_TYPE:
         raise reject(
             R.REJECT_REASON_UNSUPPORTED_CONTENT_TYPE,

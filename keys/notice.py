@@ -140,3 +140,47 @@ def _one_line_fields(notice: notice_pb2.CaseNotice) -> Iterator[tuple[str, str]]
     for index, attachment in enumerate(notice.attachments, 1):
         yield f"attachment {index} name", attachment.name
         yield f"attachment {index} media type", attachment.media_type
+
+
+# Business acknowledgements and replies (docs/PROTOCOL.md sections 10.2 and 10.3).
+ACKNOWLEDGEMENT_CONTENT_TYPE = "application/vnd.liaison.acknowledgement.v1+proto"
+REPLY_CONTENT_TYPE = "application/vnd.liaison.reply.v1+proto"
+MAX_COMMENT_LENGTH = 2000
+
+
+def acknowledgement_problems(ack: notice_pb2.Acknowledgement) -> list[str]:
+    """Everything wrong with ``ack``; an empty list means it is valid."""
+    problems = []
+    if not is_message_id(ack.message_id):
+        problems.append("the acknowledged message id is not a UUIDv7")
+    if ack.status == 0 or ack.status not in notice_pb2.AckStatus.values():
+        problems.append(f"status is unset or unknown ({ack.status})")
+    if len(ack.comment) > MAX_COMMENT_LENGTH:
+        problems.append(f"comment is longer than {MAX_COMMENT_LENGTH} characters")
+    control = first_control_character(ack.comment, multiline=True)
+    if control is not None:
+        problems.append(f"comment contains control character {code_point(control)}")
+    if not ack.HasField("at") or not is_valid_timestamp(ack.at):
+        problems.append("time is missing or not a valid Timestamp")
+    return problems
+
+
+def reply_problems(reply: notice_pb2.Reply) -> list[str]:
+    """Everything wrong with ``reply``: its reference, and its notice's problems."""
+    problems = []
+    if not is_message_id(reply.in_reply_to):
+        problems.append("the message answered is not a UUIDv7")
+    if not reply.HasField("notice"):
+        return [*problems, "the reply holds no notice"]
+    return problems + notice_problems(reply.notice)
+
+
+# Handling codes from the loosest to the strictest: a reply may keep or tighten its
+# original's handling, never loosen it.
+TLP_ORDER = (
+    notice_pb2.TLP_CLEAR,
+    notice_pb2.TLP_GREEN,
+    notice_pb2.TLP_AMBER,
+    notice_pb2.TLP_AMBER_STRICT,
+    notice_pb2.TLP_RED,
+)

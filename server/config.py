@@ -86,6 +86,9 @@ class NodeConfig:
     created_at: dt.datetime
     database_url: str = ""
     limits: Limits = field(default_factory=Limits)
+    # Tell a peer when an operator first opens its notice (a READ acknowledgement). Some
+    # agencies will not disclose reads: then READ stays local.
+    disclose_reads: bool = True
 
     def to_toml(self) -> str:
         lines = [
@@ -102,6 +105,10 @@ class NodeConfig:
             "[database]",
             "# Empty: SQLite in the node's home.",
             f"url = {_quote(self.database_url)}",
+            "",
+            "[policy]",
+            "# Send the peer a read notification when an operator first opens its notice.",
+            f"disclose_reads = {'true' if self.disclose_reads else 'false'}",
             "",
             "[limits]",
             *(f"{f.name} = {getattr(self.limits, f.name)!r}" for f in fields(Limits)),
@@ -141,6 +148,7 @@ def load_config(home: Path) -> NodeConfig:
             created_at=created.astimezone(dt.UTC),
             database_url=_str(data.get("database", {}), "url", default=""),
             limits=_limits(data.get("limits", {})),
+            disclose_reads=_bool(data.get("policy", {}), "disclose_reads", default=True),
         )
     except KeyError as exc:
         raise ConfigError(f"{path}: missing setting {exc}") from exc
@@ -155,6 +163,13 @@ def _str(table: dict[str, Any], key: str, default: str | None = None) -> str:
         raise KeyError(key)
     if not isinstance(value, str):
         raise ConfigError(f"setting {key} must be a string")
+    return value
+
+
+def _bool(table: dict[str, Any], key: str, *, default: bool) -> bool:
+    value = table.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"setting {key} must be true or false")
     return value
 
 

@@ -9,6 +9,7 @@ against stored messages, and the group commit.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -18,14 +19,20 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from liaison.keys.card import PeerCard
-from liaison.keys.envelope import EnvelopeLimits, check_envelope, issue_receipt, open_checked
+from liaison.keys.envelope import (
+    EnvelopeLimits,
+    OpenedNotice,
+    check_envelope,
+    issue_receipt,
+    open_checked,
+)
 from liaison.keys.errors import EnvelopeRejected, reason_name
 from liaison.keys.ids import is_agency_id, is_message_id
 from liaison.keys.storage import Row, StorageKey, Summary, seal_content_at_rest
 from liaison.server.committer import GroupCommitter
 from liaison.server.own_keys import OwnKeys
 from liaison.server.peers import PeerDirectory
-from liaison.server.store import cards, inbox
+from liaison.server.store import cards, inbox, lifecycle
 from liaison.server.store.models import Direction
 from liaison.server.store.records import NoticeRecord
 from liaison.server.store.store import Store
@@ -78,6 +85,19 @@ def sealed_record(
 def card_update_summary(card: PeerCard) -> Summary:
     """What a listing shows of a card update: which card of whom."""
     return Summary(subject=f"Card update: {card.agency_id} card {card.sequence}", case_reference="")
+
+
+def acknowledgement_summary(state: str) -> Summary:
+    return Summary(subject=f"Acknowledgement: {state}", case_reference="")
+
+
+def _summary_of(opened: OpenedNotice) -> Summary | None:
+    """The listing summary of content that is not a plain notice (None: the notice's own)."""
+    if opened.card_update is not None:
+        return card_update_summary(opened.card_update)
+    if opened.acknowledgement is not None:
+        return acknowledgement_summary(lifecycle.ACK_STATES[opened.acknowledgement.status].value)
+    return None
 
 
 @dataclass
@@ -135,6 +155,18 @@ class Receiver:
         except Exception as error:
             return await self._refuse(error, envelope, peer, now)
 
+        answered: lifecycle.Answered | None = None
+        if opened.refers_to is not None:  # check 19a: it answers a message we sent the sender
+            found = await asyncio.to_thread(self._answered, header.sender, opened.refers_to)
+            if isinstance(found, lifecycle.Refusal):
+                refusal = EnvelopeRejected(
+                    envelope_pb2.RejectReason.Value(f"REJECT_REASON_{found.value}"),
+                    "names a message this node did not send to the sender",
+                    message_id=header.message_id,
+                    sender=header.sender,
+                )
+                return await self._refuse(refusal, envelope, peer, now)
+            answered = found
         receipt = issue_receipt(
             receiver=self.keys.for_peer(peer),
             message_id=header.message_id,
@@ -144,6 +176,7 @@ class Receiver:
             now=now,
         )
         update = opened.card_update
+        ack = opened.acknowledgement
         record = await asyncio.to_thread(
             sealed_record,
             self.storage,
@@ -153,13 +186,31 @@ class Receiver:
             content=opened.content,
             envelope=envelope,
             envelope_sha256=checked.envelope_sha256,
-            summary=card_update_summary(update) if update else None,
+            summary=_summary_of(opened),
         )
+        if answered is not None:
+            record = dataclasses.replace(
+                record, refers_to=answered.message_id, thread_id=answered.thread_id
+            )
+        is_reply = opened.reply is not None
         del opened
         grace_until = now + self.limits.max_lifetime + self.limits.clock_skew
 
         def accept(session: Session) -> inbox.StoredReceipt | None:
             earlier = inbox.accept(session, record, signed_receipt=receipt, received_at=now)
+            if earlier is None and answered is not None:
+                if ack is not None:
+                    lifecycle.acknowledged_by_peer(
+                        session,
+                        answered,
+                        peer=header.sender,
+                        state=lifecycle.ACK_STATES[ack.status],
+                        at=now,
+                    )
+                elif is_reply:
+                    lifecycle.replied_by_peer(
+                        session, answered, peer=header.sender, reply_id=header.message_id, at=now
+                    )
             if earlier is None and update is not None:
                 cards.apply_card_update(
                     session,
@@ -204,6 +255,10 @@ class Receiver:
                 envelope_pb2.REJECT_REASON_MALFORMED_ENVELOPE, "could not be checked"
             )
         return await self._reject(error, envelope, peer, now)
+
+    def _answered(self, peer: str, message_id: str) -> lifecycle.Answered | lifecycle.Refusal:
+        with self.store.read() as session:
+            return lifecycle.answered(session, peer, message_id)
 
     def _stored_receipt(self, sender: str, message_id: str) -> inbox.StoredReceipt | None:
         with self.store.read() as session:

@@ -109,6 +109,7 @@ class Node:
             self.delivery,
             limits,
             self.storage,
+            disclose_reads=self.config.disclose_reads,
         )
         self._servers: list[grpc.aio.Server] = []
         self._health: list[tuple[health_aio.HealthServicer, str]] = []

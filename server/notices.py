@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
+from google.protobuf.message import Message as ProtoMessage
+from sqlalchemy.orm import Session
 
 from liaison.keys.card import PeerCard
 from liaison.keys.envelope import (
@@ -21,11 +25,20 @@ from liaison.keys.envelope import (
     seal_content,
 )
 from liaison.keys.ids import is_agency_id, is_message_id
-from liaison.keys.notice import CASE_NOTICE_CONTENT_TYPE, notice_problems
+from liaison.keys.notice import (
+    ACKNOWLEDGEMENT_CONTENT_TYPE,
+    CASE_NOTICE_CONTENT_TYPE,
+    REPLY_CONTENT_TYPE,
+    TLP_ORDER,
+    acknowledgement_problems,
+    notice_problems,
+    reply_problems,
+)
 from liaison.keys.storage import (
     Row,
     StorageKey,
     StoredContentError,
+    Summary,
     open_content_at_rest,
     open_summary,
 )
@@ -33,10 +46,11 @@ from liaison.server.committer import GroupCommitter
 from liaison.server.config import Limits
 from liaison.server.delivery import Delivery
 from liaison.server.errors import NotFound, RequestError
-from liaison.server.exchange import Clock, sealed_record, utc_now
+from liaison.server.exchange import Clock, acknowledgement_summary, sealed_record, utc_now
 from liaison.server.own_keys import OwnKeys
 from liaison.server.peers import PeerDirectory
-from liaison.server.store import outbox
+from liaison.server.store import audit, lifecycle, outbox
+from liaison.server.store.audit import AuditKind
 from liaison.server.store.models import (
     FINAL_OUTBOUND_STATES,
     AuditEvent,
@@ -94,8 +108,10 @@ class Notices:
     # Opens and seals stored notices (liaison.keys.storage).
     storage: StorageKey
     clock: Clock = utc_now
-    # Encoded header size per (recipient, its encryption key id); see ``_seal``.
-    _header_sizes: dict[tuple[str, str], int] = field(default_factory=dict, init=False)
+    # Tell a peer when an operator first opens its notice (config ``policy.disclose_reads``).
+    disclose_reads: bool = True
+    # Encoded header size per (recipient, its encryption key id, content type); see ``_seal``.
+    _header_sizes: dict[tuple[str, str, str], int] = field(default_factory=dict, init=False)
 
     async def send(
         self,
@@ -131,18 +147,8 @@ class Notices:
                         "for each notice"
                     )
                 return await self._outcome(earlier.message_id, wait)
-        card = await asyncio.to_thread(self.peers.peer, recipient)
-        if card is None:
-            raise RequestError(f"{recipient} is not a pinned peer; add its card first")
+        card = await self._recipient(recipient)
         own = self.keys.current.agency_id
-        if recipient == own:
-            raise RequestError("a node does not send notices to itself")
-        # The database, not the trust snapshot: a revocation counts from the moment it is made.
-        if await asyncio.to_thread(self.store.is_revoked, recipient):
-            raise RequestError(
-                f"{recipient} is revoked on this node: nothing is sent to it until an operator "
-                f"runs `liaison peers reinstate {recipient}`"
-            )
         now = self.clock()
         notice = _complete(notice, own, now)
         if notice.originator.agency_id != own:
@@ -156,21 +162,249 @@ class Notices:
         record = await asyncio.to_thread(
             self._seal_record, notice, card, dt.timedelta(seconds=ttl), now
         )
-        if idempotency_key:
-            message_id = await self.committer.submit(
-                lambda session: outbox.queue_once(
+        message_id = await self._queue(record, actor, idempotency_key, request_sha256)
+        return await self._outcome(message_id, wait)
+
+    async def _recipient(self, recipient: str) -> PeerCard:
+        """The pinned card of a recipient we may send to; ``RequestError`` if there is none."""
+        card = await asyncio.to_thread(self.peers.peer, recipient)
+        if card is None:
+            raise RequestError(f"{recipient} is not a pinned peer; add its card first")
+        if recipient == self.keys.current.agency_id:
+            raise RequestError("a node does not send notices to itself")
+        # The database, not the trust snapshot: a revocation counts from the moment it is made.
+        if await asyncio.to_thread(self.store.is_revoked, recipient):
+            raise RequestError(
+                f"{recipient} is revoked on this node: nothing is sent to it until an operator "
+                f"runs `liaison peers reinstate {recipient}`"
+            )
+        return card
+
+    async def _queue(
+        self,
+        record: NoticeRecord,
+        actor: str,
+        idempotency_key: str,
+        request_sha256: str,
+        also: Callable[[Session], None] | None = None,
+    ) -> str:
+        """Queue ``record`` (once per idempotency key) and wake its worker; ``also`` runs in
+        the same transaction when it is queued. Returns the message id."""
+
+        def work(session: Session) -> str:
+            if idempotency_key:
+                message_id = outbox.queue_once(
                     session,
                     record,
                     actor=actor,
                     key=idempotency_key,
                     request_sha256=request_sha256,
                 )
+                if message_id != record.message_id:
+                    return message_id  # a retry: queued the first time
+            else:
+                outbox.queue(session, record, actor=actor)
+            if also is not None:
+                also(session)
+            return record.message_id
+
+        message_id = await self.committer.submit(work)
+        self.delivery.notify(record.recipient)
+        return message_id
+
+    async def acknowledge(
+        self,
+        message_id: str,
+        status: notice_pb2.AckStatus.ValueType,
+        comment: str,
+        *,
+        actor: str,
+        idempotency_key: str = "",
+    ) -> SendOutcome:
+        """Acknowledge a received notice or reply to its sender; returns the acknowledgement.
+
+        Raises ``RequestError`` (a status other than acknowledged, action taken or
+        declined; a comment over its limit or with control characters; a message
+        that is not a received notice) and ``NotFound``.
+        """
+        _check_message_id(message_id)
+        if status not in OPERATOR_ACK_STATUSES:
+            raise RequestError("the status must be acknowledged, action-taken or declined")
+        original = await self._received(message_id)
+        return await self._send_acknowledgement(
+            original, status, comment, actor=actor, idempotency_key=idempotency_key
+        )
+
+    async def _send_acknowledgement(
+        self,
+        original: Message,
+        status: notice_pb2.AckStatus.ValueType,
+        comment: str,
+        *,
+        actor: str,
+        idempotency_key: str = "",
+    ) -> SendOutcome:
+        now = self.clock()
+        ack = notice_pb2.Acknowledgement(
+            message_id=original.message_id, status=status, comment=comment
+        )
+        ack.at.FromDatetime(now.replace(microsecond=0))
+        problems = acknowledgement_problems(ack)
+        if problems:
+            raise RequestError("invalid acknowledgement: " + "; ".join(problems))
+        request_sha256 = ""
+        if idempotency_key:
+            _check_idempotency_key(idempotency_key)
+            request_sha256 = _request_digest(original.sender, ack, int(status))
+        card = await self._recipient(original.sender)
+        state = lifecycle.ACK_STATES[status]
+        record = await asyncio.to_thread(
+            self._seal_other,
+            ack.SerializeToString(),
+            content_type=ACKNOWLEDGEMENT_CONTENT_TYPE,
+            summary=acknowledgement_summary(state.value),
+            card=card,
+            original=original,
+            now=now,
+        )
+
+        def also(session: Session) -> None:
+            lifecycle.advance_inbound(session, original.id, state, at=now)
+            audit.append(
+                session,
+                AuditKind.READ if state is MessageState.READ else AuditKind.ACKNOWLEDGED,
+                at=now,
+                message_id=original.message_id,
+                peer=original.sender,
+                actor=actor,
+                detail=f"{state.value}; acknowledgement {record.message_id}",
             )
-        else:
-            await self.committer.submit(lambda session: outbox.queue(session, record, actor=actor))
-            message_id = record.message_id
-        self.delivery.notify(recipient)
-        return await self._outcome(message_id, wait)
+
+        message_id = await self._queue(record, actor, idempotency_key, request_sha256, also)
+        return await self._outcome(message_id, 0)
+
+    async def reply(
+        self,
+        message_id: str,
+        notice: notice_pb2.CaseNotice,
+        *,
+        actor: str,
+        ttl_seconds: int = 0,
+        idempotency_key: str = "",
+    ) -> SendOutcome:
+        """Answer a received notice or reply with ``notice``, sent to its sender.
+
+        The case reference, category, priority and handling of the message answered,
+        and its subject prefixed with "Re: ", fill what ``notice`` leaves unset;
+        handling may stay or get stricter, never looser. Raises ``RequestError``
+        and ``NotFound``.
+        """
+        _check_message_id(message_id)
+        original = await self._received(message_id)
+        answered = await asyncio.to_thread(self._open, original)
+        if answered is None:
+            raise RequestError("the message answered has no notice to answer (destroyed?)")
+        now = self.clock()
+        own = self.keys.current.agency_id
+        notice = _complete(_carried_over(notice, answered), own, now)
+        if _looser(notice.handling, answered.handling):
+            raise RequestError(
+                "a reply may keep or tighten the handling of the message it answers, "
+                "never loosen it"
+            )
+        reply = notice_pb2.Reply(in_reply_to=original.message_id, notice=notice)
+        problems = reply_problems(reply)
+        if problems:
+            raise RequestError("invalid reply: " + "; ".join(problems))
+        ttl = ttl_seconds or self.limits.default_ttl_seconds
+        if ttl > self.limits.max_lifetime_days * 86400:
+            raise RequestError(f"ttl exceeds the limit of {self.limits.max_lifetime_days} days")
+        request_sha256 = ""
+        if idempotency_key:
+            _check_idempotency_key(idempotency_key)
+            request_sha256 = _request_digest(original.sender, reply, ttl_seconds)
+        card = await self._recipient(original.sender)
+        record = await asyncio.to_thread(
+            self._seal_other,
+            reply.SerializeToString(),
+            content_type=REPLY_CONTENT_TYPE,
+            summary=Summary(subject=notice.subject, case_reference=notice.case_reference),
+            card=card,
+            original=original,
+            now=now,
+            notice=notice,
+            ttl=dt.timedelta(seconds=ttl),
+        )
+
+        def also(session: Session) -> None:
+            lifecycle.advance_inbound(session, original.id, MessageState.REPLIED, at=now)
+            audit.append(
+                session,
+                AuditKind.REPLIED,
+                at=now,
+                message_id=original.message_id,
+                peer=original.sender,
+                actor=actor,
+                detail=f"reply {record.message_id}",
+            )
+
+        message_id = await self._queue(record, actor, idempotency_key, request_sha256, also)
+        return await self._outcome(message_id, 0)
+
+    async def thread(self, message_id: str) -> builtins.list[MessageSummaryRow]:
+        """The conversation of ``message_id``: the first notice, then acknowledgements and
+        replies, oldest first. Raises ``RequestError`` and ``NotFound``."""
+        _check_message_id(message_id)
+        rows = await asyncio.to_thread(self._thread, message_id)
+        if not rows:
+            raise NotFound(f"no message {message_id}")
+        return rows
+
+    def _thread(self, message_id: str) -> builtins.list[MessageSummaryRow]:
+        with self.store.read() as session:
+            messages = lifecycle.thread(session, message_id)
+            rows = [MessageSummaryRow.of(message) for message in messages]
+        return [self._opened_summary(row) for row in rows]
+
+    async def _received(self, message_id: str) -> Message:
+        """The received notice or reply ``message_id``; ``NotFound`` or ``RequestError``."""
+        message = await asyncio.to_thread(self.store.received_message, message_id)
+        if message is None:
+            raise NotFound(f"no received message {message_id}")
+        if message.content_type not in (CASE_NOTICE_CONTENT_TYPE, REPLY_CONTENT_TYPE):
+            raise RequestError("only received notices and replies are acknowledged or answered")
+        return message
+
+    def _seal_other(
+        self,
+        content: bytes,
+        *,
+        content_type: str,
+        summary: Summary,
+        card: PeerCard,
+        original: Message,
+        now: dt.datetime,
+        notice: notice_pb2.CaseNotice | None = None,
+        ttl: dt.timedelta | None = None,
+    ) -> NoticeRecord:
+        """Seal an acknowledgement or a reply of ``original`` to ``card``, and at rest."""
+        lifetime = ttl or dt.timedelta(seconds=self.limits.default_ttl_seconds)
+        sealed = self._seal(content, card, lifetime, now, content_type)
+        record = sealed_record(
+            self.storage,
+            Direction.OUTBOUND,
+            sealed.header,
+            notice,
+            content=content,
+            envelope=sealed.envelope,
+            envelope_sha256=sealed.envelope_sha256,
+            summary=summary,
+        )
+        return dataclasses.replace(
+            record,
+            refers_to=original.message_id,
+            thread_id=original.thread_id or original.message_id,
+        )
 
     async def _outcome(self, message_id: str, wait: int) -> SendOutcome:
         """The message's state, after waiting up to ``wait`` seconds for a final one."""
@@ -202,7 +436,12 @@ class Notices:
         )
 
     def _seal(
-        self, content: bytes, card: PeerCard, ttl: dt.timedelta, now: dt.datetime
+        self,
+        content: bytes,
+        card: PeerCard,
+        ttl: dt.timedelta,
+        now: dt.datetime,
+        content_type: str = CASE_NOTICE_CONTENT_TYPE,
     ) -> SealedMessage:
         """Seal ``content`` if the envelope will fit ``limits.max_envelope_bytes``.
 
@@ -213,12 +452,12 @@ class Notices:
         """
         # The card of ours the recipient pins: it verifies what that card's key signs.
         sender = self.keys.for_peer(card.agency_id)
-        key = (card.agency_id, card.encryption_key_id)
+        key = (card.agency_id, card.encryption_key_id, content_type)
         header_size = self._header_sizes.get(key)
         if header_size is None:
             probe = seal_content(
                 b"",
-                content_type=CASE_NOTICE_CONTENT_TYPE,
+                content_type=content_type,
                 sender=sender,
                 recipient=card,
                 ttl=ttl,
@@ -234,7 +473,7 @@ class Notices:
             )
         return seal_content(
             content,
-            content_type=CASE_NOTICE_CONTENT_TYPE,
+            content_type=content_type,
             sender=sender,
             recipient=card,
             ttl=ttl,
@@ -298,8 +537,12 @@ class Notices:
             return row.opened(UNREADABLE_SUMMARY, "")
         return row.opened(summary.subject, summary.case_reference)
 
-    async def get(self, message_id: str) -> MessageView:
+    async def get(self, message_id: str, *, opened_by: str | None = None) -> MessageView:
         """The message, its notice opened from its sealed form (None if destroyed).
+
+        With ``opened_by`` (an operator's call), a received notice or reply opened
+        for the first time becomes READ, audited, and the sender gets a read
+        notification unless this node does not disclose reads (``policy``).
 
         Raises ``RequestError`` for a malformed id, ``NotFound``, and
         ``StoredContentError`` if the stored notice does not open (altered or
@@ -311,6 +554,11 @@ class Notices:
             raise NotFound(f"no message {message_id}")
         message, receipt = found
         notice = await asyncio.to_thread(self._open, message)
+        if opened_by is not None and notice is not None and _unread(message):
+            await self._first_read(message, opened_by)
+            found = await asyncio.to_thread(self.store.message, message_id)
+            assert found is not None
+            message, receipt = found
         timeline = await asyncio.to_thread(self.store.timeline, message)
         summary = MessageSummaryRow.of(message)
         if notice is not None:
@@ -324,7 +572,7 @@ class Notices:
         message is not a notice (a card update: its summary says what it is)."""
         if message.content_format == ContentFormat.DESTROYED.value:
             return None
-        if message.content_type != CASE_NOTICE_CONTENT_TYPE:
+        if message.content_type not in (CASE_NOTICE_CONTENT_TYPE, REPLY_CONTENT_TYPE):
             return None
         if message.content_format == ContentFormat.CLEAR.value:
             content = message.content  # not sealed yet (see Node)
@@ -348,11 +596,39 @@ class Notices:
                 f"the stored notice {message.message_id} has an unknown content format"
             )
         try:
+            if message.content_type == REPLY_CONTENT_TYPE:
+                return notice_pb2.Reply.FromString(content).notice
             return notice_pb2.CaseNotice.FromString(content)
         except DecodeError:
             raise StoredContentError(
                 f"the stored notice {message.message_id} opens but does not parse"
             ) from None
+
+    async def _first_read(self, message: Message, actor: str) -> None:
+        """An operator opened a received notice for the first time: READ, and tell the sender."""
+        if self.disclose_reads:
+            try:
+                await self._send_acknowledgement(
+                    message, notice_pb2.ACK_STATUS_READ, "", actor=actor
+                )
+                return
+            except RequestError as error:  # e.g. the sender is revoked meanwhile: stay local
+                log.warning("no read notification for %s: %s", message.message_id, error)
+        now = self.clock()
+
+        def work(session: Session) -> None:
+            if lifecycle.advance_inbound(session, message.id, MessageState.READ, at=now):
+                audit.append(
+                    session,
+                    AuditKind.READ,
+                    at=now,
+                    message_id=message.message_id,
+                    peer=message.sender,
+                    actor=actor,
+                    detail="read (not disclosed to the sender)",
+                )
+
+        await self.committer.submit(work)
 
     def _wait(self, wait_seconds: int) -> int:
         """``wait_seconds`` if within ``limits.max_wait_seconds``, else ``RequestError``."""
@@ -365,6 +641,48 @@ class Notices:
         return wait_seconds
 
 
+# What an operator may say of a received message (READ is the node's own notification).
+OPERATOR_ACK_STATUSES = frozenset(
+    {
+        notice_pb2.ACK_STATUS_ACKNOWLEDGED,
+        notice_pb2.ACK_STATUS_ACTION_TAKEN,
+        notice_pb2.ACK_STATUS_DECLINED,
+    }
+)
+MAX_SUBJECT = 300
+
+
+def _unread(message: Message) -> bool:
+    return (
+        message.direction == Direction.INBOUND.value
+        and message.state == MessageState.RECEIVED.value
+        and message.content_type in (CASE_NOTICE_CONTENT_TYPE, REPLY_CONTENT_TYPE)
+    )
+
+
+def _looser(handling: int, than: int) -> bool:
+    """True if ``handling`` is a looser TLP code than ``than``."""
+    order = [int(code) for code in TLP_ORDER]
+    return handling in order and than in order and order.index(handling) < order.index(than)
+
+
+def _carried_over(
+    notice: notice_pb2.CaseNotice, answered: notice_pb2.CaseNotice
+) -> notice_pb2.CaseNotice:
+    """``notice`` with what it leaves unset taken from the notice it answers."""
+    reply = notice_pb2.CaseNotice()
+    reply.CopyFrom(notice)
+    for name in ("case_reference", "category", "priority", "handling"):
+        if not getattr(reply, name):
+            setattr(reply, name, getattr(answered, name))
+    if not reply.subject:
+        subject = answered.subject
+        reply.subject = (subject if subject.startswith("Re: ") else f"Re: {subject}")[:MAX_SUBJECT]
+    if not reply.HasField("evaluation"):
+        reply.evaluation.CopyFrom(answered.evaluation)
+    return reply
+
+
 IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
@@ -373,7 +691,7 @@ def _check_idempotency_key(key: str) -> None:
         raise RequestError("the idempotency key must be 1 to 64 of A-Z a-z 0-9 . _ : -")
 
 
-def _request_digest(recipient: str, notice: notice_pb2.CaseNotice, ttl_seconds: int) -> str:
+def _request_digest(recipient: str, notice: ProtoMessage, ttl_seconds: int) -> str:
     """What identifies a request across its retries: recipient, notice as sent, ttl."""
     digest = hashlib.sha256()
     for part in (recipient.encode(), notice.SerializeToString(deterministic=True)):

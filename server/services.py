@@ -129,6 +129,42 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             message_id=sent.message_id, state=_STATES[sent.state], reason=sent.reason
         )
 
+    async def Acknowledge(
+        self, request: node_pb2.AcknowledgeRequest, context: Context
+    ) -> node_pb2.SendNoticeResponse:
+        sent = await _answer(
+            context,
+            self._notices.acknowledge(
+                request.message_id,
+                request.status,
+                request.comment,
+                actor=_caller(context),
+                idempotency_key=request.idempotency_key,
+            ),
+        )
+        return node_pb2.SendNoticeResponse(message_id=sent.message_id, state=_STATES[sent.state])
+
+    async def Reply(
+        self, request: node_pb2.ReplyRequest, context: Context
+    ) -> node_pb2.SendNoticeResponse:
+        sent = await _answer(
+            context,
+            self._notices.reply(
+                request.message_id,
+                request.notice,
+                actor=_caller(context),
+                ttl_seconds=request.ttl_seconds,
+                idempotency_key=request.idempotency_key,
+            ),
+        )
+        return node_pb2.SendNoticeResponse(message_id=sent.message_id, state=_STATES[sent.state])
+
+    async def GetThread(
+        self, request: node_pb2.GetMessageRequest, context: Context
+    ) -> node_pb2.ThreadResponse:
+        rows = await _answer(context, self._notices.thread(request.message_id))
+        return node_pb2.ThreadResponse(messages=[_summary(row) for row in rows])
+
     async def ListMessages(
         self, request: node_pb2.ListMessagesRequest, context: Context
     ) -> node_pb2.ListMessagesResponse:
@@ -138,7 +174,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     async def GetMessage(
         self, request: node_pb2.GetMessageRequest, context: Context
     ) -> node_pb2.MessageDetail:
-        view = await _answer(context, self._notices.get(request.message_id))
+        view = await _answer(
+            context, self._notices.get(request.message_id, opened_by=_caller(context))
+        )
         # A destroyed content leaves `notice` unset; the timeline ends in content-destroyed.
         detail = node_pb2.MessageDetail(
             summary=_summary(view.summary),
@@ -199,6 +237,7 @@ def _summary(row: MessageSummaryRow) -> node_pb2.MessageSummary:
         created_at=_timestamp(row.created_at),
         updated_at=_timestamp(row.updated_at),
         content_type=row.content_type,
+        refers_to=row.refers_to or "",
     )
 
 

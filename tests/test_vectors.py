@@ -106,9 +106,25 @@ def run_envelope_vector(vector: dict[str, Any]) -> dict[str, str]:
                 return {"result": "replay", "receipt": earlier["receipt"]}
             return {"result": "duplicate"}
         opened = open_checked(checked, receiver=receiver)
+        refused = _answers_a_message_we_did_not_send(vector, opened.refers_to, checked.header)
+        if refused:
+            return {"result": "reject", "reason": refused}
     except EnvelopeRejected as rejection:
         return {"result": "reject", "reason": reason_name(rejection.reason)}
     return {"result": "accept", "content": opened.content.hex()}
+
+
+def _answers_a_message_we_did_not_send(
+    vector: dict[str, Any], refers_to: str | None, header: envelope_pb2.EnvelopeHeader
+) -> str | None:
+    """Check 19a (PROTOCOL.md 10.2): an acknowledgement or reply must answer a message the
+    receiver sent to the sender; ``sent`` and ``received`` are the receiver's messages."""
+    if refers_to is None:
+        return None
+    sent = {m["message_id"]: m["recipient"] for m in vector.get("sent", [])}
+    if refers_to not in sent:
+        return "NOT_OUR_MESSAGE" if refers_to in vector.get("received", []) else "UNKNOWN_MESSAGE"
+    return None if sent[refers_to] == header.sender else "NOT_THE_RECIPIENT"
 
 
 def test_derivations() -> None:

@@ -53,6 +53,14 @@ class AuditKind(enum.StrEnum):
     RECEIPT_ISSUED = "receipt-issued"
     DUPLICATE = "duplicate"
     REJECTED = "rejected"
+    # The peer acknowledged (read, acknowledged, acted on, declined) or answered our
+    # message; our operator did so with theirs (the acknowledgement or reply is its own
+    # message, with its own timeline).
+    ACKNOWLEDGED_BY_PEER = "acknowledged-by-peer"
+    REPLIED_BY_PEER = "replied-by-peer"
+    ACKNOWLEDGED = "acknowledged"
+    REPLIED = "replied"
+    READ = "read"
     # A pinned peer's call refused by a limit, or a call with an unpinned certificate.
     PEER_REFUSED = "peer-refused"
 
@@ -74,6 +82,8 @@ OUTBOUND_EVENTS = frozenset(
         AuditKind.CARD_ANNOUNCED,
         AuditKind.CARD_ACCEPTED_BY_PEER,
         AuditKind.CARD_ANNOUNCEMENT_FAILED,
+        AuditKind.ACKNOWLEDGED_BY_PEER,
+        AuditKind.REPLIED_BY_PEER,
     }
 )
 INBOUND_EVENTS = frozenset(
@@ -84,6 +94,9 @@ INBOUND_EVENTS = frozenset(
         AuditKind.REJECTED,
         AuditKind.CONTENT_DESTROYED,
         AuditKind.PEER_CARD_UPDATED,
+        AuditKind.READ,
+        AuditKind.ACKNOWLEDGED,
+        AuditKind.REPLIED,
     }
 )
 

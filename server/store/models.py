@@ -53,6 +53,13 @@ class MessageState(enum.StrEnum):
     FAILED = "failed"
     EXPIRED = "expired"
     RECEIVED = "received"
+    # The life of a notice after delivery: read, then acknowledged, acted on or declined
+    # (given here for an inbound message, by the peer for an outbound one), or replied to.
+    READ = "read"
+    ACKNOWLEDGED = "acknowledged"
+    ACTION_TAKEN = "action-taken"
+    DECLINED = "declined"
+    REPLIED = "replied"
 
 
 class ContentFormat(enum.StrEnum):
@@ -63,8 +70,16 @@ class ContentFormat(enum.StrEnum):
     DESTROYED = "destroyed"
 
 
+# What an acknowledgement can make of a delivered message, from the least to the furthest.
+ACKNOWLEDGED_STATES = (
+    MessageState.READ,
+    MessageState.ACKNOWLEDGED,
+    MessageState.ACTION_TAKEN,
+    MessageState.DECLINED,
+)
+# Delivery is over: the receipt says delivered or failed, or the envelope expired.
 FINAL_OUTBOUND_STATES = frozenset(
-    {MessageState.DELIVERED, MessageState.FAILED, MessageState.EXPIRED}
+    {MessageState.DELIVERED, MessageState.FAILED, MessageState.EXPIRED, *ACKNOWLEDGED_STATES}
 )
 
 
@@ -132,6 +147,8 @@ class Message(Base):
         Index("ix_messages_listing", "direction", "id"),
         Index("ix_messages_message_id", "message_id"),
         Index("ix_messages_content_format", "content_format"),
+        Index("ix_messages_thread", "thread_id"),
+        Index("ix_messages_refers_to", "refers_to"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -162,6 +179,13 @@ class Message(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
     failure_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # An acknowledgement or a reply: the message it answers, and the first message of the
+    # conversation (``liaison thread``); NULL for a notice that starts one.
+    refers_to: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    thread_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    # Outbound: the furthest the peer's acknowledgements have gone (read, acknowledged...),
+    # kept even if one arrives before the receipt is recorded (the state follows then).
+    peer_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class Receipt(Base):

@@ -9,7 +9,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
-from liaison.server.store import audit, cards
+from liaison.server.store import audit, cards, lifecycle
 from liaison.server.store.audit import AuditKind
 from liaison.server.store.models import (
     Direction,
@@ -185,6 +185,7 @@ def settle(session: Session, outcome: DeliveryOutcome) -> None:
     audit.append(session, AuditKind.RECEIPT_VERIFIED, **common, detail=outcome.receipt_status)
     if outcome.state is MessageState.DELIVERED:
         audit.append(session, AuditKind.DELIVERED, **common)
+        lifecycle.settled(session, message)
     else:
         audit.append(session, AuditKind.REJECTED_BY_PEER, **common, reason=outcome.reason)
     cards.announcement_settled(

@@ -30,6 +30,9 @@ class NoticeRecord:
     summary: bytes
     created_at: dt.datetime
     expires_at: dt.datetime
+    # An acknowledgement or a reply: the message it answers and its conversation.
+    refers_to: str | None = None
+    thread_id: str | None = None
 
     @classmethod
     def of(
@@ -89,6 +92,8 @@ class NoticeRecord:
             updated_at=at,
             attempts=0,
             next_attempt_at=at if direction is Direction.OUTBOUND else None,
+            refers_to=self.refers_to,
+            thread_id=self.thread_id,
         )
 
 
@@ -116,6 +121,7 @@ class MessageSummaryRow:
     storage_key_id: str | None
     summary: bytes | None
     content_type: str
+    refers_to: str | None
 
     @classmethod
     def of(cls, message: Message) -> MessageSummaryRow:

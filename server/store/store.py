@@ -478,6 +478,18 @@ class Store:
             receipt = session.scalars(select(Receipt).where(Receipt.message_pk == row.id)).first()
             return row, receipt
 
+    def received_message(self, message_id: str) -> Message | None:
+        """The inbound message ``message_id`` (the newest, should two peers share an id)."""
+        with self.read() as session:
+            return session.scalars(
+                select(Message)
+                .where(
+                    Message.message_id == message_id,
+                    Message.direction == Direction.INBOUND.value,
+                )
+                .order_by(Message.id.desc())
+            ).first()
+
     def state(self, message_id: str) -> str:
         """State of a message this node sent (raises ``StoreError`` if there is none)."""
         with self.read() as session:

@@ -37,6 +37,7 @@ from liaison.keys.certs import IssuedCertificate
 from liaison.keys.envelope import issue_receipt
 from liaison.keys.identity import NodeIdentity
 from liaison.keys.ids import mldsa65_key_id
+from liaison.keys.notice import ACKNOWLEDGEMENT_CONTENT_TYPE
 from liaison.keys.rotation import CARD_UPDATE_CONTENT_TYPE, make_card_update
 from liaison.v1 import envelope_pb2, notice_pb2
 from tests.forge import Forge, assemble
@@ -46,6 +47,8 @@ from tests.vectors.keys import OTHER, RECEIVER, SENDER
 HERE = Path(__file__).resolve().parent
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
 MESSAGE_ID = "019ac9f0-8000-7000-8000-000000000001"
+# The message the acknowledgement vectors answer.
+ANSWERED_ID = "019ac9f0-7000-7000-8000-0000000000aa"
 NANOS = 1_000_000_000
 MAX_LIFETIME_NANOS = 30 * 86_400 * NANOS
 CLOCK_SKEW_NANOS = 300 * NANOS
@@ -276,7 +279,12 @@ def envelope_vectors() -> dict[str, dict[str, Any]]:
         vectors[name] = (
             description,
             forge,
-            {"result": "accept", "content": forge.notice.SerializeToString().hex()},
+            {
+                "result": "accept",
+                "content": (
+                    forge.content if forge.content is not None else forge.notice.SerializeToString()
+                ).hex(),
+            },
             inputs,
         )
 
@@ -377,6 +385,9 @@ def envelope_vectors() -> dict[str, dict[str, Any]]:
             vector["limits"] = inputs["limits"](envelope)
         if "stored" in inputs:
             vector["stored"] = inputs["stored"](envelope)
+        for member in ("sent", "received"):
+            if member in inputs:
+                vector[member] = inputs[member](envelope)
         given = inputs.get("expect")
         out[name] = {**vector, "expect": given(envelope) if given is not None else expect}
     return out
@@ -486,6 +497,47 @@ def conformance_vectors(base: Forge, accept: Accept, reject: Reject) -> None:
         "Content type application/x-other, otherwise valid.",
         base.but(header_fields={"content_type": "application/x-other"}),
         "UNSUPPORTED_CONTENT_TYPE",
+    )
+    reject(
+        "reject-invalid-acknowledgement",
+        "Content type acknowledgement, but the content is not an Acknowledgement.",
+        base.but(
+            header_fields={"content_type": ACKNOWLEDGEMENT_CONTENT_TYPE}, content=b"\xff\xff\xff"
+        ),
+        "INVALID_ACKNOWLEDGEMENT",
+    )
+    ack = notice_pb2.Acknowledgement(message_id=ANSWERED_ID, status=notice_pb2.ACK_STATUS_READ)
+    ack.at.FromDatetime(NOW)
+    acked = base.but(
+        header_fields={"content_type": ACKNOWLEDGEMENT_CONTENT_TYPE},
+        content=ack.SerializeToString(),
+    )
+    sent_to_sender = [{"message_id": ANSWERED_ID, "recipient": SENDER.agency_id}]
+    accept(
+        "accept-acknowledgement",
+        "A read notification of a message the receiver sent to the sender.",
+        acked,
+        sent=lambda _envelope: sent_to_sender,
+    )
+    reject(
+        "reject-unknown-message",
+        "An acknowledgement of a message the receiver does not hold.",
+        acked,
+        "UNKNOWN_MESSAGE",
+    )
+    reject(
+        "reject-not-the-recipient",
+        "An acknowledgement of a message the receiver sent to another agency.",
+        acked,
+        "NOT_THE_RECIPIENT",
+        sent=lambda _e: [{"message_id": ANSWERED_ID, "recipient": OTHER.agency_id}],
+    )
+    reject(
+        "reject-not-our-message",
+        "An acknowledgement of a message the receiver received (from the sender).",
+        acked,
+        "NOT_OUR_MESSAGE",
+        received=lambda _e: [ANSWERED_ID],
     )
     reject(
         "reject-invalid-card-update",

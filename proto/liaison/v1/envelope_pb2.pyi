@@ -92,6 +92,14 @@ class _RejectReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RejectRe
     """A card update (content type application/vnd.liaison.card-update.v1+proto) that fails
     its checks: not signed by the pinned card, not its successor, or a malformed new card.
     """
+    REJECT_REASON_UNKNOWN_MESSAGE: _RejectReason.ValueType  # 19
+    """An acknowledgement or a reply names a message the receiver does not hold."""
+    REJECT_REASON_NOT_THE_RECIPIENT: _RejectReason.ValueType  # 20
+    """It names a message the receiver sent to another agency than the sender."""
+    REJECT_REASON_NOT_OUR_MESSAGE: _RejectReason.ValueType  # 21
+    """It names a message the receiver did not send (one it received)."""
+    REJECT_REASON_INVALID_ACKNOWLEDGEMENT: _RejectReason.ValueType  # 22
+    """An acknowledgement that does not parse or breaks its rules."""
 
 class RejectReason(_RejectReason, metaclass=_RejectReasonEnumTypeWrapper):
     """Why a receiver refused an envelope. docs/PROTOCOL.md gives the order of the checks."""
@@ -121,6 +129,14 @@ REJECT_REASON_INVALID_CARD_UPDATE: RejectReason.ValueType  # 18
 """A card update (content type application/vnd.liaison.card-update.v1+proto) that fails
 its checks: not signed by the pinned card, not its successor, or a malformed new card.
 """
+REJECT_REASON_UNKNOWN_MESSAGE: RejectReason.ValueType  # 19
+"""An acknowledgement or a reply names a message the receiver does not hold."""
+REJECT_REASON_NOT_THE_RECIPIENT: RejectReason.ValueType  # 20
+"""It names a message the receiver sent to another agency than the sender."""
+REJECT_REASON_NOT_OUR_MESSAGE: RejectReason.ValueType  # 21
+"""It names a message the receiver did not send (one it received)."""
+REJECT_REASON_INVALID_ACKNOWLEDGEMENT: RejectReason.ValueType  # 22
+"""An acknowledgement that does not parse or breaks its rules."""
 Global___RejectReason: _TypeAlias = RejectReason  # noqa: Y015
 
 @_typing.final

@@ -27,37 +27,43 @@ from liaison.v1 import envelope_pb2 as liaison_dot_v1_dot_envelope__pb2
 from liaison.v1 import notice_pb2 as liaison_dot_v1_dot_notice__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15liaison/v1/node.proto\x12\nliaison.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19liaison/v1/envelope.proto\x1a\x17liaison/v1/notice.proto\"\x92\x01\n\x11SendNoticeRequest\x12\x11\n\trecipient\x18\x01 \x01(\t\x12&\n\x06notice\x18\x02 \x01(\x0b\x32\x16.liaison.v1.CaseNotice\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\r\x12\x14\n\x0cwait_seconds\x18\x04 \x01(\r\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"a\n\x12SendNoticeResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.liaison.v1.MessageState\x12\x0e\n\x06reason\x18\x03 \x01(\t\"N\n\x13ListMessagesRequest\x12(\n\tdirection\x18\x01 \x01(\x0e\x32\x15.liaison.v1.Direction\x12\r\n\x05limit\x18\x02 \x01(\r\"\x97\x03\n\x0eMessageSummary\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12(\n\tdirection\x18\x02 \x01(\x0e\x32\x15.liaison.v1.Direction\x12\x0c\n\x04peer\x18\x03 \x01(\t\x12\'\n\x05state\x18\x04 \x01(\x0e\x32\x18.liaison.v1.MessageState\x12&\n\x08\x63\x61tegory\x18\x05 \x01(\x0e\x32\x14.liaison.v1.Category\x12&\n\x08priority\x18\x06 \x01(\x0e\x32\x14.liaison.v1.Priority\x12!\n\x08handling\x18\x07 \x01(\x0e\x32\x0f.liaison.v1.Tlp\x12\x16\n\x0e\x63\x61se_reference\x18\x08 \x01(\t\x12\x0f\n\x07subject\x18\t \x01(\t\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63ontent_type\x18\x0c \x01(\t\"D\n\x14ListMessagesResponse\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.liaison.v1.MessageSummary\"\'\n\x11GetMessageRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"<\n\x10GetStatusRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\r\"V\n\rTimelineEvent\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\x97\x01\n\rMessageStatus\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.liaison.v1.MessageState\x12+\n\x08timeline\x18\x03 \x03(\x0b\x32\x19.liaison.v1.TimelineEvent\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0c\n\x04peer\x18\x05 \x01(\t\"\xd0\x01\n\rMessageDetail\x12+\n\x07summary\x18\x01 \x01(\x0b\x32\x1a.liaison.v1.MessageSummary\x12&\n\x06notice\x18\x02 \x01(\x0b\x32\x16.liaison.v1.CaseNotice\x12\x17\n\x0f\x65nvelope_sha256\x18\x03 \x01(\t\x12$\n\x07receipt\x18\x04 \x01(\x0b\x32\x13.liaison.v1.Receipt\x12+\n\x08timeline\x18\x05 \x03(\x0b\x32\x19.liaison.v1.TimelineEvent*U\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44IRECTION_INBOUND\x10\x01\x12\x16\n\x12\x44IRECTION_OUTBOUND\x10\x02*\xcd\x01\n\x0cMessageState\x12\x1d\n\x19MESSAGE_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14MESSAGE_STATE_QUEUED\x10\x01\x12\x16\n\x12MESSAGE_STATE_SENT\x10\x02\x12\x1b\n\x17MESSAGE_STATE_DELIVERED\x10\x03\x12\x18\n\x14MESSAGE_STATE_FAILED\x10\x04\x12\x19\n\x15MESSAGE_STATE_EXPIRED\x10\x05\x12\x1a\n\x16MESSAGE_STATE_RECEIVED\x10\x06\x32\xbb\x02\n\x0bNodeService\x12K\n\nSendNotice\x12\x1d.liaison.v1.SendNoticeRequest\x1a\x1e.liaison.v1.SendNoticeResponse\x12Q\n\x0cListMessages\x12\x1f.liaison.v1.ListMessagesRequest\x1a .liaison.v1.ListMessagesResponse\x12\x46\n\nGetMessage\x12\x1d.liaison.v1.GetMessageRequest\x1a\x19.liaison.v1.MessageDetail\x12\x44\n\tGetStatus\x12\x1c.liaison.v1.GetStatusRequest\x1a\x19.liaison.v1.MessageStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15liaison/v1/node.proto\x12\nliaison.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19liaison/v1/envelope.proto\x1a\x17liaison/v1/notice.proto\"y\n\x12\x41\x63knowledgeRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12%\n\x06status\x18\x02 \x01(\x0e\x32\x15.liaison.v1.AckStatus\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"x\n\x0cReplyRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12&\n\x06notice\x18\x02 \x01(\x0b\x32\x16.liaison.v1.CaseNotice\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\r\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\">\n\x0eThreadResponse\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.liaison.v1.MessageSummary\"\x92\x01\n\x11SendNoticeRequest\x12\x11\n\trecipient\x18\x01 \x01(\t\x12&\n\x06notice\x18\x02 \x01(\x0b\x32\x16.liaison.v1.CaseNotice\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\r\x12\x14\n\x0cwait_seconds\x18\x04 \x01(\r\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"a\n\x12SendNoticeResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.liaison.v1.MessageState\x12\x0e\n\x06reason\x18\x03 \x01(\t\"N\n\x13ListMessagesRequest\x12(\n\tdirection\x18\x01 \x01(\x0e\x32\x15.liaison.v1.Direction\x12\r\n\x05limit\x18\x02 \x01(\r\"\xaa\x03\n\x0eMessageSummary\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12(\n\tdirection\x18\x02 \x01(\x0e\x32\x15.liaison.v1.Direction\x12\x0c\n\x04peer\x18\x03 \x01(\t\x12\'\n\x05state\x18\x04 \x01(\x0e\x32\x18.liaison.v1.MessageState\x12&\n\x08\x63\x61tegory\x18\x05 \x01(\x0e\x32\x14.liaison.v1.Category\x12&\n\x08priority\x18\x06 \x01(\x0e\x32\x14.liaison.v1.Priority\x12!\n\x08handling\x18\x07 \x01(\x0e\x32\x0f.liaison.v1.Tlp\x12\x16\n\x0e\x63\x61se_reference\x18\x08 \x01(\t\x12\x0f\n\x07subject\x18\t \x01(\t\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63ontent_type\x18\x0c \x01(\t\x12\x11\n\trefers_to\x18\r \x01(\t\"D\n\x14ListMessagesResponse\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.liaison.v1.MessageSummary\"\'\n\x11GetMessageRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"<\n\x10GetStatusRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\r\"V\n\rTimelineEvent\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\x97\x01\n\rMessageStatus\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.liaison.v1.MessageState\x12+\n\x08timeline\x18\x03 \x03(\x0b\x32\x19.liaison.v1.TimelineEvent\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0c\n\x04peer\x18\x05 \x01(\t\"\xd0\x01\n\rMessageDetail\x12+\n\x07summary\x18\x01 \x01(\x0b\x32\x1a.liaison.v1.MessageSummary\x12&\n\x06notice\x18\x02 \x01(\x0b\x32\x16.liaison.v1.CaseNotice\x12\x17\n\x0f\x65nvelope_sha256\x18\x03 \x01(\t\x12$\n\x07receipt\x18\x04 \x01(\x0b\x32\x13.liaison.v1.Receipt\x12+\n\x08timeline\x18\x05 \x03(\x0b\x32\x19.liaison.v1.TimelineEvent*U\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44IRECTION_INBOUND\x10\x01\x12\x16\n\x12\x44IRECTION_OUTBOUND\x10\x02*\xdc\x02\n\x0cMessageState\x12\x1d\n\x19MESSAGE_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14MESSAGE_STATE_QUEUED\x10\x01\x12\x16\n\x12MESSAGE_STATE_SENT\x10\x02\x12\x1b\n\x17MESSAGE_STATE_DELIVERED\x10\x03\x12\x18\n\x14MESSAGE_STATE_FAILED\x10\x04\x12\x19\n\x15MESSAGE_STATE_EXPIRED\x10\x05\x12\x1a\n\x16MESSAGE_STATE_RECEIVED\x10\x06\x12\x16\n\x12MESSAGE_STATE_READ\x10\x07\x12\x1e\n\x1aMESSAGE_STATE_ACKNOWLEDGED\x10\x08\x12\x1e\n\x1aMESSAGE_STATE_ACTION_TAKEN\x10\t\x12\x1a\n\x16MESSAGE_STATE_DECLINED\x10\n\x12\x19\n\x15MESSAGE_STATE_REPLIED\x10\x0b\x32\x95\x04\n\x0bNodeService\x12K\n\nSendNotice\x12\x1d.liaison.v1.SendNoticeRequest\x1a\x1e.liaison.v1.SendNoticeResponse\x12Q\n\x0cListMessages\x12\x1f.liaison.v1.ListMessagesRequest\x1a .liaison.v1.ListMessagesResponse\x12\x46\n\nGetMessage\x12\x1d.liaison.v1.GetMessageRequest\x1a\x19.liaison.v1.MessageDetail\x12\x44\n\tGetStatus\x12\x1c.liaison.v1.GetStatusRequest\x1a\x19.liaison.v1.MessageStatus\x12M\n\x0b\x41\x63knowledge\x12\x1e.liaison.v1.AcknowledgeRequest\x1a\x1e.liaison.v1.SendNoticeResponse\x12\x41\n\x05Reply\x12\x18.liaison.v1.ReplyRequest\x1a\x1e.liaison.v1.SendNoticeResponse\x12\x46\n\tGetThread\x12\x1d.liaison.v1.GetMessageRequest\x1a\x1a.liaison.v1.ThreadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'liaison.v1.node_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DIRECTION']._serialized_start=1486
-  _globals['_DIRECTION']._serialized_end=1571
-  _globals['_MESSAGESTATE']._serialized_start=1574
-  _globals['_MESSAGESTATE']._serialized_end=1779
-  _globals['_SENDNOTICEREQUEST']._serialized_start=123
-  _globals['_SENDNOTICEREQUEST']._serialized_end=269
-  _globals['_SENDNOTICERESPONSE']._serialized_start=271
-  _globals['_SENDNOTICERESPONSE']._serialized_end=368
-  _globals['_LISTMESSAGESREQUEST']._serialized_start=370
-  _globals['_LISTMESSAGESREQUEST']._serialized_end=448
-  _globals['_MESSAGESUMMARY']._serialized_start=451
-  _globals['_MESSAGESUMMARY']._serialized_end=858
-  _globals['_LISTMESSAGESRESPONSE']._serialized_start=860
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=928
-  _globals['_GETMESSAGEREQUEST']._serialized_start=930
-  _globals['_GETMESSAGEREQUEST']._serialized_end=969
-  _globals['_GETSTATUSREQUEST']._serialized_start=971
-  _globals['_GETSTATUSREQUEST']._serialized_end=1031
-  _globals['_TIMELINEEVENT']._serialized_start=1033
-  _globals['_TIMELINEEVENT']._serialized_end=1119
-  _globals['_MESSAGESTATUS']._serialized_start=1122
-  _globals['_MESSAGESTATUS']._serialized_end=1273
-  _globals['_MESSAGEDETAIL']._serialized_start=1276
-  _globals['_MESSAGEDETAIL']._serialized_end=1484
-  _globals['_NODESERVICE']._serialized_start=1782
-  _globals['_NODESERVICE']._serialized_end=2097
+  _globals['_DIRECTION']._serialized_start=1814
+  _globals['_DIRECTION']._serialized_end=1899
+  _globals['_MESSAGESTATE']._serialized_start=1902
+  _globals['_MESSAGESTATE']._serialized_end=2250
+  _globals['_ACKNOWLEDGEREQUEST']._serialized_start=122
+  _globals['_ACKNOWLEDGEREQUEST']._serialized_end=243
+  _globals['_REPLYREQUEST']._serialized_start=245
+  _globals['_REPLYREQUEST']._serialized_end=365
+  _globals['_THREADRESPONSE']._serialized_start=367
+  _globals['_THREADRESPONSE']._serialized_end=429
+  _globals['_SENDNOTICEREQUEST']._serialized_start=432
+  _globals['_SENDNOTICEREQUEST']._serialized_end=578
+  _globals['_SENDNOTICERESPONSE']._serialized_start=580
+  _globals['_SENDNOTICERESPONSE']._serialized_end=677
+  _globals['_LISTMESSAGESREQUEST']._serialized_start=679
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=757
+  _globals['_MESSAGESUMMARY']._serialized_start=760
+  _globals['_MESSAGESUMMARY']._serialized_end=1186
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=1188
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1256
+  _globals['_GETMESSAGEREQUEST']._serialized_start=1258
+  _globals['_GETMESSAGEREQUEST']._serialized_end=1297
+  _globals['_GETSTATUSREQUEST']._serialized_start=1299
+  _globals['_GETSTATUSREQUEST']._serialized_end=1359
+  _globals['_TIMELINEEVENT']._serialized_start=1361
+  _globals['_TIMELINEEVENT']._serialized_end=1447
+  _globals['_MESSAGESTATUS']._serialized_start=1450
+  _globals['_MESSAGESTATUS']._serialized_end=1601
+  _globals['_MESSAGEDETAIL']._serialized_start=1604
+  _globals['_MESSAGEDETAIL']._serialized_end=1812
+  _globals['_NODESERVICE']._serialized_start=2253
+  _globals['_NODESERVICE']._serialized_end=2786
 # @@protoc_insertion_point(module_scope)

@@ -60,7 +60,15 @@ class _MessageStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessageS
     MESSAGE_STATE_EXPIRED: _MessageState.ValueType  # 5
     """Outbound: not delivered before the envelope expired."""
     MESSAGE_STATE_RECEIVED: _MessageState.ValueType  # 6
-    """Inbound: verified, decrypted and stored; a receipt was returned."""
+    """Inbound: verified, decrypted and stored; a receipt was returned. Not yet opened (new)."""
+    MESSAGE_STATE_READ: _MessageState.ValueType  # 7
+    """Inbound: opened by an operator. Outbound: the peer says an operator opened it."""
+    MESSAGE_STATE_ACKNOWLEDGED: _MessageState.ValueType  # 8
+    """Business acknowledgements, given here (inbound) or by the peer (outbound)."""
+    MESSAGE_STATE_ACTION_TAKEN: _MessageState.ValueType  # 9
+    MESSAGE_STATE_DECLINED: _MessageState.ValueType  # 10
+    MESSAGE_STATE_REPLIED: _MessageState.ValueType  # 11
+    """Inbound: answered with a reply."""
 
 class MessageState(_MessageState, metaclass=_MessageStateEnumTypeWrapper): ...
 
@@ -76,8 +84,102 @@ MESSAGE_STATE_FAILED: MessageState.ValueType  # 4
 MESSAGE_STATE_EXPIRED: MessageState.ValueType  # 5
 """Outbound: not delivered before the envelope expired."""
 MESSAGE_STATE_RECEIVED: MessageState.ValueType  # 6
-"""Inbound: verified, decrypted and stored; a receipt was returned."""
+"""Inbound: verified, decrypted and stored; a receipt was returned. Not yet opened (new)."""
+MESSAGE_STATE_READ: MessageState.ValueType  # 7
+"""Inbound: opened by an operator. Outbound: the peer says an operator opened it."""
+MESSAGE_STATE_ACKNOWLEDGED: MessageState.ValueType  # 8
+"""Business acknowledgements, given here (inbound) or by the peer (outbound)."""
+MESSAGE_STATE_ACTION_TAKEN: MessageState.ValueType  # 9
+MESSAGE_STATE_DECLINED: MessageState.ValueType  # 10
+MESSAGE_STATE_REPLIED: MessageState.ValueType  # 11
+"""Inbound: answered with a reply."""
 Global___MessageState: _TypeAlias = MessageState  # noqa: Y015
+
+@_typing.final
+class AcknowledgeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """A message this node received."""
+    status: _notice_pb2.AckStatus.ValueType
+    """ACKNOWLEDGED, ACTION_TAKEN or DECLINED (READ is sent by the node itself)."""
+    comment: _builtins.str
+    idempotency_key: _builtins.str
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        status: _notice_pb2.AckStatus.ValueType = ...,
+        comment: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "idempotency_key", b"idempotency_key", "message_id", b"message_id", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcknowledgeRequest: _TypeAlias = AcknowledgeRequest  # noqa: Y015
+
+@_typing.final
+class ReplyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    NOTICE_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """A message this node received."""
+    ttl_seconds: _builtins.int
+    idempotency_key: _builtins.str
+    @_builtins.property
+    def notice(self) -> _notice_pb2.CaseNotice:
+        """The answer. Case reference, category, handling and subject are those of the message
+        answered where left unset; handling may stay or get stricter, never looser.
+        """
+
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        notice: _notice_pb2.CaseNotice | None = ...,
+        ttl_seconds: _builtins.int = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["notice", b"notice"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "message_id", b"message_id", "notice", b"notice", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplyRequest: _TypeAlias = ReplyRequest  # noqa: Y015
+
+@_typing.final
+class ThreadResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___MessageSummary]:
+        """Oldest first: the first message, then acknowledgements and replies as they were made."""
+
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___MessageSummary] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ThreadResponse: _TypeAlias = ThreadResponse  # noqa: Y015
 
 @_typing.final
 class SendNoticeRequest(_message.Message):
@@ -185,6 +287,7 @@ class MessageSummary(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+    REFERS_TO_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     direction: Global___Direction.ValueType
     peer: _builtins.str
@@ -198,6 +301,8 @@ class MessageSummary(_message.Message):
     """What the message carries: "application/vnd.liaison.case-notice.v1+proto" for a notice,
     "application/vnd.liaison.card-update.v1+proto" for a card update (docs/PROTOCOL.md).
     """
+    refers_to: _builtins.str
+    """For an acknowledgement or a reply: the message it answers."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -217,10 +322,11 @@ class MessageSummary(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         content_type: _builtins.str = ...,
+        refers_to: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_reference", b"case_reference", "category", b"category", "content_type", b"content_type", "created_at", b"created_at", "direction", b"direction", "handling", b"handling", "message_id", b"message_id", "peer", b"peer", "priority", b"priority", "state", b"state", "subject", b"subject", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_reference", b"case_reference", "category", b"category", "content_type", b"content_type", "created_at", b"created_at", "direction", b"direction", "handling", b"handling", "message_id", b"message_id", "peer", b"peer", "priority", b"priority", "refers_to", b"refers_to", "state", b"state", "subject", b"subject", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -54,6 +54,21 @@ class NodeServiceStub:
                 request_serializer=liaison_dot_v1_dot_node__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=liaison_dot_v1_dot_node__pb2.MessageStatus.FromString,
                 _registered_method=True)
+        self.Acknowledge = channel.unary_unary(
+                '/liaison.v1.NodeService/Acknowledge',
+                request_serializer=liaison_dot_v1_dot_node__pb2.AcknowledgeRequest.SerializeToString,
+                response_deserializer=liaison_dot_v1_dot_node__pb2.SendNoticeResponse.FromString,
+                _registered_method=True)
+        self.Reply = channel.unary_unary(
+                '/liaison.v1.NodeService/Reply',
+                request_serializer=liaison_dot_v1_dot_node__pb2.ReplyRequest.SerializeToString,
+                response_deserializer=liaison_dot_v1_dot_node__pb2.SendNoticeResponse.FromString,
+                _registered_method=True)
+        self.GetThread = channel.unary_unary(
+                '/liaison.v1.NodeService/GetThread',
+                request_serializer=liaison_dot_v1_dot_node__pb2.GetMessageRequest.SerializeToString,
+                response_deserializer=liaison_dot_v1_dot_node__pb2.ThreadResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -84,6 +99,27 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Acknowledge(self, request, context):
+        """Acknowledge a received message to its sender (acknowledged, action taken, declined).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reply(self, request, context):
+        """Answer a received message with a notice to its sender.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetThread(self, request, context):
+        """A message and every acknowledgement and reply around it, in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -106,6 +142,21 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=liaison_dot_v1_dot_node__pb2.GetStatusRequest.FromString,
                     response_serializer=liaison_dot_v1_dot_node__pb2.MessageStatus.SerializeToString,
+            ),
+            'Acknowledge': grpc.unary_unary_rpc_method_handler(
+                    servicer.Acknowledge,
+                    request_deserializer=liaison_dot_v1_dot_node__pb2.AcknowledgeRequest.FromString,
+                    response_serializer=liaison_dot_v1_dot_node__pb2.SendNoticeResponse.SerializeToString,
+            ),
+            'Reply': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reply,
+                    request_deserializer=liaison_dot_v1_dot_node__pb2.ReplyRequest.FromString,
+                    response_serializer=liaison_dot_v1_dot_node__pb2.SendNoticeResponse.SerializeToString,
+            ),
+            'GetThread': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetThread,
+                    request_deserializer=liaison_dot_v1_dot_node__pb2.GetMessageRequest.FromString,
+                    response_serializer=liaison_dot_v1_dot_node__pb2.ThreadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -216,6 +267,87 @@ class NodeService:
             '/liaison.v1.NodeService/GetStatus',
             liaison_dot_v1_dot_node__pb2.GetStatusRequest.SerializeToString,
             liaison_dot_v1_dot_node__pb2.MessageStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Acknowledge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liaison.v1.NodeService/Acknowledge',
+            liaison_dot_v1_dot_node__pb2.AcknowledgeRequest.SerializeToString,
+            liaison_dot_v1_dot_node__pb2.SendNoticeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reply(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liaison.v1.NodeService/Reply',
+            liaison_dot_v1_dot_node__pb2.ReplyRequest.SerializeToString,
+            liaison_dot_v1_dot_node__pb2.SendNoticeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetThread(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liaison.v1.NodeService/GetThread',
+            liaison_dot_v1_dot_node__pb2.GetMessageRequest.SerializeToString,
+            liaison_dot_v1_dot_node__pb2.ThreadResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,12 @@ class NodeServiceStub:
     ListMessages: _grpc.UnaryUnaryMultiCallable[_node_pb2.ListMessagesRequest, _node_pb2.ListMessagesResponse]
     GetMessage: _grpc.UnaryUnaryMultiCallable[_node_pb2.GetMessageRequest, _node_pb2.MessageDetail]
     GetStatus: _grpc.UnaryUnaryMultiCallable[_node_pb2.GetStatusRequest, _node_pb2.MessageStatus]
+    Acknowledge: _grpc.UnaryUnaryMultiCallable[_node_pb2.AcknowledgeRequest, _node_pb2.SendNoticeResponse]
+    """Acknowledge a received message to its sender (acknowledged, action taken, declined)."""
+    Reply: _grpc.UnaryUnaryMultiCallable[_node_pb2.ReplyRequest, _node_pb2.SendNoticeResponse]
+    """Answer a received message with a notice to its sender."""
+    GetThread: _grpc.UnaryUnaryMultiCallable[_node_pb2.GetMessageRequest, _node_pb2.ThreadResponse]
+    """A message and every acknowledgement and reply around it, in order."""
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -48,6 +54,12 @@ class NodeServiceAsyncStub(NodeServiceStub):
     ListMessages: _aio.UnaryUnaryMultiCallable[_node_pb2.ListMessagesRequest, _node_pb2.ListMessagesResponse]  # type: ignore[assignment]
     GetMessage: _aio.UnaryUnaryMultiCallable[_node_pb2.GetMessageRequest, _node_pb2.MessageDetail]  # type: ignore[assignment]
     GetStatus: _aio.UnaryUnaryMultiCallable[_node_pb2.GetStatusRequest, _node_pb2.MessageStatus]  # type: ignore[assignment]
+    Acknowledge: _aio.UnaryUnaryMultiCallable[_node_pb2.AcknowledgeRequest, _node_pb2.SendNoticeResponse]  # type: ignore[assignment]
+    """Acknowledge a received message to its sender (acknowledged, action taken, declined)."""
+    Reply: _aio.UnaryUnaryMultiCallable[_node_pb2.ReplyRequest, _node_pb2.SendNoticeResponse]  # type: ignore[assignment]
+    """Answer a received message with a notice to its sender."""
+    GetThread: _aio.UnaryUnaryMultiCallable[_node_pb2.GetMessageRequest, _node_pb2.ThreadResponse]  # type: ignore[assignment]
+    """A message and every acknowledgement and reply around it, in order."""
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -78,5 +90,29 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _node_pb2.GetStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_node_pb2.MessageStatus, _abc.Awaitable[_node_pb2.MessageStatus]]: ...
+
+    @_abc_1.abstractmethod
+    def Acknowledge(
+        self,
+        request: _node_pb2.AcknowledgeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.SendNoticeResponse, _abc.Awaitable[_node_pb2.SendNoticeResponse]]:
+        """Acknowledge a received message to its sender (acknowledged, action taken, declined)."""
+
+    @_abc_1.abstractmethod
+    def Reply(
+        self,
+        request: _node_pb2.ReplyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.SendNoticeResponse, _abc.Awaitable[_node_pb2.SendNoticeResponse]]:
+        """Answer a received message with a notice to its sender."""
+
+    @_abc_1.abstractmethod
+    def GetThread(
+        self,
+        request: _node_pb2.GetMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.ThreadResponse, _abc.Awaitable[_node_pb2.ThreadResponse]]:
+        """A message and every acknowledgement and reply around it, in order."""
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -222,6 +222,30 @@ IDENTIFIER_TYPE_CRYPTO_WALLET: IdentifierType.ValueType  # 13
 IDENTIFIER_TYPE_OTHER: IdentifierType.ValueType  # 14
 Global___IdentifierType: _TypeAlias = IdentifierType  # noqa: Y015
 
+class _AckStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AckStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AckStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ACK_STATUS_UNSPECIFIED: _AckStatus.ValueType  # 0
+    ACK_STATUS_READ: _AckStatus.ValueType  # 1
+    """Opened by an operator for the first time (a read notification)."""
+    ACK_STATUS_ACKNOWLEDGED: _AckStatus.ValueType  # 2
+    ACK_STATUS_ACTION_TAKEN: _AckStatus.ValueType  # 3
+    ACK_STATUS_DECLINED: _AckStatus.ValueType  # 4
+
+class AckStatus(_AckStatus, metaclass=_AckStatusEnumTypeWrapper):
+    """What an operator did with a received message (business acknowledgement)."""
+
+ACK_STATUS_UNSPECIFIED: AckStatus.ValueType  # 0
+ACK_STATUS_READ: AckStatus.ValueType  # 1
+"""Opened by an operator for the first time (a read notification)."""
+ACK_STATUS_ACKNOWLEDGED: AckStatus.ValueType  # 2
+ACK_STATUS_ACTION_TAKEN: AckStatus.ValueType  # 3
+ACK_STATUS_DECLINED: AckStatus.ValueType  # 4
+Global___AckStatus: _TypeAlias = AckStatus  # noqa: Y015
+
 @_typing.final
 class Evaluation(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -430,3 +454,68 @@ class CaseNotice(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CaseNotice: _TypeAlias = CaseNotice  # noqa: Y015
+
+@_typing.final
+class Acknowledgement(_message.Message):
+    """Content of type "application/vnd.liaison.acknowledgement.v1+proto": sent by the
+    recipient of a message back to its sender. See docs/PROTOCOL.md section 10.2.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """The acknowledged message: one the recipient of this acknowledgement sent to its sender."""
+    status: Global___AckStatus.ValueType
+    comment: _builtins.str
+    """Optional words of the operator (at most 2000 characters)."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """When the operator acted."""
+
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        status: Global___AckStatus.ValueType = ...,
+        comment: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "comment", b"comment", "message_id", b"message_id", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Acknowledgement: _TypeAlias = Acknowledgement  # noqa: Y015
+
+@_typing.final
+class Reply(_message.Message):
+    """Content of type "application/vnd.liaison.reply.v1+proto": a case notice that answers
+    a message its recipient sent to its sender. See docs/PROTOCOL.md section 10.3.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IN_REPLY_TO_FIELD_NUMBER: _builtins.int
+    NOTICE_FIELD_NUMBER: _builtins.int
+    in_reply_to: _builtins.str
+    """The message answered: one the recipient of this reply sent to its sender."""
+    @_builtins.property
+    def notice(self) -> Global___CaseNotice: ...
+    def __init__(
+        self,
+        *,
+        in_reply_to: _builtins.str = ...,
+        notice: Global___CaseNotice | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["notice", b"notice"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["in_reply_to", b"in_reply_to", "notice", b"notice"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reply: _TypeAlias = Reply  # noqa: Y015
