@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -32,6 +33,13 @@ MessageState = node_pb2.MessageState
 # SendNotice retries after the node was unreachable or slow, and the first pause.
 SEND_RETRIES = 2
 SEND_RETRY_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class MessagePage:
+    messages: list[node_pb2.MessageSummary]
+    # Pass as ``cursor`` for the next page; empty when nothing more matches.
+    next_cursor: str
 
 
 @dataclass(frozen=True)
@@ -185,6 +193,18 @@ class LiaisonClient:
         )
         return self._send(self._stub.Reply, request, retries, self._timeout)
 
+    def cancel(self, message_id: str) -> SendResult:
+        """Cancel a queued outbound message (``RequestRejected`` if it is not queued)."""
+        request = node_pb2.GetMessageRequest(message_id=message_id)
+        response = self._call(self._stub.Cancel, request)
+        return SendResult(response.message_id, state_name(response.state))
+
+    def retry(self, message_id: str) -> SendResult:
+        """Try a queued outbound message now instead of at its next backoff."""
+        request = node_pb2.GetMessageRequest(message_id=message_id)
+        response = self._call(self._stub.Retry, request)
+        return SendResult(response.message_id, state_name(response.state))
+
     def thread(self, message_id: str) -> list[node_pb2.MessageSummary]:
         """The notice and its acknowledgements and replies, oldest first."""
         request = node_pb2.GetMessageRequest(message_id=message_id)
@@ -214,9 +234,47 @@ class LiaisonClient:
         self,
         direction: node_pb2.Direction.ValueType = node_pb2.DIRECTION_UNSPECIFIED,
         limit: int = 0,
+        **filters: Any,
     ) -> list[node_pb2.MessageSummary]:
-        request = node_pb2.ListMessagesRequest(direction=direction, limit=limit)
-        return list(self._call(self._stub.ListMessages, request).messages)
+        """The first page of messages (see ``list_page`` for the filters)."""
+        return self.list_page(direction, limit, **filters).messages
+
+    def list_page(
+        self,
+        direction: node_pb2.Direction.ValueType = node_pb2.DIRECTION_UNSPECIFIED,
+        limit: int = 0,
+        *,
+        cursor: str = "",
+        **filters: Any,
+    ) -> MessagePage:
+        """One page of message summaries, flash and urgent first, then the newest.
+
+        ``filters`` are fields of ``ListMessagesRequest``: ``states`` (a list of
+        ``MessageState``), ``peer``, ``case_reference``, ``category``, ``handling``,
+        ``priority``, ``since``/``until`` (Timestamps), ``text``, ``newest_first``.
+        ``next_cursor`` of the page is empty when nothing more matches.
+        """
+        request = node_pb2.ListMessagesRequest(
+            direction=direction, limit=limit, cursor=cursor, **filters
+        )
+        response = self._call(self._stub.ListMessages, request)
+        return MessagePage(list(response.messages), response.next_cursor)
+
+    def iter_messages(
+        self,
+        direction: node_pb2.Direction.ValueType = node_pb2.DIRECTION_UNSPECIFIED,
+        *,
+        page_size: int = 0,
+        **filters: Any,
+    ) -> Iterator[node_pb2.MessageSummary]:
+        """Every matching message, page after page."""
+        cursor = ""
+        while True:
+            page = self.list_page(direction, page_size, cursor=cursor, **filters)
+            yield from page.messages
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
 
     def get_message(self, message_id: str) -> node_pb2.MessageDetail:
         return self._call(self._stub.GetMessage, node_pb2.GetMessageRequest(message_id=message_id))

@@ -29,6 +29,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from liaison.client import render
 from liaison.client.api import LiaisonClient, state_name
 from liaison.client.demo import run_demo
@@ -656,6 +658,16 @@ def cmd_reply(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        result = client.cancel(args.message_id) if args.cancel else client.retry(args.message_id)
+    if args.json:
+        _print_json({"message_id": result.message_id, "state": result.state})
+    else:
+        print(f"{result.message_id} {result.state}")
+    return 0
+
+
 def cmd_thread(args: argparse.Namespace) -> int:
     with _client(args) as client:
         messages = client.thread(args.message_id)
@@ -674,15 +686,89 @@ def cmd_inbox(args: argparse.Namespace) -> int:
         "all": node_pb2.DIRECTION_UNSPECIFIED,
     }[args.box]
     with _client(args) as client:
-        messages = client.list_messages(direction, args.limit)
+        page = client.list_page(direction, args.limit, cursor=args.cursor, **_filters(args))
     if args.json:
-        _print_json([render.summary_json(m) for m in messages])
-    elif not messages:
+        _print_json([render.summary_json(m) for m in page.messages])
+    elif not page.messages:
         print("no messages")
     else:
-        for message in messages:
+        for message in page.messages:
             print(render.summary_line(message))
+    if page.next_cursor:
+        print(
+            f"liaison: more messages match; the next page: --cursor {page.next_cursor}",
+            file=sys.stderr,
+        )
     return 0
+
+
+LISTED_STATES = {
+    "new": node_pb2.MESSAGE_STATE_RECEIVED,
+    **{
+        name.removeprefix("MESSAGE_STATE_").lower().replace("_", "-"): value
+        for name, value in node_pb2.MessageState.items()
+        if value
+    },
+}
+
+
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    """The listing filters the options give, as ``ListMessagesRequest`` fields."""
+    filters: dict[str, Any] = {"newest_first": args.newest_first}
+    states = [_choice("state", state, LISTED_STATES) for state in args.state]
+    if args.new:
+        states.append(node_pb2.MESSAGE_STATE_RECEIVED)
+    if states:
+        filters["states"] = states
+    if args.peer:
+        filters["peer"] = _agency(args.peer)
+    if args.case:
+        filters["case_reference"] = args.case
+    if getattr(args, "text", None):
+        filters["text"] = args.text
+    for option, field, choices in (
+        ("category", "category", CATEGORIES),
+        ("tlp", "handling", TLPS),
+        ("priority", "priority", PRIORITIES),
+    ):
+        value = getattr(args, option)
+        if value:
+            filters[field] = _choice(option, value, choices)
+    for option in ("since", "until"):
+        value = getattr(args, option)
+        if value:
+            stamp = Timestamp()
+            stamp.FromDatetime(_when(option, value))
+            filters[option] = stamp
+    return filters
+
+
+def _when(option: str, text: str) -> dt.datetime:
+    """``--since``/``--until``: an ISO date or date-time; without a zone, UTC."""
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--{option} must be a date or date-time, e.g. 2026-11-29") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def _listing_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--limit", type=int, default=0, help="messages per page (default 50)")
+    p.add_argument("--cursor", default="", help="the next page, as the last one said")
+    p.add_argument("--new", action="store_true", help="received and not yet opened")
+    p.add_argument(
+        "--state", action="append", default=[], help=f"one of {', '.join(LISTED_STATES)}"
+    )
+    p.add_argument("--peer", help="to or from this agency")
+    p.add_argument("--case", help="exactly this case reference")
+    p.add_argument("--category", help=f"one of {', '.join(sorted(CATEGORIES))}")
+    p.add_argument("--tlp", help=f"one of {', '.join(TLPS)}")
+    p.add_argument("--priority", help=f"one of {', '.join(PRIORITIES)}")
+    p.add_argument("--since", help="created at or after (ISO date or date-time, UTC)")
+    p.add_argument("--until", help="created before")
+    p.add_argument(
+        "--newest-first", action="store_true", help="by time only (default: flash and urgent first)"
+    )
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -888,6 +974,14 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     _notice_options(p)
     p.set_defaults(run=cmd_reply)
 
+    for name, text in (
+        ("cancel", "do not send a queued notice"),
+        ("retry", "try a queued notice now instead of at its next backoff"),
+    ):
+        p = commands.add_parser(name, parents=[api, as_json], help=text)
+        p.add_argument("message_id")
+        p.set_defaults(run=cmd_cancel, cancel=name == "cancel")
+
     p = commands.add_parser(
         "thread", parents=[api, as_json], help="a notice with its acknowledgements and replies"
     )
@@ -900,8 +994,14 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
         ("messages", "all", "list notices both ways"),
     ):
         p = commands.add_parser(name, parents=[api, as_json], help=text)
-        p.add_argument("--limit", type=int, default=0)
+        _listing_options(p)
         p.set_defaults(run=cmd_inbox, box=box)
+    p = commands.add_parser(
+        "search", parents=[api, as_json], help="messages whose subject or case reference holds TEXT"
+    )
+    p.add_argument("text", metavar="TEXT")
+    _listing_options(p)
+    p.set_defaults(run=cmd_inbox, box="all")
 
     p = commands.add_parser("show", parents=[api, as_json], help="read one notice")
     p.add_argument("message_id")

@@ -39,6 +39,8 @@ class Limits:
     commit_batch: int = 256
     list_default: int = 50
     list_max: int = 1000
+    # Rows one listing page may look at when it filters on sealed fields (case, text).
+    list_scan_max: int = 100_000
     max_wait_seconds: int = 120
     # Both listeners: a TLS handshake must finish within this time.
     handshake_timeout_seconds: float = 5.0

@@ -135,6 +135,8 @@ class Delivery:
         # Replaced channels, closing once the calls on them have finished.
         self._closing: set[asyncio.Task[None]] = set()
         self._links: dict[str, _Link] = defaultdict(_Link)
+        # Peers that are down whose next probe an operator asked for now.
+        self._probe_now: set[str] = set()
 
     async def start(self) -> None:
         """Requeue what a previous run left in flight and start a worker per waiting peer."""
@@ -174,6 +176,19 @@ class Delivery:
                 self._worker(recipient), name=f"delivery-{recipient}"
             )
         self._wake[recipient].set()
+
+    def retry_now(self, recipient: str) -> None:
+        """An operator asked for a retry: look at the queue now, and if the peer is
+        down, probe it now rather than after the backoff."""
+        link = self._links.get(recipient)
+        if link is not None and link.down_since is not None:
+            link.probes = 0
+            self._probe_now.add(recipient)
+        self.notify(recipient)
+
+    def cancelled(self, message_id: str) -> None:
+        """A queued message was cancelled: whoever waits for it learns it is final."""
+        self._settled(message_id)
 
     def _peers_changed(self, loop: asyncio.AbstractEventLoop) -> None:
         # Called from the thread that refreshed the peers; the loop may be gone at shutdown.
@@ -281,7 +296,13 @@ class Delivery:
             )
             link.audited = True
             log.warning("%s is unreachable: %s", recipient, error)
-        await asyncio.sleep(self._backoff(link.probes + 1))
+        if recipient in self._probe_now:
+            self._probe_now.discard(recipient)
+        else:
+            wake = self._wake[recipient]
+            wake.clear()
+            with contextlib.suppress(TimeoutError):  # a retry request cuts the wait short
+                await asyncio.wait_for(self._retry_wait(recipient), self._backoff(link.probes + 1))
         card = await asyncio.to_thread(self._peers.peer, recipient)
         if card is not None:
             try:
@@ -292,7 +313,9 @@ class Delivery:
             except grpc.aio.AioRpcError as error:
                 link.probes += 1
                 link.error = describe_transport_error(error)
-                self._count_timeout(card.agency_id, error)
+                # The next probe on a fresh channel: one that failed to connect waits out
+                # gRPC's own reconnect backoff (up to two minutes) and fails fast meanwhile.
+                self._drop_channel(card.agency_id)
                 log.info("%s is still unreachable (probe %d)", recipient, link.probes)
                 return
         # It answers (or is no longer pinned: its queue is held by the outbox anyway).
@@ -305,6 +328,14 @@ class Delivery:
         log.info("%s is reachable again; its queue is released", recipient)
         self._wake[recipient].set()
 
+    async def _retry_wait(self, recipient: str) -> None:
+        """Returns when an operator asks for a retry of ``recipient``'s queue."""
+        wake = self._wake[recipient]
+        while recipient not in self._probe_now:
+            await wake.wait()
+            wake.clear()
+        self._probe_now.discard(recipient)
+
     def _link_failed(self, recipient: str, error: str) -> None:
         link = self._links[recipient]
         if link.down_since is None:
@@ -312,6 +343,7 @@ class Delivery:
             link.error = error
             link.probes = 0
             link.audited = False
+            self._drop_channel(recipient)  # probes start on a fresh channel (see _probe)
         self._wake[recipient].set()
 
     def _count_timeout(self, agency_id: str, error: grpc.aio.AioRpcError) -> None:
@@ -322,10 +354,15 @@ class Delivery:
         link.timeouts += 1
         if link.timeouts >= CHANNEL_TIMEOUTS:
             link.timeouts = 0
-            known = self._channels.pop(agency_id, None)
-            if known is not None:
-                log.warning("replacing the channel to %s: its calls keep timing out", agency_id)
-                self._retire_channel(known[1])
+            log.warning("replacing the channel to %s: its calls keep timing out", agency_id)
+            self._drop_channel(agency_id)
+
+    def _drop_channel(self, agency_id: str) -> None:
+        """Forget the channel to ``agency_id`` (the next call opens a new one); the old one
+        closes once its calls are done."""
+        known = self._channels.pop(agency_id, None)
+        if known is not None:
+            self._retire_channel(known[1])
 
     async def _deliver(self, card: PeerCard | None, pending: PendingDelivery) -> None:
         try:

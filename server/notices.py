@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
+from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.orm import Session
 
 from liaison.keys.card import PeerCard
@@ -42,6 +43,8 @@ from liaison.keys.storage import (
     open_content_at_rest,
     open_summary,
 )
+from liaison.keys.text import first_control_character
+from liaison.keys.times import is_valid_timestamp
 from liaison.server.committer import GroupCommitter
 from liaison.server.config import Limits
 from liaison.server.delivery import Delivery
@@ -62,7 +65,7 @@ from liaison.server.store.models import (
     SendRequest,
 )
 from liaison.server.store.records import MessageSummaryRow, NoticeRecord
-from liaison.server.store.store import Store
+from liaison.server.store.store import ListCursor, MessageQuery, Store
 from liaison.v1 import node_pb2, notice_pb2
 
 log = logging.getLogger(__name__)
@@ -83,6 +86,14 @@ class SendOutcome:
     state: MessageState
     # Why a FAILED or EXPIRED notice was not delivered (``Message.failure_reason``).
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a listing; ``next_cursor`` is empty when nothing more matches."""
+
+    rows: list[MessageSummaryRow]
+    next_cursor: str
 
 
 @dataclass(frozen=True)
@@ -351,6 +362,39 @@ class Notices:
         message_id = await self._queue(record, actor, idempotency_key, request_sha256, also)
         return await self._outcome(message_id, 0)
 
+    async def cancel(self, message_id: str, *, actor: str) -> SendOutcome:
+        """Cancel a queued outbound message: it is not sent. ``RequestError``, ``NotFound``."""
+        return await self._operator_step(message_id, cancel=True, actor=actor)
+
+    async def retry(self, message_id: str, *, actor: str) -> SendOutcome:
+        """Try a queued outbound message now (and its peer, if it is down, now too)."""
+        return await self._operator_step(message_id, cancel=False, actor=actor)
+
+    async def _operator_step(self, message_id: str, *, cancel: bool, actor: str) -> SendOutcome:
+        _check_message_id(message_id)
+        now = self.clock()
+        step = await self.committer.submit(
+            lambda session: outbox.operator_step(
+                session, message_id, cancel=cancel, actor=actor, at=now
+            )
+        )
+        message = step.message
+        if message is None:
+            if step.refused_state is None:
+                raise NotFound(f"no outbound message {message_id}")
+            verb = "cancelled" if cancel else "retried"
+            why = (
+                "its delivery attempt is in flight; its outcome is on its way"
+                if step.refused_state == MessageState.SENT.value
+                else f"it is {step.refused_state}"
+            )
+            raise RequestError(f"only a queued message can be {verb}: {why}")
+        if cancel:
+            self.delivery.cancelled(message_id)
+        else:
+            self.delivery.retry_now(message.recipient)
+        return SendOutcome(message_id, MessageState(message.state))
+
     async def thread(self, message_id: str) -> builtins.list[MessageSummaryRow]:
         """The conversation of ``message_id``: the first notice, then acknowledgements and
         replies, oldest first. Raises ``RequestError`` and ``NotFound``."""
@@ -499,28 +543,96 @@ class Notices:
             self.delivery.unwatch(message_id, settled)
         return view
 
-    async def list(
-        self, direction: node_pb2.Direction.ValueType, limit: int
-    ) -> list[MessageSummaryRow]:
-        """Summaries of the newest messages in ``direction`` (unspecified: both).
+    async def list(self, request: node_pb2.ListMessagesRequest) -> Page:
+        """One page of message summaries matching ``request``'s filters.
 
-        Raises ``RequestError`` for an unknown direction or a limit over ``limits.list_max``.
+        Flash and urgent first, then the newest (or by time only, ``newest_first``).
+        The filters on clear columns run in the database; the case reference and
+        the text are matched in the summaries once opened, a batch at a time, at
+        most ``limits.list_scan_max`` rows per page. Raises ``RequestError`` for a
+        filter that is malformed or over its limit.
         """
-        if direction not in _DIRECTIONS:
-            raise RequestError(
-                f"direction {direction} is unknown; use 0 (both), 1 (inbound) or 2 (outbound)"
-            )
-        if limit > self.limits.list_max:
-            raise RequestError(
-                f"the limit is {limit:,}; this node lists at most {self.limits.list_max:,} "
-                "messages (limits.list_max)"
-            )
-        count = limit or self.limits.list_default
-        return await asyncio.to_thread(self._list, _DIRECTIONS[direction], count)
+        query, cursor, limit, case_reference, text = self._query(request)
+        return await asyncio.to_thread(self._page, query, cursor, limit, case_reference, text)
 
-    def _list(self, direction: Direction | None, count: int) -> builtins.list[MessageSummaryRow]:
-        """The rows with their summaries opened; the content is neither read nor opened."""
-        return [self._opened_summary(row) for row in self.store.messages(direction, count)]
+    def _query(
+        self, request: node_pb2.ListMessagesRequest
+    ) -> tuple[MessageQuery, ListCursor | None, int, str, str]:
+        if request.direction not in _DIRECTIONS:
+            raise RequestError(
+                f"direction {request.direction} is unknown; use 0 (both), 1 (inbound) or "
+                "2 (outbound)"
+            )
+        if request.limit > self.limits.list_max:
+            raise RequestError(
+                f"the limit is {request.limit:,}; this node lists at most "
+                f"{self.limits.list_max:,} messages (limits.list_max)"
+            )
+        states = []
+        for state in request.states:
+            if state not in _STATE_NAMES:
+                raise RequestError(f"state {state} is unknown")
+            states.append(_STATE_NAMES[state])
+        if request.peer and not is_agency_id(request.peer):
+            raise RequestError(f"the peer is not an agency id ({AGENCY_ID_FORM})")
+        for name, enum in (
+            ("category", notice_pb2.Category),
+            ("handling", notice_pb2.Tlp),
+            ("priority", notice_pb2.Priority),
+        ):
+            if getattr(request, name) not in enum.values():
+                raise RequestError(f"{name} {getattr(request, name)} is unknown")
+        for name in ("case_reference", "text"):
+            value = getattr(request, name)
+            if len(value) > MAX_FILTER_TEXT or first_control_character(value) is not None:
+                raise RequestError(
+                    f"the {name.replace('_', ' ')} filter must be one line of at most "
+                    f"{MAX_FILTER_TEXT} characters"
+                )
+        since = _moment("since", request.since) if request.HasField("since") else None
+        until = _moment("until", request.until) if request.HasField("until") else None
+        query = MessageQuery(
+            direction=_DIRECTIONS[request.direction],
+            states=tuple(states),
+            peer=request.peer,
+            category=request.category,
+            handling=request.handling,
+            priority=request.priority,
+            since=since,
+            until=until,
+            newest_first=request.newest_first,
+        )
+        cursor = _parse_cursor(request.cursor) if request.cursor else None
+        limit = request.limit or self.limits.list_default
+        return query, cursor, limit, request.case_reference, request.text.casefold()
+
+    def _page(
+        self,
+        query: MessageQuery,
+        cursor: ListCursor | None,
+        limit: int,
+        case_reference: str,
+        text: str,
+    ) -> Page:
+        """Scan in batches until ``limit`` rows match (and one more shows that more do)."""
+        found: builtins.list[MessageSummaryRow] = []
+        scanned = 0
+        batch = limit + 1 if not (case_reference or text) else max(4 * limit, 200)
+        while True:
+            rows = self.store.page(query, cursor, batch)
+            for row in rows:
+                opened = self._opened_summary(row)
+                if _matches(opened, case_reference, text):
+                    if len(found) == limit:
+                        return Page(found, _cursor_text(found[-1]))
+                    found.append(opened)
+            scanned += len(rows)
+            if len(rows) < batch:
+                return Page(found, "")
+            cursor = ListCursor(rows[-1].priority, rows[-1].pk)
+            if scanned >= self.limits.list_scan_max:
+                # Not all rows were looked at: the caller may go on from here.
+                return Page(found, _cursor_text(rows[-1]))
 
     def _opened_summary(self, row: MessageSummaryRow) -> MessageSummaryRow:
         if row.content_format != ContentFormat.SEALED_V1.value:
@@ -681,6 +793,38 @@ def _carried_over(
     if not reply.HasField("evaluation"):
         reply.evaluation.CopyFrom(answered.evaluation)
     return reply
+
+
+MAX_FILTER_TEXT = 200
+_STATE_NAMES = {
+    node_pb2.MessageState.Value(f"MESSAGE_STATE_{state.name}"): state.value
+    for state in MessageState
+}
+_CURSOR = re.compile(r"v1\.([0-9]{1,2})\.([0-9]{1,19})")
+
+
+def _moment(name: str, stamp: Timestamp) -> dt.datetime:
+    if not is_valid_timestamp(stamp):
+        raise RequestError(f"{name} is not a valid time")
+    return stamp.ToDatetime(tzinfo=dt.UTC)
+
+
+def _cursor_text(row: MessageSummaryRow) -> str:
+    return f"v1.{row.priority}.{row.pk}"
+
+
+def _parse_cursor(text: str) -> ListCursor:
+    match = _CURSOR.fullmatch(text)
+    if match is None:
+        raise RequestError("the cursor is not one this node gave")
+    return ListCursor(int(match[1]), int(match[2]))
+
+
+def _matches(row: MessageSummaryRow, case_reference: str, text: str) -> bool:
+    """The sealed-field filters, on a row whose summary is opened."""
+    if case_reference and row.case_reference != case_reference:
+        return False
+    return not text or text in row.subject.casefold() or text in row.case_reference.casefold()
 
 
 IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,64}")

@@ -159,6 +159,22 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         )
         return node_pb2.SendNoticeResponse(message_id=sent.message_id, state=_STATES[sent.state])
 
+    async def Cancel(
+        self, request: node_pb2.GetMessageRequest, context: Context
+    ) -> node_pb2.SendNoticeResponse:
+        done = await _answer(
+            context, self._notices.cancel(request.message_id, actor=_caller(context))
+        )
+        return node_pb2.SendNoticeResponse(message_id=done.message_id, state=_STATES[done.state])
+
+    async def Retry(
+        self, request: node_pb2.GetMessageRequest, context: Context
+    ) -> node_pb2.SendNoticeResponse:
+        done = await _answer(
+            context, self._notices.retry(request.message_id, actor=_caller(context))
+        )
+        return node_pb2.SendNoticeResponse(message_id=done.message_id, state=_STATES[done.state])
+
     async def GetThread(
         self, request: node_pb2.GetMessageRequest, context: Context
     ) -> node_pb2.ThreadResponse:
@@ -168,8 +184,10 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     async def ListMessages(
         self, request: node_pb2.ListMessagesRequest, context: Context
     ) -> node_pb2.ListMessagesResponse:
-        rows = await _answer(context, self._notices.list(request.direction, request.limit))
-        return node_pb2.ListMessagesResponse(messages=[_summary(row) for row in rows])
+        page = await _answer(context, self._notices.list(request))
+        return node_pb2.ListMessagesResponse(
+            messages=[_summary(row) for row in page.rows], next_cursor=page.next_cursor
+        )
 
     async def GetMessage(
         self, request: node_pb2.GetMessageRequest, context: Context

@@ -41,6 +41,9 @@ class AuditKind(enum.StrEnum):
     DELIVERY_RETRY = "delivery-retry"
     # An attempt cut off by a stop, queued again at start.
     REQUEUED = "requeued"
+    # An operator's decisions about a queued message.
+    CANCELLED = "cancelled"
+    RETRY_REQUESTED = "retry-requested"
     # A peer's link: unreachable (once per outage, with why), reachable again.
     PEER_UNREACHABLE = "peer-unreachable"
     PEER_REACHABLE = "peer-reachable"
@@ -73,6 +76,8 @@ OUTBOUND_EVENTS = frozenset(
         AuditKind.SENT,
         AuditKind.DELIVERY_RETRY,
         AuditKind.REQUEUED,
+        AuditKind.CANCELLED,
+        AuditKind.RETRY_REQUESTED,
         AuditKind.DELIVERED,
         AuditKind.RECEIPT_VERIFIED,
         AuditKind.RECEIPT_INVALID,

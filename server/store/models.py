@@ -60,6 +60,7 @@ class MessageState(enum.StrEnum):
     ACTION_TAKEN = "action-taken"
     DECLINED = "declined"
     REPLIED = "replied"
+    CANCELLED = "cancelled"
 
 
 class ContentFormat(enum.StrEnum):
@@ -79,7 +80,13 @@ ACKNOWLEDGED_STATES = (
 )
 # Delivery is over: the receipt says delivered or failed, or the envelope expired.
 FINAL_OUTBOUND_STATES = frozenset(
-    {MessageState.DELIVERED, MessageState.FAILED, MessageState.EXPIRED, *ACKNOWLEDGED_STATES}
+    {
+        MessageState.DELIVERED,
+        MessageState.FAILED,
+        MessageState.EXPIRED,
+        MessageState.CANCELLED,
+        *ACKNOWLEDGED_STATES,
+    }
 )
 
 
@@ -149,6 +156,7 @@ class Message(Base):
         Index("ix_messages_content_format", "content_format"),
         Index("ix_messages_thread", "thread_id"),
         Index("ix_messages_refers_to", "refers_to"),
+        Index("ix_messages_by_priority", "direction", "priority", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

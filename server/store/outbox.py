@@ -9,6 +9,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
+from liaison.keys.rotation import CARD_UPDATE_CONTENT_TYPE
 from liaison.server.store import audit, cards, lifecycle
 from liaison.server.store.audit import AuditKind
 from liaison.server.store.models import (
@@ -338,3 +339,46 @@ def is_held(session: Session, recipient: str) -> bool:
     longer pinned (removed; they go out if it is pinned again, else they expire)."""
     state = session.scalar(select(Peer.state).where(Peer.agency_id == recipient))
     return state is None or state == PeerState.REVOKED.value
+
+
+@dataclass(frozen=True)
+class OperatorStep:
+    """What ``operator_step`` did: the message, or why it did nothing."""
+
+    message: Message | None
+    # The message's state when it could not be cancelled or retried; None if not found.
+    refused_state: str | None = None
+
+
+def operator_step(
+    session: Session, message_id: str, *, cancel: bool, actor: str, at: dt.datetime
+) -> OperatorStep:
+    """Cancel a QUEUED outbound message, or make it due now; audited.
+
+    A message whose attempt is in flight (SENT) is neither: its outcome is on its way.
+    A card update is not cancelled: it is the peer's only way to our new keys.
+    """
+    message = session.scalars(
+        select(Message).where(Message.message_id == message_id, Message.direction == OUTBOUND)
+    ).first()
+    if message is None:
+        return OperatorStep(None)
+    if message.state != MessageState.QUEUED.value:
+        return OperatorStep(None, message.state)
+    if cancel and message.content_type == CARD_UPDATE_CONTENT_TYPE:
+        return OperatorStep(None, "a card update (the peer's only way to our new keys)")
+    if cancel:
+        message.state = MessageState.CANCELLED.value
+        message.failure_reason = "CANCELLED"
+    message.next_attempt_at = at
+    message.updated_at = at
+    audit.append(
+        session,
+        AuditKind.CANCELLED if cancel else AuditKind.RETRY_REQUESTED,
+        at=at,
+        message_id=message_id,
+        peer=message.recipient,
+        actor=actor,
+        envelope_sha256=message.envelope_sha256,
+    )
+    return OperatorStep(message)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 from liaison.server.store.models import ContentFormat, Direction, Message, MessageState
 from liaison.v1 import envelope_pb2, notice_pb2
@@ -105,6 +106,7 @@ class MessageSummaryRow:
     a sealed row has them in ``summary``, which the caller opens (``opened``).
     """
 
+    pk: int
     message_id: str
     direction: str
     sender: str
@@ -125,7 +127,7 @@ class MessageSummaryRow:
 
     @classmethod
     def of(cls, message: Message) -> MessageSummaryRow:
-        return cls(**{name: getattr(message, name) for name in SUMMARY_COLUMNS})
+        return cls(**{name: getattr(message, _COLUMN.get(name, name)) for name in SUMMARY_COLUMNS})
 
     def opened(self, subject: str, case_reference: str) -> MessageSummaryRow:
         """This row with its opened summary in clear."""
@@ -137,5 +139,15 @@ class MessageSummaryRow:
         return self.recipient if self.direction == Direction.OUTBOUND.value else self.sender
 
 
-# The columns of ``messages`` a listing reads, in ``MessageSummaryRow`` order.
+# The columns of ``messages`` a listing reads, in ``MessageSummaryRow`` order (``pk`` is
+# the primary key ``id``, which pages are cut by).
 SUMMARY_COLUMNS = tuple(field.name for field in fields(MessageSummaryRow))
+_COLUMN = {"pk": "id"}
+
+
+def summary_columns() -> list[Any]:
+    """The columns a listing selects, labelled as ``MessageSummaryRow`` names them."""
+    return [
+        getattr(Message, _COLUMN[name]).label(name) if name in _COLUMN else getattr(Message, name)
+        for name in SUMMARY_COLUMNS
+    ]

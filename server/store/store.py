@@ -18,7 +18,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy import Engine, and_, create_engine, event, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from liaison.keys.card import PeerCard, parse_card
@@ -35,7 +35,7 @@ from liaison.server.store.models import (
     PeerState,
     Receipt,
 )
-from liaison.server.store.records import SUMMARY_COLUMNS, MessageSummaryRow
+from liaison.server.store.records import MessageSummaryRow, summary_columns
 
 # What identifies the pinned set and its states without parsing a card: (agency id, TLS
 # fingerprint, pinned at, state, revoked at, previous card trusted until, our card it pins).
@@ -127,6 +127,30 @@ class DeliveryHealth:
     last_delivered_at: dt.datetime | None
     last_error_at: dt.datetime | None
     last_error: str | None
+
+
+@dataclass(frozen=True)
+class MessageQuery:
+    """What a listing asks for, in the columns a database can filter (the sealed subject
+    and case reference are matched after their summaries are opened)."""
+
+    direction: Direction | None = None
+    states: tuple[str, ...] = ()
+    peer: str = ""
+    category: int = 0
+    handling: int = 0
+    priority: int = 0
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    newest_first: bool = False
+
+
+@dataclass(frozen=True)
+class ListCursor:
+    """Where a page ended: the last row's priority and primary key."""
+
+    priority: int
+    pk: int
 
 
 class PinConflict(Exception):
@@ -503,13 +527,64 @@ class Store:
             raise StoreError(f"no outbound message {message_id}")
         return state
 
+    def page(
+        self, query: MessageQuery, after: ListCursor | None, count: int
+    ) -> list[MessageSummaryRow]:
+        """Up to ``count`` summaries matching ``query``'s clear columns, in its order,
+        after the row ``after`` names. Only summary columns are read."""
+        columns = summary_columns()
+        statement = select(*columns)
+        if query.direction is not None:
+            statement = statement.where(Message.direction == query.direction.value)
+        if query.states:
+            statement = statement.where(Message.state.in_(query.states))
+        if query.peer:
+            statement = statement.where(
+                or_(
+                    and_(
+                        Message.direction == Direction.OUTBOUND.value,
+                        Message.recipient == query.peer,
+                    ),
+                    and_(
+                        Message.direction == Direction.INBOUND.value, Message.sender == query.peer
+                    ),
+                )
+            )
+        for column, value in (
+            (Message.category, query.category),
+            (Message.handling, query.handling),
+            (Message.priority, query.priority),
+        ):
+            if value:
+                statement = statement.where(column == value)
+        if query.since is not None:
+            statement = statement.where(Message.created_at >= query.since)
+        if query.until is not None:
+            statement = statement.where(Message.created_at < query.until)
+        if query.newest_first:
+            if after is not None:
+                statement = statement.where(Message.id < after.pk)
+            statement = statement.order_by(Message.id.desc())
+        else:
+            if after is not None:
+                statement = statement.where(
+                    or_(
+                        Message.priority < after.priority,
+                        and_(Message.priority == after.priority, Message.id < after.pk),
+                    )
+                )
+            statement = statement.order_by(Message.priority.desc(), Message.id.desc())
+        with self.read() as session:
+            rows = session.execute(statement.limit(count))
+            return [MessageSummaryRow(**row._asdict()) for row in rows]
+
     def messages(self, direction: Direction | None, limit: int) -> list[MessageSummaryRow]:
         """Summaries of the newest ``limit`` messages, newest first.
 
         Only the summary columns are read: a listing never loads an envelope or
         a notice, however large.
         """
-        columns = [getattr(Message, name) for name in SUMMARY_COLUMNS]
+        columns = summary_columns()
         with self.read() as session:
             query = select(*columns).order_by(Message.id.desc()).limit(limit)
             if direction is not None:

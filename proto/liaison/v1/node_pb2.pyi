@@ -69,6 +69,8 @@ class _MessageStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessageS
     MESSAGE_STATE_DECLINED: _MessageState.ValueType  # 10
     MESSAGE_STATE_REPLIED: _MessageState.ValueType  # 11
     """Inbound: answered with a reply."""
+    MESSAGE_STATE_CANCELLED: _MessageState.ValueType  # 12
+    """Outbound: cancelled by an operator before it was delivered."""
 
 class MessageState(_MessageState, metaclass=_MessageStateEnumTypeWrapper): ...
 
@@ -93,6 +95,8 @@ MESSAGE_STATE_ACTION_TAKEN: MessageState.ValueType  # 9
 MESSAGE_STATE_DECLINED: MessageState.ValueType  # 10
 MESSAGE_STATE_REPLIED: MessageState.ValueType  # 11
 """Inbound: answered with a reply."""
+MESSAGE_STATE_CANCELLED: MessageState.ValueType  # 12
+"""Outbound: cancelled by an operator before it was delivered."""
 Global___MessageState: _TypeAlias = MessageState  # noqa: Y015
 
 @_typing.final
@@ -254,18 +258,62 @@ class ListMessagesRequest(_message.Message):
 
     DIRECTION_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
+    PEER_FIELD_NUMBER: _builtins.int
+    CASE_REFERENCE_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    HANDLING_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    NEWEST_FIRST_FIELD_NUMBER: _builtins.int
     direction: Global___Direction.ValueType
     limit: _builtins.int
-    """Maximum number of messages, newest first; 0 means the node's default."""
+    """Maximum number of messages in one page; 0 means the node's default."""
+    cursor: _builtins.str
+    """The next_cursor of the previous page; empty for the first page."""
+    peer: _builtins.str
+    case_reference: _builtins.str
+    """Exact case reference."""
+    category: _notice_pb2.Category.ValueType
+    handling: _notice_pb2.Tlp.ValueType
+    priority: _notice_pb2.Priority.ValueType
+    text: _builtins.str
+    """Case-insensitive text in the subject or the case reference."""
+    newest_first: _builtins.bool
+    """By default flash and urgent first, then the newest; with newest_first by time only."""
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[Global___MessageState.ValueType]:
+        """Filters; each given one must hold (empty or unspecified: any)."""
+
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Created at or after `since`, before `until`."""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
         direction: Global___Direction.ValueType = ...,
         limit: _builtins.int = ...,
+        cursor: _builtins.str = ...,
+        states: _abc.Iterable[Global___MessageState.ValueType] | None = ...,
+        peer: _builtins.str = ...,
+        case_reference: _builtins.str = ...,
+        category: _notice_pb2.Category.ValueType = ...,
+        handling: _notice_pb2.Tlp.ValueType = ...,
+        priority: _notice_pb2.Priority.ValueType = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        text: _builtins.str = ...,
+        newest_first: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["direction", b"direction", "limit", b"limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_reference", b"case_reference", "category", b"category", "cursor", b"cursor", "direction", b"direction", "handling", b"handling", "limit", b"limit", "newest_first", b"newest_first", "peer", b"peer", "priority", b"priority", "since", b"since", "states", b"states", "text", b"text", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -337,16 +385,20 @@ class ListMessagesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGES_FIELD_NUMBER: _builtins.int
+    NEXT_CURSOR_FIELD_NUMBER: _builtins.int
+    next_cursor: _builtins.str
+    """Non-empty when more messages match: pass it as `cursor` for the next page."""
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___MessageSummary]: ...
     def __init__(
         self,
         *,
         messages: _abc.Iterable[Global___MessageSummary] | None = ...,
+        next_cursor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "next_cursor", b"next_cursor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

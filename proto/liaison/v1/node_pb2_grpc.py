@@ -69,6 +69,16 @@ class NodeServiceStub:
                 request_serializer=liaison_dot_v1_dot_node__pb2.GetMessageRequest.SerializeToString,
                 response_deserializer=liaison_dot_v1_dot_node__pb2.ThreadResponse.FromString,
                 _registered_method=True)
+        self.Cancel = channel.unary_unary(
+                '/liaison.v1.NodeService/Cancel',
+                request_serializer=liaison_dot_v1_dot_node__pb2.GetMessageRequest.SerializeToString,
+                response_deserializer=liaison_dot_v1_dot_node__pb2.SendNoticeResponse.FromString,
+                _registered_method=True)
+        self.Retry = channel.unary_unary(
+                '/liaison.v1.NodeService/Retry',
+                request_serializer=liaison_dot_v1_dot_node__pb2.GetMessageRequest.SerializeToString,
+                response_deserializer=liaison_dot_v1_dot_node__pb2.SendNoticeResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -120,6 +130,20 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Cancel(self, request, context):
+        """Stop a queued outbound message from being sent (not one whose attempt is in flight).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Retry(self, request, context):
+        """Try a queued outbound message now instead of at its next backoff.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -157,6 +181,16 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.GetThread,
                     request_deserializer=liaison_dot_v1_dot_node__pb2.GetMessageRequest.FromString,
                     response_serializer=liaison_dot_v1_dot_node__pb2.ThreadResponse.SerializeToString,
+            ),
+            'Cancel': grpc.unary_unary_rpc_method_handler(
+                    servicer.Cancel,
+                    request_deserializer=liaison_dot_v1_dot_node__pb2.GetMessageRequest.FromString,
+                    response_serializer=liaison_dot_v1_dot_node__pb2.SendNoticeResponse.SerializeToString,
+            ),
+            'Retry': grpc.unary_unary_rpc_method_handler(
+                    servicer.Retry,
+                    request_deserializer=liaison_dot_v1_dot_node__pb2.GetMessageRequest.FromString,
+                    response_serializer=liaison_dot_v1_dot_node__pb2.SendNoticeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -348,6 +382,60 @@ class NodeService:
             '/liaison.v1.NodeService/GetThread',
             liaison_dot_v1_dot_node__pb2.GetMessageRequest.SerializeToString,
             liaison_dot_v1_dot_node__pb2.ThreadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Cancel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liaison.v1.NodeService/Cancel',
+            liaison_dot_v1_dot_node__pb2.GetMessageRequest.SerializeToString,
+            liaison_dot_v1_dot_node__pb2.SendNoticeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Retry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liaison.v1.NodeService/Retry',
+            liaison_dot_v1_dot_node__pb2.GetMessageRequest.SerializeToString,
+            liaison_dot_v1_dot_node__pb2.SendNoticeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,10 @@ class NodeServiceStub:
     """Answer a received message with a notice to its sender."""
     GetThread: _grpc.UnaryUnaryMultiCallable[_node_pb2.GetMessageRequest, _node_pb2.ThreadResponse]
     """A message and every acknowledgement and reply around it, in order."""
+    Cancel: _grpc.UnaryUnaryMultiCallable[_node_pb2.GetMessageRequest, _node_pb2.SendNoticeResponse]
+    """Stop a queued outbound message from being sent (not one whose attempt is in flight)."""
+    Retry: _grpc.UnaryUnaryMultiCallable[_node_pb2.GetMessageRequest, _node_pb2.SendNoticeResponse]
+    """Try a queued outbound message now instead of at its next backoff."""
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -60,6 +64,10 @@ class NodeServiceAsyncStub(NodeServiceStub):
     """Answer a received message with a notice to its sender."""
     GetThread: _aio.UnaryUnaryMultiCallable[_node_pb2.GetMessageRequest, _node_pb2.ThreadResponse]  # type: ignore[assignment]
     """A message and every acknowledgement and reply around it, in order."""
+    Cancel: _aio.UnaryUnaryMultiCallable[_node_pb2.GetMessageRequest, _node_pb2.SendNoticeResponse]  # type: ignore[assignment]
+    """Stop a queued outbound message from being sent (not one whose attempt is in flight)."""
+    Retry: _aio.UnaryUnaryMultiCallable[_node_pb2.GetMessageRequest, _node_pb2.SendNoticeResponse]  # type: ignore[assignment]
+    """Try a queued outbound message now instead of at its next backoff."""
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -114,5 +122,21 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_node_pb2.ThreadResponse, _abc.Awaitable[_node_pb2.ThreadResponse]]:
         """A message and every acknowledgement and reply around it, in order."""
+
+    @_abc_1.abstractmethod
+    def Cancel(
+        self,
+        request: _node_pb2.GetMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.SendNoticeResponse, _abc.Awaitable[_node_pb2.SendNoticeResponse]]:
+        """Stop a queued outbound message from being sent (not one whose attempt is in flight)."""
+
+    @_abc_1.abstractmethod
+    def Retry(
+        self,
+        request: _node_pb2.GetMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.SendNoticeResponse, _abc.Awaitable[_node_pb2.SendNoticeResponse]]:
+        """Try a queued outbound message now instead of at its next backoff."""
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

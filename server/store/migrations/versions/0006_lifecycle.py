@@ -24,10 +24,13 @@ def upgrade() -> None:
         batch.add_column(sa.Column("peer_status", sa.String(16), nullable=True))
         batch.create_index("ix_messages_thread", ["thread_id"])
         batch.create_index("ix_messages_refers_to", ["refers_to"])
+        # Listings: flash and urgent first, then the newest, one direction at a time.
+        batch.create_index("ix_messages_by_priority", ["direction", "priority", "id"])
 
 
 def downgrade() -> None:
     with op.batch_alter_table("messages") as batch:
+        batch.drop_index("ix_messages_by_priority")
         batch.drop_index("ix_messages_refers_to")
         batch.drop_index("ix_messages_thread")
         batch.drop_column("peer_status")
