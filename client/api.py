@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -48,6 +48,17 @@ class SendResult:
     state: str
     # Why a "failed" or "expired" notice was not delivered, e.g. "TOO_LARGE"; else empty.
     reason: str = ""
+    # A notice to several recipients: its id, and each recipient's message.
+    notice_id: str = ""
+    recipients: list[RecipientResult] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RecipientResult:
+    recipient: str
+    message_id: str
+    state: str
+    reason: str
 
 
 def state_name(state: node_pb2.MessageState.ValueType) -> str:
@@ -131,7 +142,7 @@ class LiaisonClient:
 
     def send_notice(
         self,
-        recipient: str,
+        recipient: str | Sequence[str],
         notice: notice_pb2.CaseNotice,
         *,
         ttl_seconds: int = 0,
@@ -139,7 +150,8 @@ class LiaisonClient:
         idempotency_key: str | None = None,
         retries: int = SEND_RETRIES,
     ) -> SendResult:
-        """Seal and queue ``notice``; with ``wait_seconds``, wait for delivery first.
+        """Seal and queue ``notice`` to one recipient or several (one envelope each, one
+        notice id); with ``wait_seconds``, wait for delivery first.
 
         The call carries an idempotency key (a fresh one unless given) and is retried
         up to ``retries`` times with it when the node is unreachable or does not
@@ -147,8 +159,10 @@ class LiaisonClient:
         queued the first time, never a second copy. Raises ``NodeUnavailable``
         once the retries are spent.
         """
+        several = not isinstance(recipient, str)
         request = node_pb2.SendNoticeRequest(
-            recipient=recipient,
+            recipient="" if several else str(recipient),
+            recipients=list(recipient) if several else [],
             notice=notice,
             ttl_seconds=ttl_seconds,
             wait_seconds=wait_seconds,
@@ -223,7 +237,18 @@ class LiaisonClient:
         while True:
             try:
                 response = self._call(method, request, timeout=timeout)
-                return SendResult(response.message_id, state_name(response.state), response.reason)
+                return SendResult(
+                    response.message_id,
+                    state_name(response.state),
+                    response.reason,
+                    notice_id=response.notice_id,
+                    recipients=[
+                        RecipientResult(
+                            one.recipient, one.message_id, state_name(one.state), one.reason
+                        )
+                        for one in response.recipients
+                    ],
+                )
             except NodeUnavailable:
                 if attempt >= retries:
                     raise

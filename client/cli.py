@@ -597,15 +597,46 @@ def build_notice(args: argparse.Namespace, *, reply: bool = False) -> notice_pb2
 
 def cmd_send(args: argparse.Namespace) -> int:
     notice = build_notice(args)
+    recipients = [_agency(name) for name in args.to]
     with _client(args) as client:
-        result = client.send_notice(args.to, notice, ttl_seconds=args.ttl, wait_seconds=args.wait)
+        result = client.send_notice(
+            recipients if len(recipients) > 1 else recipients[0],
+            notice,
+            ttl_seconds=args.ttl,
+            wait_seconds=args.wait,
+        )
+    if not result.recipients:
+        if args.json:
+            _print_json(
+                {"message_id": result.message_id, "state": result.state, "reason": result.reason}
+            )
+        else:
+            print(f"{result.message_id} {result.state}")
+        return _delivery_verdict(result.state, result.reason, recipients[0], args.wait)
     if args.json:
         _print_json(
-            {"message_id": result.message_id, "state": result.state, "reason": result.reason}
+            {
+                "notice_id": result.notice_id,
+                "recipients": [
+                    {
+                        "recipient": one.recipient,
+                        "message_id": one.message_id,
+                        "state": one.state,
+                        "reason": one.reason,
+                    }
+                    for one in result.recipients
+                ],
+            }
         )
     else:
-        print(f"{result.message_id} {result.state}")
-    return _delivery_verdict(result.state, result.reason, args.to, args.wait)
+        print(f"notice {result.notice_id}")
+        for one in result.recipients:
+            print(f"  {one.recipient:<24} {one.message_id} {one.state}")
+    verdicts = [
+        _delivery_verdict(one.state, one.reason, one.recipient, args.wait)
+        for one in result.recipients
+    ]
+    return max(verdicts)
 
 
 def _delivery_verdict(state: str, reason: str, peer: str, waited: int) -> int:
@@ -791,11 +822,22 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "message_id": status.message_id,
                 "state": state,
                 "reason": status.reason,
+                "recipients": [
+                    {
+                        "recipient": one.recipient,
+                        "message_id": one.message_id,
+                        "state": state_name(one.state),
+                        "reason": one.reason,
+                    }
+                    for one in status.recipients
+                ],
                 "timeline": render.timeline_json(status.timeline),
             }
         )
     else:
         print(f"{status.message_id} {state}")
+        for one in status.recipients:
+            print(f"  {render.safe(one.recipient):<24} {one.message_id} {state_name(one.state)}")
         print("\n".join(render.timeline_lines(status.timeline)))
     if args.wait and status.peer and state in ("failed", "expired"):
         return _delivery_verdict(state, status.reason, status.peer, 0)
@@ -946,7 +988,12 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
         description="Seal a notice to a pinned peer and queue it. Prefer --notice FILE: "
         "options are visible to other users of the machine and stay in shell history.",
     )
-    p.add_argument("--to", required=True, help="recipient agency id")
+    p.add_argument(
+        "--to",
+        required=True,
+        action="append",
+        help="recipient agency id; repeat for several (one envelope each, one notice id)",
+    )
     _notice_options(p)
     p.add_argument("--wait", type=int, default=10, help="seconds to wait for delivery (0: none)")
     p.set_defaults(run=cmd_send)

@@ -3,15 +3,18 @@
 Every string a peer could have written (its agency id, a notice's fields, a
 receipt, an audit detail, a card) goes through ``safe`` before it reaches
 the terminal, and every ``--json`` document through ``json_text``: a control
-or bidi character is printed as an escape, never as itself.
+or bidi character is printed as an escape, never as itself. The only escape
+sequences ever printed are the colours of our own handling banner, and only
+when asked for.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
-from typing import Any
+from typing import Any, TextIO
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -69,6 +72,98 @@ def priority(value: int) -> str:
 
 def tlp(value: int) -> str:
     return "TLP:" + enum_label(notice_pb2.Tlp, value, "TLP_").upper()
+
+
+# TLP 2.0 (FIRST), the short meaning of each code.
+_TLP_MEANINGS: dict[int, str] = {
+    notice_pb2.TLP_CLEAR: "disclosure is not limited",
+    notice_pb2.TLP_GREEN: "limited disclosure, within the community",
+    notice_pb2.TLP_AMBER: (
+        "limited disclosure, recipients' organisation and its clients on a need-to-know basis"
+    ),
+    notice_pb2.TLP_AMBER_STRICT: "limited disclosure, recipients' organisation only",
+    notice_pb2.TLP_RED: (
+        "for the eyes and ears of individual recipients only, no further disclosure"
+    ),
+}
+# ANSI SGR: bold and the code's colour; CLEAR keeps the terminal's own foreground.
+_TLP_COLOURS: dict[int, str] = {
+    notice_pb2.TLP_CLEAR: "1",
+    notice_pb2.TLP_GREEN: "1;32",
+    notice_pb2.TLP_AMBER: "1;33",
+    notice_pb2.TLP_AMBER_STRICT: "1;33",
+    notice_pb2.TLP_RED: "1;31",
+}
+
+
+def handling_banner(handling: int, *, color: bool = False) -> str:
+    """``==== TLP:RED — for the eyes and ears of ... ====``: the handling code in words.
+
+    Only fixed text, whatever ``handling`` holds: a value no TLP code has is
+    shown as its number and read as "ask the originator". With ``color``, the
+    line is wrapped in one ANSI colour and a reset; without, it holds no
+    escape sequence.
+    """
+    if handling in _TLP_MEANINGS:
+        text = f"==== {tlp(handling)} — {_TLP_MEANINGS[handling]} ===="
+    else:
+        code = "UNSPECIFIED" if handling == notice_pb2.TLP_UNSPECIFIED else f"UNKNOWN-{handling}"
+        text = f"==== TLP:{code} — no handling code; ask the originator before any disclosure ===="
+    if not color:
+        return text
+    return f"\x1b[{_TLP_COLOURS.get(handling, '1')}m{text}\x1b[0m"
+
+
+def color_wanted(stream: TextIO) -> bool:
+    """Whether to colour output to ``stream``: a terminal, no ``NO_COLOR``, no dumb ``TERM``."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    return stream.isatty()
+
+
+# The 4x4 grading (Admiralty / NATO system), as police liaison officers read it.
+_RELIABILITY: dict[int, tuple[str, str]] = {
+    notice_pb2.SOURCE_RELIABILITY_A: ("A", "source completely reliable"),
+    notice_pb2.SOURCE_RELIABILITY_B: ("B", "source usually reliable"),
+    notice_pb2.SOURCE_RELIABILITY_C: ("C", "source fairly reliable"),
+    notice_pb2.SOURCE_RELIABILITY_D: ("D", "source not usually reliable"),
+    notice_pb2.SOURCE_RELIABILITY_X: ("X", "source reliability cannot be judged"),
+}
+_ASSESSMENT: dict[int, tuple[str, str]] = {
+    notice_pb2.INFORMATION_ASSESSMENT_1: (
+        "1",
+        "information confirmed, known to be true without reservation",
+    ),
+    notice_pb2.INFORMATION_ASSESSMENT_2: (
+        "2",
+        "information known personally to the source but not to the officer",
+    ),
+    notice_pb2.INFORMATION_ASSESSMENT_3: (
+        "3",
+        "information not known personally to the source but corroborated",
+    ),
+    notice_pb2.INFORMATION_ASSESSMENT_4: ("4", "information cannot be judged"),
+}
+
+
+def evaluation_text(evaluation: notice_pb2.Evaluation) -> str:
+    """``B2: source usually reliable; information known personally to the source ...``.
+
+    A grade left at zero is "not graded"; a value the schema does not define
+    is shown by its number, never guessed.
+    """
+    reliability, assessment = evaluation.source_reliability, evaluation.information_assessment
+    if not reliability and not assessment:
+        return "not graded"
+    letter, source = _grade(_RELIABILITY, reliability, "source reliability")
+    digit, information = _grade(_ASSESSMENT, assessment, "information assessment")
+    return f"{letter}{digit}: {source}; {information}"
+
+
+def _grade(grades: dict[int, tuple[str, str]], value: int, what: str) -> tuple[str, str]:
+    if value in grades:
+        return grades[value]
+    return "", f"{what} not graded" if not value else f"{what} unknown ({value})"
 
 
 def iso_datetime(moment: dt.datetime) -> str:
@@ -211,39 +306,54 @@ def detail_json(d: node_pb2.MessageDetail) -> dict[str, Any]:
     }
 
 
-def detail_lines(d: node_pb2.MessageDetail) -> list[str]:
+def attachment_lines(notice: notice_pb2.CaseNotice) -> list[str]:
+    """One line per attachment, numbered from 1 as ``save_attachments`` numbers them.
+
+    ``Attachment  scan.pdf (application/pdf, 20481 bytes)  #1  sha256 ab12cd34ef56a7b8…``:
+    name and media type escaped, the digest as the peer declared it (its first
+    16 hex digits; ``--json`` has all of it).
+    """
+    return [
+        f"Attachment  {safe(a.name)} ({safe(a.media_type)}, {len(a.content)} bytes)"
+        f"  #{number}  sha256 {a.sha256.hex()[:16]}…"
+        for number, a in enumerate(notice.attachments, 1)
+    ]
+
+
+def detail_lines(d: node_pb2.MessageDetail, *, color: bool = False) -> list[str]:
     """The readable form of one message, every peer string escaped.
 
+    A notice is framed by its handling banner, the first and the last line
+    (coloured with ``color``, the only escape sequences ever printed).
     Attachment names are shown, never used as paths: a name such as
-    ``../../etc/cron.d/x`` is only text here, and nothing in the client or
-    the node opens a file by it.
+    ``../../etc/cron.d/x`` is only text here; ``liaison.client.attachments``
+    makes a file name of its own from it.
     """
     if not d.HasField("notice"):
         return _bare_detail_lines(d)
     n = d.notice
     info = notice_json(n)
-    evaluation = info["evaluation"]
     originator = " ".join(safe(v) for v in info["originator"].values())
+    banner = handling_banner(n.handling, color=color)
     lines = [
+        banner,
         f"Message     {safe(d.summary.message_id)} ({direction(d.summary.direction)}, "
         f"{state_name(d.summary.state)})",
         f"Peer        {safe(d.summary.peer)}",
         f"Case        {safe(n.case_reference)}",
         f"Category    {category(n.category)}    Priority {priority(n.priority)}    "
         f"{tlp(n.handling)}",
-        f"Evaluation  {evaluation['source_reliability'].upper()}"
-        f"{evaluation['information_assessment']}",
+        f"Evaluation  {evaluation_text(n.evaluation)}",
         f"Originator  {originator}".rstrip(),
         f"Created     {iso(n.created_at)}",
         f"Subject     {safe(n.subject)}",
     ]
     lines += [_subject_line(s) for s in info["subjects"]]
-    for a in info["attachments"]:
-        lines.append(f"Attachment  {safe(a['name'])} ({safe(a['media_type'])}, {a['size']} bytes)")
+    lines += attachment_lines(n)
     for reference in n.references:
         lines.append(f"Refers to   {safe(reference)}")
     lines += ["", safe(n.body, multiline=True), ""]
-    return lines + _evidence_lines(d)
+    return [*lines, *_evidence_lines(d), banner]
 
 
 def _bare_detail_lines(d: node_pb2.MessageDetail) -> list[str]:

@@ -10,7 +10,7 @@ import datetime as dt
 import hashlib
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
@@ -86,6 +86,18 @@ class SendOutcome:
     state: MessageState
     # Why a FAILED or EXPIRED notice was not delivered (``Message.failure_reason``).
     reason: str = ""
+    # The notice across its recipients: its id, and each recipient's message (only when
+    # it was sent to several).
+    notice_id: str = ""
+    recipients: list[RecipientOutcome] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RecipientOutcome:
+    recipient: str
+    message_id: str
+    state: MessageState
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -126,7 +138,7 @@ class Notices:
 
     async def send(
         self,
-        recipient: str,
+        recipient: str | Sequence[str],
         notice: notice_pb2.CaseNotice,
         *,
         actor: str,
@@ -134,22 +146,35 @@ class Notices:
         wait_seconds: int = 0,
         idempotency_key: str = "",
     ) -> SendOutcome:
-        """Seal ``notice`` to ``recipient`` and queue it; optionally wait for a final state.
+        """Seal ``notice`` to ``recipient`` (one agency id, or several) and queue it;
+        optionally wait for a final state.
 
-        With an ``idempotency_key`` a retry of the same call (same caller, key and
-        request) answers with the message the first call queued, queuing nothing.
+        To several recipients, one envelope is sealed to each under one notice id
+        (the first one's message id), and all are queued in one transaction:
+        every recipient is checked before anything is sealed. With an
+        ``idempotency_key`` a retry of the same call (same caller, key and request)
+        answers with what the first call queued, queuing nothing.
+
         Raises ``RequestError`` for a recipient that is not a pinned peer or is
-        revoked, an invalid notice, a ttl or wait over its limit, a notice that would be
-        larger than ``limits.max_envelope_bytes`` once sealed, or a key that is
-        malformed or was used for another request.
+        revoked (or named twice), an invalid notice, a ttl or wait over its limit, a
+        notice that would be larger than ``limits.max_envelope_bytes`` once sealed,
+        or a key that is malformed or was used for another request.
         """
-        if not is_agency_id(recipient):
-            raise RequestError(f"the recipient is not an agency id ({AGENCY_ID_FORM})")
+        recipients = [recipient] if isinstance(recipient, str) else list(recipient)
+        if not recipients:
+            raise RequestError("name a recipient")
+        if len(recipients) > MAX_RECIPIENTS:
+            raise RequestError(f"at most {MAX_RECIPIENTS} recipients per notice")
+        for name in recipients:
+            if not is_agency_id(name):
+                raise RequestError(f"a recipient is not an agency id ({AGENCY_ID_FORM})")
+        if len(set(recipients)) != len(recipients):
+            raise RequestError("a recipient is named twice")
         wait = self._wait(wait_seconds)
         request_sha256 = ""
         if idempotency_key:
             _check_idempotency_key(idempotency_key)
-            request_sha256 = _request_digest(recipient, notice, ttl_seconds)
+            request_sha256 = _request_digest(",".join(recipients), notice, ttl_seconds)
             earlier = await asyncio.to_thread(self._sent_request, actor, idempotency_key)
             if earlier is not None:
                 if earlier.request_sha256 != request_sha256:
@@ -158,7 +183,7 @@ class Notices:
                         "for each notice"
                     )
                 return await self._outcome(earlier.message_id, wait)
-        card = await self._recipient(recipient)
+        cards = [await self._recipient(name) for name in recipients]
         own = self.keys.current.agency_id
         now = self.clock()
         notice = _complete(notice, own, now)
@@ -170,11 +195,39 @@ class Notices:
         ttl = ttl_seconds or self.limits.default_ttl_seconds
         if ttl > self.limits.max_lifetime_days * 86400:
             raise RequestError(f"ttl exceeds the limit of {self.limits.max_lifetime_days} days")
-        record = await asyncio.to_thread(
-            self._seal_record, notice, card, dt.timedelta(seconds=ttl), now
-        )
-        message_id = await self._queue(record, actor, idempotency_key, request_sha256)
+        records = [
+            await asyncio.to_thread(self._seal_record, notice, card, dt.timedelta(seconds=ttl), now)
+            for card in cards
+        ]
+        if len(records) > 1:
+            notice_id = records[0].message_id
+            records = [dataclasses.replace(r, notice_id=notice_id) for r in records]
+        message_id = await self._queue_all(records, actor, idempotency_key, request_sha256)
         return await self._outcome(message_id, wait)
+
+    async def _queue_all(
+        self, records: builtins.list[NoticeRecord], actor: str, key: str, request_sha256: str
+    ) -> str:
+        """Queue every record in one transaction (once per idempotency key); returns the
+        first one's message id (the notice id)."""
+        if len(records) == 1:
+            return await self._queue(records[0], actor, key, request_sha256)
+
+        def work(session: Session) -> str:
+            if key:
+                earlier = outbox.sent_request(session, actor, key)
+                if earlier is not None:
+                    return earlier.message_id
+            for record in records:
+                outbox.queue(session, record, actor=actor)
+            if key:
+                outbox.remember_request(session, actor, key, request_sha256, records[0].message_id)
+            return records[0].message_id
+
+        message_id = await self.committer.submit(work)
+        for record in records:
+            self.delivery.notify(record.recipient)
+        return message_id
 
     async def _recipient(self, recipient: str) -> PeerCard:
         """The pinned card of a recipient we may send to; ``RequestError`` if there is none."""
@@ -451,13 +504,48 @@ class Notices:
         )
 
     async def _outcome(self, message_id: str, wait: int) -> SendOutcome:
-        """The message's state, after waiting up to ``wait`` seconds for a final one."""
-        if not wait:
-            state = await asyncio.to_thread(self.store.state, message_id)
-            return SendOutcome(message_id, MessageState(state))
-        view = await self.status(message_id, wait_seconds=wait)
-        message = view.message
-        return SendOutcome(message_id, MessageState(message.state), message.failure_reason or "")
+        """The message's state (each recipient's, for a notice to several), after waiting
+        up to ``wait`` seconds for each to reach a final one."""
+        group = await asyncio.to_thread(self.store.notice_messages, message_id)
+        ids = [row.message_id for row in group] or [message_id]
+        messages = await asyncio.gather(*(self._settled(one, wait) for one in ids))
+        outcomes = [
+            RecipientOutcome(
+                message.recipient,
+                message.message_id,
+                MessageState(message.state),
+                message.failure_reason or "",
+            )
+            for message in messages
+        ]
+        first = outcomes[0]
+        return SendOutcome(
+            first.message_id,
+            first.state,
+            first.reason,
+            notice_id=message_id,
+            recipients=outcomes if len(outcomes) > 1 else [],
+        )
+
+    async def recipients(self, message_id: str) -> builtins.list[RecipientOutcome]:
+        """Each recipient's message of the notice ``message_id`` belongs to, as they are
+        now; [] for a notice sent to one recipient."""
+        group = await asyncio.to_thread(self.store.notice_messages, message_id)
+        return [
+            RecipientOutcome(
+                m.recipient, m.message_id, MessageState(m.state), m.failure_reason or ""
+            )
+            for m in group
+        ]
+
+    async def _settled(self, message_id: str, wait: int) -> Message:
+        """The outbound message, once final or after ``wait`` seconds (0: as it is now)."""
+        if wait:
+            return (await self.status(message_id, wait_seconds=wait)).message
+        found = await asyncio.to_thread(self.store.message, message_id)
+        if found is None:
+            raise NotFound(f"no message {message_id}")
+        return found[0]
 
     def _sent_request(self, actor: str, key: str) -> SendRequest | None:
         with self.store.read() as session:
@@ -796,6 +884,7 @@ def _carried_over(
 
 
 MAX_FILTER_TEXT = 200
+MAX_RECIPIENTS = 50
 _STATE_NAMES = {
     node_pb2.MessageState.Value(f"MESSAGE_STATE_{state.name}"): state.value
     for state in MessageState

@@ -17,7 +17,7 @@ from liaison.keys.storage import StoredContentError
 from liaison.server.errors import NotFound, RequestError
 from liaison.server.exchange import Receiver
 from liaison.server.gate import Limit, PeerGate, Refused
-from liaison.server.notices import Notices
+from liaison.server.notices import Notices, RecipientOutcome
 from liaison.server.store.models import AuditEvent, Direction, MessageState
 from liaison.server.store.records import MessageSummaryRow
 from liaison.v1 import envelope_pb2, node_pb2, node_pb2_grpc, peer_pb2
@@ -117,7 +117,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         sent = await _answer(
             context,
             self._notices.send(
-                request.recipient,
+                list(request.recipients) or request.recipient,
                 request.notice,
                 actor=_caller(context),
                 ttl_seconds=request.ttl_seconds,
@@ -126,7 +126,11 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             ),
         )
         return node_pb2.SendNoticeResponse(
-            message_id=sent.message_id, state=_STATES[sent.state], reason=sent.reason
+            message_id=sent.message_id,
+            state=_STATES[sent.state],
+            reason=sent.reason,
+            notice_id=sent.notice_id,
+            recipients=[_recipient_state(one) for one in sent.recipients],
         )
 
     async def Acknowledge(
@@ -213,13 +217,24 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         view = await _answer(
             context, self._notices.status(request.message_id, wait_seconds=request.wait_seconds)
         )
+        group = await _answer(context, self._notices.recipients(request.message_id))
         return node_pb2.MessageStatus(
             message_id=view.message.message_id,
             state=_STATES[MessageState(view.message.state)],
             timeline=[_event(e) for e in view.timeline],
             reason=view.message.failure_reason or "",
             peer=view.summary.peer,
+            recipients=[_recipient_state(one) for one in group],
         )
+
+
+def _recipient_state(one: RecipientOutcome) -> node_pb2.RecipientState:
+    return node_pb2.RecipientState(
+        recipient=one.recipient,
+        message_id=one.message_id,
+        state=_STATES[one.state],
+        reason=one.reason,
+    )
 
 
 async def _answer(context: Context, work: Awaitable[T]) -> T:

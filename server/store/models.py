@@ -157,6 +157,7 @@ class Message(Base):
         Index("ix_messages_thread", "thread_id"),
         Index("ix_messages_refers_to", "refers_to"),
         Index("ix_messages_by_priority", "direction", "priority", "id"),
+        Index("ix_messages_notice", "notice_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -194,6 +195,9 @@ class Message(Base):
     # Outbound: the furthest the peer's acknowledgements have gone (read, acknowledged...),
     # kept even if one arrives before the receipt is recorded (the state follows then).
     peer_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # Outbound: the notice this message carries to one of its recipients (the first
+    # recipient's message id); NULL for anything else.
+    notice_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
 
 
 class Receipt(Base):

@@ -87,16 +87,23 @@ def queue_once(
     if earlier is not None:
         return earlier.message_id
     queue(session, record, actor=actor)
+    remember_request(session, actor, key, request_sha256, record.message_id)
+    return record.message_id
+
+
+def remember_request(
+    session: Session, actor: str, key: str, request_sha256: str, message_id: str
+) -> None:
+    """Note that ``actor``'s call with idempotency key ``key`` queued ``message_id``."""
     session.add(
         SendRequest(
             actor=actor,
             idempotency_key=key,
             request_sha256=request_sha256,
-            message_id=record.message_id,
+            message_id=message_id,
             created_at=dt.datetime.now(dt.UTC),
         )
     )
-    return record.message_id
 
 
 def claim_due(

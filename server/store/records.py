@@ -34,6 +34,8 @@ class NoticeRecord:
     # An acknowledgement or a reply: the message it answers and its conversation.
     refers_to: str | None = None
     thread_id: str | None = None
+    # A notice to several recipients: the id that groups their messages.
+    notice_id: str | None = None
 
     @classmethod
     def of(
@@ -95,6 +97,7 @@ class NoticeRecord:
             next_attempt_at=at if direction is Direction.OUTBOUND else None,
             refers_to=self.refers_to,
             thread_id=self.thread_id,
+            notice_id=self.notice_id,
         )
 
 

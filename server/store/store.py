@@ -502,6 +502,25 @@ class Store:
             receipt = session.scalars(select(Receipt).where(Receipt.message_pk == row.id)).first()
             return row, receipt
 
+    def notice_messages(self, message_id: str) -> list[Message]:
+        """The messages of the notice that ``message_id`` (its notice id, or the message
+        id of one of its recipients) belongs to, by recipient order; [] for a notice sent
+        to one recipient, or an unknown id."""
+        with self.read() as session:
+            notice_id = session.scalar(
+                select(Message.notice_id).where(
+                    Message.direction == Direction.OUTBOUND.value,
+                    Message.message_id == message_id,
+                )
+            )
+            if notice_id is None:
+                return []
+            return list(
+                session.scalars(
+                    select(Message).where(Message.notice_id == notice_id).order_by(Message.id)
+                )
+            )
+
     def received_message(self, message_id: str) -> Message | None:
         """The inbound message ``message_id`` (the newest, should two peers share an id)."""
         with self.read() as session:

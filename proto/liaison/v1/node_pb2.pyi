@@ -194,6 +194,7 @@ class SendNoticeRequest(_message.Message):
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     WAIT_SECONDS_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    RECIPIENTS_FIELD_NUMBER: _builtins.int
     recipient: _builtins.str
     ttl_seconds: _builtins.int
     """Lifetime of the envelope in seconds; 0 means the node's default."""
@@ -207,6 +208,13 @@ class SendNoticeRequest(_message.Message):
     """
     @_builtins.property
     def notice(self) -> _notice_pb2.CaseNotice: ...
+    @_builtins.property
+    def recipients(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Several recipients, instead of `recipient`: one envelope is sealed to each, under one
+        notice id, and each is tracked on its own. An unknown, unpinned or revoked recipient
+        refuses the whole request before anything is sealed.
+        """
+
     def __init__(
         self,
         *,
@@ -215,14 +223,46 @@ class SendNoticeRequest(_message.Message):
         ttl_seconds: _builtins.int = ...,
         wait_seconds: _builtins.int = ...,
         idempotency_key: _builtins.str = ...,
+        recipients: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["notice", b"notice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "notice", b"notice", "recipient", b"recipient", "ttl_seconds", b"ttl_seconds", "wait_seconds", b"wait_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "notice", b"notice", "recipient", b"recipient", "recipients", b"recipients", "ttl_seconds", b"ttl_seconds", "wait_seconds", b"wait_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SendNoticeRequest: _TypeAlias = SendNoticeRequest  # noqa: Y015
+
+@_typing.final
+class RecipientState(_message.Message):
+    """One recipient's envelope of a notice sent to several."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECIPIENT_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    recipient: _builtins.str
+    message_id: _builtins.str
+    state: Global___MessageState.ValueType
+    reason: _builtins.str
+    """As in SendNoticeResponse.reason."""
+    def __init__(
+        self,
+        *,
+        recipient: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        state: Global___MessageState.ValueType = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "reason", b"reason", "recipient", b"recipient", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecipientState: _TypeAlias = RecipientState  # noqa: Y015
 
 @_typing.final
 class SendNoticeResponse(_message.Message):
@@ -231,22 +271,34 @@ class SendNoticeResponse(_message.Message):
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    NOTICE_ID_FIELD_NUMBER: _builtins.int
+    RECIPIENTS_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     state: Global___MessageState.ValueType
     reason: _builtins.str
     """Why a FAILED or EXPIRED notice was not delivered: the peer's reject reason (e.g.
     "TOO_LARGE"), "DUPLICATE", or "EXPIRED". Empty otherwise.
     """
+    notice_id: _builtins.str
+    """The notice, across its recipients: the message id of a notice with one recipient."""
+    @_builtins.property
+    def recipients(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecipientState]:
+        """Each recipient's envelope (one entry for one recipient); message_id and state above
+        are the first recipient's.
+        """
+
     def __init__(
         self,
         *,
         message_id: _builtins.str = ...,
         state: Global___MessageState.ValueType = ...,
         reason: _builtins.str = ...,
+        notice_id: _builtins.str = ...,
+        recipients: _abc.Iterable[Global___RecipientState] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "reason", b"reason", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "notice_id", b"notice_id", "reason", b"reason", "recipients", b"recipients", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -481,6 +533,7 @@ class MessageStatus(_message.Message):
     TIMELINE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     PEER_FIELD_NUMBER: _builtins.int
+    RECIPIENTS_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     state: Global___MessageState.ValueType
     reason: _builtins.str
@@ -489,6 +542,12 @@ class MessageStatus(_message.Message):
     """The other end: the recipient of an outbound message, the sender of an inbound one."""
     @_builtins.property
     def timeline(self) -> _containers.RepeatedCompositeFieldContainer[Global___TimelineEvent]: ...
+    @_builtins.property
+    def recipients(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecipientState]:
+        """For a notice sent to several recipients (asked by its notice id or any of its
+        message ids): each recipient's envelope.
+        """
+
     def __init__(
         self,
         *,
@@ -497,10 +556,11 @@ class MessageStatus(_message.Message):
         timeline: _abc.Iterable[Global___TimelineEvent] | None = ...,
         reason: _builtins.str = ...,
         peer: _builtins.str = ...,
+        recipients: _abc.Iterable[Global___RecipientState] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "peer", b"peer", "reason", b"reason", "state", b"state", "timeline", b"timeline"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "peer", b"peer", "reason", b"reason", "recipients", b"recipients", "state", b"state", "timeline", b"timeline"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -22,6 +22,9 @@ def upgrade() -> None:
         batch.add_column(sa.Column("refers_to", sa.String(36), nullable=True))
         batch.add_column(sa.Column("thread_id", sa.String(36), nullable=True))
         batch.add_column(sa.Column("peer_status", sa.String(16), nullable=True))
+        # A notice sent to several recipients: one message per recipient, one notice id.
+        batch.add_column(sa.Column("notice_id", sa.String(36), nullable=True))
+        batch.create_index("ix_messages_notice", ["notice_id"])
         batch.create_index("ix_messages_thread", ["thread_id"])
         batch.create_index("ix_messages_refers_to", ["refers_to"])
         # Listings: flash and urgent first, then the newest, one direction at a time.
@@ -33,6 +36,8 @@ def downgrade() -> None:
         batch.drop_index("ix_messages_by_priority")
         batch.drop_index("ix_messages_refers_to")
         batch.drop_index("ix_messages_thread")
+        batch.drop_index("ix_messages_notice")
+        batch.drop_column("notice_id")
         batch.drop_column("peer_status")
         batch.drop_column("thread_id")
         batch.drop_column("refers_to")
