@@ -33,6 +33,7 @@ MessageState = node_pb2.MessageState
 # SendNotice retries after the node was unreachable or slow, and the first pause.
 SEND_RETRIES = 2
 SEND_RETRY_SECONDS = 1.0
+WATCH_MAX_BACKOFF_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,37 @@ class LiaisonClient:
             idempotency_key=idempotency_key or _new_key(),
         )
         return self._send(self._stub.Reply, request, retries, self._timeout)
+
+    def watch(
+        self,
+        after: int = 0,
+        *,
+        events: Sequence[str] = (),
+        reconnect: bool = True,
+    ) -> Iterator[node_pb2.WatchEvent]:
+        """New inbound messages and every change of state, as they happen (no polling).
+
+        Each event carries its audit ``seq``; the iterator remembers the last one and,
+        when the node was unreachable or restarted, reconnects (with backoff) and
+        resumes right after it: no event is lost or repeated. Start from a saved
+        ``after`` to resume across runs. With ``reconnect=False`` a broken stream
+        raises ``NodeUnavailable``.
+        """
+        attempt = 0
+        while True:
+            request = node_pb2.WatchRequest(after=after, events=list(events))
+            try:
+                for event in self._stub.Watch(request):
+                    after = event.seq
+                    attempt = 0
+                    yield event
+                return
+            except grpc.RpcError as error:
+                translated = _translate(error)
+                if not reconnect or not isinstance(translated, NodeUnavailable):
+                    raise translated from None
+            time.sleep(min(SEND_RETRY_SECONDS * 2**attempt, WATCH_MAX_BACKOFF_SECONDS))
+            attempt += 1
 
     def cancel(self, message_id: str) -> SendResult:
         """Cancel a queued outbound message (``RequestRejected`` if it is not queued)."""

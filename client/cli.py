@@ -699,6 +699,40 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Print message events as they happen, until interrupted."""
+    with _client(args) as client:
+        try:
+            for event in client.watch(args.after, events=args.event):
+                if args.json:
+                    _print_json(_watch_json(event))
+                else:
+                    print(_watch_line(event), flush=True)
+        except KeyboardInterrupt:
+            return 0
+    return 0
+
+
+def _watch_json(event: node_pb2.WatchEvent) -> dict[str, Any]:
+    return {
+        "seq": event.seq,
+        "at": render.iso(event.at),
+        "event": event.event,
+        "message_id": event.message_id,
+        "peer": event.peer,
+        "detail": event.detail,
+        "reason": event.reason,
+    }
+
+
+def _watch_line(event: node_pb2.WatchEvent) -> str:
+    return (
+        f"{event.seq:>8}  {render.iso(event.at)}  {render.safe(event.event):<22} "
+        f"{render.safe(event.message_id)}  {render.safe(event.peer)}  "
+        f"{render.safe(event.reason or event.detail)}"
+    ).rstrip()
+
+
 def cmd_thread(args: argparse.Namespace) -> int:
     with _client(args) as client:
         messages = client.thread(args.message_id)
@@ -1028,6 +1062,17 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
         p = commands.add_parser(name, parents=[api, as_json], help=text)
         p.add_argument("message_id")
         p.set_defaults(run=cmd_cancel, cancel=name == "cancel")
+
+    p = commands.add_parser(
+        "watch",
+        parents=[api, as_json],
+        help="print message events as they happen (resume with --after SEQ)",
+    )
+    p.add_argument("--after", type=int, default=0, help="events after this sequence number")
+    p.add_argument(
+        "--event", action="append", default=[], help="only this kind, e.g. received (repeat)"
+    )
+    p.set_defaults(run=cmd_watch)
 
     p = commands.add_parser(
         "thread", parents=[api, as_json], help="a notice with its acknowledgements and replies"

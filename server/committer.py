@@ -27,9 +27,13 @@ log = logging.getLogger(__name__)
 
 
 class GroupCommitter:
-    def __init__(self, store: Store, *, max_batch: int) -> None:
+    def __init__(
+        self, store: Store, *, max_batch: int, on_commit: Callable[[], None] | None = None
+    ) -> None:
         self._store = store
         self._max_batch = max_batch
+        # Told after every commit (the audit feed wakes its followers).
+        self._on_commit = on_commit
         self._queue: asyncio.Queue[tuple[Work, asyncio.Future[Any]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         # Its own thread: commits are serial anyway, and must not queue behind reads.
@@ -90,6 +94,8 @@ class GroupCommitter:
                     else:
                         future.set_exception(value)
                 self._queue.task_done()
+            if self._on_commit is not None:
+                self._on_commit()
             self.batches += 1
             self.units += len(batch)
 

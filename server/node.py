@@ -33,6 +33,7 @@ from liaison.server.committer import GroupCommitter
 from liaison.server.config import ConfigError, Limits, NodeConfig
 from liaison.server.delivery import Delivery
 from liaison.server.exchange import Receiver, utc_now
+from liaison.server.feed import AuditFeed
 from liaison.server.gate import Limit, PeerGate
 from liaison.server.home import HomeLock, NodeHome
 from liaison.server.interceptors import ErrorInterceptor
@@ -77,7 +78,10 @@ class Node:
         # Reloaded when the key store changes (a rotation, a retired key destroyed).
         self.keys = OwnKeys(home, self.config, self.peers, ring)
         limits = self.config.limits
-        self.committer = GroupCommitter(self.store, max_batch=limits.commit_batch)
+        self.feed = AuditFeed()
+        self.committer = GroupCommitter(
+            self.store, max_batch=limits.commit_batch, on_commit=self.feed.grew
+        )
         self.gate = PeerGate(
             limits,
             self.peers,
@@ -110,6 +114,7 @@ class Node:
             limits,
             self.storage,
             disclose_reads=self.config.disclose_reads,
+            feed=self.feed,
         )
         self._servers: list[grpc.aio.Server] = []
         self._health: list[tuple[health_aio.HealthServicer, str]] = []
@@ -117,6 +122,7 @@ class Node:
         self._housekeeping: asyncio.Task[None] | None = None
         # Seals the rows an earlier version stored in clear; done when it returns.
         self.sealing: asyncio.Task[int] | None = None
+        self._last_seq = 0
         # One rotation round at a time (housekeeping, and a test calling it directly).
         self._rotation_round = asyncio.Lock()
 
@@ -228,6 +234,11 @@ class Node:
                     log.info("pinned peers changed: %d pinned", len(self.peers.trust.cards()))
                 self.gate.end_quiet_bursts()
                 await self.rotation_round()
+                # Events written by another process (liaison peers, keys rotate).
+                last = await asyncio.to_thread(self.store.last_audit_seq)
+                if last != self._last_seq:
+                    self._last_seq = last
+                    self.feed.grew()
             except Exception:
                 log.exception("housekeeping failed; retrying in %g s", HOUSEKEEPING_SECONDS)
             now = asyncio.get_running_loop().time()

@@ -10,7 +10,7 @@ import datetime as dt
 import hashlib
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
@@ -50,6 +50,7 @@ from liaison.server.config import Limits
 from liaison.server.delivery import Delivery
 from liaison.server.errors import NotFound, RequestError
 from liaison.server.exchange import Clock, acknowledgement_summary, sealed_record, utc_now
+from liaison.server.feed import AuditFeed
 from liaison.server.own_keys import OwnKeys
 from liaison.server.peers import PeerDirectory
 from liaison.server.store import audit, lifecycle, outbox
@@ -133,6 +134,8 @@ class Notices:
     clock: Clock = utc_now
     # Tell a peer when an operator first opens its notice (config ``policy.disclose_reads``).
     disclose_reads: bool = True
+    # Wakes ``watch`` when the audit trail grows.
+    feed: AuditFeed = field(default_factory=AuditFeed)
     # Encoded header size per (recipient, its encryption key id, content type); see ``_seal``.
     _header_sizes: dict[tuple[str, str, str], int] = field(default_factory=dict, init=False)
 
@@ -447,6 +450,30 @@ class Notices:
         else:
             self.delivery.retry_now(message.recipient)
         return SendOutcome(message_id, MessageState(message.state))
+
+    async def watch(self, after: int, kinds: Sequence[str]) -> AsyncIterator[AuditEvent]:
+        """Every message event after audit seq ``after`` (of ``kinds``, if given), in
+        order, as it happens; ends only when the caller goes.
+
+        The events come from the audit trail, whose seq is gap-free in commit
+        order: a caller that resumes from the last seq it saw misses and repeats
+        nothing. Raises ``RequestError`` for an unknown kind.
+        """
+        known = {kind.value for kind in AuditKind}
+        unknown = [kind for kind in kinds if kind not in known]
+        if unknown:
+            raise RequestError(f"unknown event kind {unknown[0][:64]!r}")
+        wanted = frozenset(kinds)
+        while True:
+            events, reached = await asyncio.to_thread(
+                self.store.message_events, after, wanted, WATCH_BATCH
+            )
+            for event in events:
+                yield event
+            if reached > after:
+                after = reached
+                continue
+            await self.feed.wait(WATCH_IDLE_SECONDS)
 
     async def thread(self, message_id: str) -> builtins.list[MessageSummaryRow]:
         """The conversation of ``message_id``: the first notice, then acknowledgements and
@@ -885,6 +912,9 @@ def _carried_over(
 
 MAX_FILTER_TEXT = 200
 MAX_RECIPIENTS = 50
+# Watch: events read per query, and how long a quiet follower waits before looking anyway.
+WATCH_BATCH = 500
+WATCH_IDLE_SECONDS = 5.0
 _STATE_NAMES = {
     node_pb2.MessageState.Value(f"MESSAGE_STATE_{state.name}"): state.value
     for state in MessageState

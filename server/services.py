@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 import grpc
@@ -178,6 +178,24 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             context, self._notices.retry(request.message_id, actor=_caller(context))
         )
         return node_pb2.SendNoticeResponse(message_id=done.message_id, state=_STATES[done.state])
+
+    async def Watch(
+        self, request: node_pb2.WatchRequest, context: Context
+    ) -> AsyncIterator[node_pb2.WatchEvent]:
+        events = self._notices.watch(request.after, list(request.events))
+        try:
+            async for event in events:
+                yield node_pb2.WatchEvent(
+                    seq=event.seq,
+                    at=_timestamp(event.at),
+                    event=event.event,
+                    message_id=event.message_id or "",
+                    peer=event.peer or "",
+                    detail=event.detail or "",
+                    reason=event.reason or "",
+                )
+        except RequestError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
 
     async def GetThread(
         self, request: node_pb2.GetMessageRequest, context: Context

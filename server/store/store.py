@@ -752,6 +752,30 @@ class Store:
             )
             return list(session.scalars(query).all())
 
+    def last_audit_seq(self) -> int:
+        with self.read() as session:
+            return int(session.scalar(select(func.max(AuditEvent.seq))) or 0)
+
+    def message_events(
+        self, after_seq: int, kinds: frozenset[str], limit: int
+    ) -> tuple[list[AuditEvent], int]:
+        """Events about messages after ``after_seq`` (of ``kinds``, if given), and the seq
+        the read reached: the events and the last seq looked at (to go on from)."""
+        with self.read() as session:
+            rows = list(
+                session.scalars(
+                    select(AuditEvent)
+                    .where(AuditEvent.seq > after_seq)
+                    .order_by(AuditEvent.seq)
+                    .limit(limit)
+                ).all()
+            )
+        reached = rows[-1].seq if rows else after_seq
+        wanted = [
+            row for row in rows if row.message_id is not None and (not kinds or row.event in kinds)
+        ]
+        return wanted, reached
+
     def audit_events(self, after_seq: int = 0, limit: int = 1000) -> list[AuditEvent]:
         with self.read() as session:
             query = (

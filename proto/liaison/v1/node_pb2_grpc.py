@@ -79,6 +79,11 @@ class NodeServiceStub:
                 request_serializer=liaison_dot_v1_dot_node__pb2.GetMessageRequest.SerializeToString,
                 response_deserializer=liaison_dot_v1_dot_node__pb2.SendNoticeResponse.FromString,
                 _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/liaison.v1.NodeService/Watch',
+                request_serializer=liaison_dot_v1_dot_node__pb2.WatchRequest.SerializeToString,
+                response_deserializer=liaison_dot_v1_dot_node__pb2.WatchEvent.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -144,6 +149,15 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Watch(self, request, context):
+        """What happens to messages, as it happens: new inbound messages and every change of
+        state, from the node's audit trail, in order. Resume after a reconnect with the last
+        event's seq as `after`: nothing is lost or repeated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -191,6 +205,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.Retry,
                     request_deserializer=liaison_dot_v1_dot_node__pb2.GetMessageRequest.FromString,
                     response_serializer=liaison_dot_v1_dot_node__pb2.SendNoticeResponse.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=liaison_dot_v1_dot_node__pb2.WatchRequest.FromString,
+                    response_serializer=liaison_dot_v1_dot_node__pb2.WatchEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -436,6 +455,33 @@ class NodeService:
             '/liaison.v1.NodeService/Retry',
             liaison_dot_v1_dot_node__pb2.GetMessageRequest.SerializeToString,
             liaison_dot_v1_dot_node__pb2.SendNoticeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/liaison.v1.NodeService/Watch',
+            liaison_dot_v1_dot_node__pb2.WatchRequest.SerializeToString,
+            liaison_dot_v1_dot_node__pb2.WatchEvent.FromString,
             options,
             channel_credentials,
             insecure,

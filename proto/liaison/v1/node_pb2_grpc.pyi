@@ -49,6 +49,11 @@ class NodeServiceStub:
     """Stop a queued outbound message from being sent (not one whose attempt is in flight)."""
     Retry: _grpc.UnaryUnaryMultiCallable[_node_pb2.GetMessageRequest, _node_pb2.SendNoticeResponse]
     """Try a queued outbound message now instead of at its next backoff."""
+    Watch: _grpc.UnaryStreamMultiCallable[_node_pb2.WatchRequest, _node_pb2.WatchEvent]
+    """What happens to messages, as it happens: new inbound messages and every change of
+    state, from the node's audit trail, in order. Resume after a reconnect with the last
+    event's seq as `after`: nothing is lost or repeated.
+    """
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -68,6 +73,11 @@ class NodeServiceAsyncStub(NodeServiceStub):
     """Stop a queued outbound message from being sent (not one whose attempt is in flight)."""
     Retry: _aio.UnaryUnaryMultiCallable[_node_pb2.GetMessageRequest, _node_pb2.SendNoticeResponse]  # type: ignore[assignment]
     """Try a queued outbound message now instead of at its next backoff."""
+    Watch: _aio.UnaryStreamMultiCallable[_node_pb2.WatchRequest, _node_pb2.WatchEvent]  # type: ignore[assignment]
+    """What happens to messages, as it happens: new inbound messages and every change of
+    state, from the node's audit trail, in order. Resume after a reconnect with the last
+    event's seq as `after`: nothing is lost or repeated.
+    """
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -138,5 +148,16 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_node_pb2.SendNoticeResponse, _abc.Awaitable[_node_pb2.SendNoticeResponse]]:
         """Try a queued outbound message now instead of at its next backoff."""
+
+    @_abc_1.abstractmethod
+    def Watch(
+        self,
+        request: _node_pb2.WatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_node_pb2.WatchEvent], _abc.AsyncIterator[_node_pb2.WatchEvent]]:
+        """What happens to messages, as it happens: new inbound messages and every change of
+        state, from the node's audit trail, in order. Resume after a reconnect with the last
+        event's seq as `after`: nothing is lost or repeated.
+        """
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
