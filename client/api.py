@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from liaison.client.attachments import AttachmentError, save_attachments
 from liaison.client.errors import ClientError, MessageNotFound, NodeUnavailable, RequestRejected
 from liaison.keys.credentials import API_SERVER_NAME, ClientCredential
 from liaison.keys.errors import KeyStoreError
@@ -335,6 +336,17 @@ class LiaisonClient:
 
     def get_message(self, message_id: str) -> node_pb2.MessageDetail:
         return self._call(self._stub.GetMessage, node_pb2.GetMessageRequest(message_id=message_id))
+
+    def save_attachments(
+        self, message_id: str, folder: Path, *, only: int | None = None
+    ) -> list[Path]:
+        """Write a notice's attachments (or attachment ``only``, from 1) into ``folder``:
+        SHA-256 checked first, names made safe, nothing overwritten; the paths written.
+        Raises ``AttachmentError``."""
+        detail = self.get_message(message_id)
+        if not detail.HasField("notice"):
+            raise AttachmentError(f"message {message_id} holds no notice")
+        return save_attachments(detail.notice, folder, only=only)
 
     def get_status(self, message_id: str, *, wait_seconds: int = 0) -> node_pb2.MessageStatus:
         """State and timeline; with ``wait_seconds``, first wait for a final state."""

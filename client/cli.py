@@ -33,6 +33,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from liaison.client import render
 from liaison.client.api import LiaisonClient, state_name
+from liaison.client.attachments import save_attachments
 from liaison.client.demo import run_demo
 from liaison.client.errors import ClientError, NotDelivered, UsageError
 from liaison.client.notice_file import NoticeFile, load_notice_file
@@ -842,8 +843,27 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(render.detail_json(detail))
     else:
-        print("\n".join(render.detail_lines(detail)))
+        color = render.color_wanted(sys.stdout)
+        print("\n".join(render.detail_lines(detail, color=color)))
+    if args.save_attachments:
+        _save(detail, Path(args.save_attachments), None)
     return 0
+
+
+def cmd_attachment_save(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        detail = client.get_message(args.message_id)
+    _save(detail, Path(args.to), args.number)
+    return 0
+
+
+def _save(detail: node_pb2.MessageDetail, folder: Path, only: int | None) -> None:
+    """Write the notice's attachments (their SHA-256 checked, names made safe, nothing
+    overwritten) and say where each went, on standard error."""
+    if not detail.HasField("notice"):
+        raise UsageError("this message holds no notice with attachments")
+    for path in save_attachments(detail.notice, folder, only=only):
+        print(f"saved {render.safe(str(path))}", file=sys.stderr)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -1097,7 +1117,19 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
 
     p = commands.add_parser("show", parents=[api, as_json], help="read one notice")
     p.add_argument("message_id")
+    p.add_argument(
+        "--save-attachments",
+        metavar="DIR",
+        help="also write its attachments into DIR (names made safe, nothing overwritten)",
+    )
     p.set_defaults(run=cmd_show)
+    attachment = commands.add_parser("attachment", help="a notice's attachments")
+    sub = attachment.add_subparsers(dest="attachment_command", required=True, metavar="COMMAND")
+    p = sub.add_parser("save", parents=[api], help="write attachment N of a notice into a folder")
+    p.add_argument("message_id")
+    p.add_argument("number", type=int, help="1 for the first attachment")
+    p.add_argument("--to", default=".", help="folder to write into (default: here)")
+    p.set_defaults(run=cmd_attachment_save)
     p = commands.add_parser("status", parents=[api, as_json], help="state and timeline")
     p.add_argument("message_id")
     p.add_argument("--wait", type=int, default=0, help="seconds to wait for a final state")

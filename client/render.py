@@ -57,7 +57,13 @@ def json_text(value: Any) -> str:
 
 
 def enum_label(enum: Any, value: int, prefix: str) -> str:
-    """``CATEGORY_DRUG_TRAFFICKING`` -> ``drug-trafficking``; TLP keeps its ``+``."""
+    """``CATEGORY_DRUG_TRAFFICKING`` -> ``drug-trafficking``; TLP keeps its ``+``.
+
+    A value the schema does not define (a notice stored past the checks) is
+    ``unknown-<value>``, never an error.
+    """
+    if value not in enum.values():
+        return f"unknown-{value}"
     name = enum.Name(value).removeprefix(prefix).lower().replace("_", "-")
     return "amber+strict" if name == "amber-strict" else name
 
@@ -99,16 +105,15 @@ _TLP_COLOURS: dict[int, str] = {
 def handling_banner(handling: int, *, color: bool = False) -> str:
     """``==== TLP:RED — for the eyes and ears of ... ====``: the handling code in words.
 
-    Only fixed text, whatever ``handling`` holds: a value no TLP code has is
-    shown as its number and read as "ask the originator". With ``color``, the
+    Only fixed text, whatever ``handling`` holds: zero or a value no TLP code
+    has is shown as such and read as "ask the originator". With ``color``, the
     line is wrapped in one ANSI colour and a reset; without, it holds no
     escape sequence.
     """
-    if handling in _TLP_MEANINGS:
-        text = f"==== {tlp(handling)} — {_TLP_MEANINGS[handling]} ===="
-    else:
-        code = "UNSPECIFIED" if handling == notice_pb2.TLP_UNSPECIFIED else f"UNKNOWN-{handling}"
-        text = f"==== TLP:{code} — no handling code; ask the originator before any disclosure ===="
+    meaning = _TLP_MEANINGS.get(
+        handling, "no handling code; ask the originator before any disclosure"
+    )
+    text = f"==== {tlp(handling)} — {meaning} ===="
     if not color:
         return text
     return f"\x1b[{_TLP_COLOURS.get(handling, '1')}m{text}\x1b[0m"

@@ -508,6 +508,23 @@ def test_send_carries_an_attachment(
     assert code == 0, err
     assert f"Attachment  seizure-report.pdf (application/pdf, {len(content)} bytes)" in out
 
+    # Saved with its SHA-256 checked, and never over an existing file.
+    folder = tmp_path / "saved"
+    folder.mkdir()
+    home = ("--home", str(b.path))
+    code, _, err = run(capsys, "show", message_id, "--save-attachments", str(folder), *home)
+    assert code == 0, err
+    code, _, err = run(capsys, "attachment", "save", message_id, "1", "--to", str(folder), *home)
+    assert code == 0, err
+    assert sorted(path.name for path in folder.iterdir()) == [
+        "seizure-report (2).pdf",
+        "seizure-report.pdf",
+    ]
+    assert {path.read_bytes() for path in folder.iterdir()} == {content}
+    code, _, err = run(capsys, "attachment", "save", message_id, "2", "--to", str(folder), *home)
+    assert code == 1
+    assert err.count("\n") == 1
+
 
 NOTICE_FILE = """\
 case_reference = "CCPI-2026-0412"
