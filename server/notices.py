@@ -170,7 +170,8 @@ class Notices:
             raise RequestError(f"at most {MAX_RECIPIENTS} recipients per notice")
         for name in recipients:
             if not is_agency_id(name):
-                raise RequestError(f"a recipient is not an agency id ({AGENCY_ID_FORM})")
+                which = "the recipient" if len(recipients) == 1 else "a recipient"
+                raise RequestError(f"{which} is not an agency id ({AGENCY_ID_FORM})")
         if len(set(recipients)) != len(recipients):
             raise RequestError("a recipient is named twice")
         wait = self._wait(wait_seconds)
