@@ -336,18 +336,14 @@ class Notices:
             now=now,
         )
 
-        def also(session: Session) -> None:
-            lifecycle.advance_inbound(session, original.id, state, at=now)
-            audit.append(
-                session,
-                AuditKind.READ if state is MessageState.READ else AuditKind.ACKNOWLEDGED,
-                at=now,
-                message_id=original.message_id,
-                peer=original.sender,
-                actor=actor,
-                detail=f"{state.value}; acknowledgement {record.message_id}",
-            )
-
+        also = _answered_here(
+            original,
+            state,
+            AuditKind.READ if state is MessageState.READ else AuditKind.ACKNOWLEDGED,
+            f"{state.value}; acknowledgement {record.message_id}",
+            actor=actor,
+            at=now,
+        )
         message_id = await self._queue(record, actor, idempotency_key, request_sha256, also)
         return await self._outcome(message_id, 0)
 
@@ -404,18 +400,14 @@ class Notices:
             ttl=dt.timedelta(seconds=ttl),
         )
 
-        def also(session: Session) -> None:
-            lifecycle.advance_inbound(session, original.id, MessageState.REPLIED, at=now)
-            audit.append(
-                session,
-                AuditKind.REPLIED,
-                at=now,
-                message_id=original.message_id,
-                peer=original.sender,
-                actor=actor,
-                detail=f"reply {record.message_id}",
-            )
-
+        also = _answered_here(
+            original,
+            MessageState.REPLIED,
+            AuditKind.REPLIED,
+            f"reply {record.message_id}",
+            actor=actor,
+            at=now,
+        )
         message_id = await self._queue(record, actor, idempotency_key, request_sha256, also)
         return await self._outcome(message_id, 0)
 
@@ -886,6 +878,33 @@ def _unread(message: Message) -> bool:
         and message.state == MessageState.RECEIVED.value
         and message.content_type in (CASE_NOTICE_CONTENT_TYPE, REPLY_CONTENT_TYPE)
     )
+
+
+def _answered_here(
+    original: Message,
+    state: MessageState,
+    kind: AuditKind,
+    detail: str,
+    *,
+    actor: str,
+    at: dt.datetime,
+) -> Callable[[Session], None]:
+    """Write work for an operator's answer to a received message: its new state, audited
+    on its own timeline (queued with the acknowledgement or reply that carries it)."""
+
+    def work(session: Session) -> None:
+        lifecycle.advance_inbound(session, original.id, state, at=at)
+        audit.append(
+            session,
+            kind,
+            at=at,
+            message_id=original.message_id,
+            peer=original.sender,
+            actor=actor,
+            detail=detail,
+        )
+
+    return work
 
 
 def _looser(handling: int, than: int) -> bool:

@@ -17,7 +17,7 @@ from liaison.keys.storage import StoredContentError
 from liaison.server.errors import NotFound, RequestError
 from liaison.server.exchange import Receiver
 from liaison.server.gate import Limit, PeerGate, Refused
-from liaison.server.notices import Notices, RecipientOutcome
+from liaison.server.notices import Notices, RecipientOutcome, SendOutcome
 from liaison.server.store.models import AuditEvent, Direction, MessageState
 from liaison.server.store.records import MessageSummaryRow
 from liaison.v1 import envelope_pb2, node_pb2, node_pb2_grpc, peer_pb2
@@ -125,13 +125,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 idempotency_key=request.idempotency_key,
             ),
         )
-        return node_pb2.SendNoticeResponse(
-            message_id=sent.message_id,
-            state=_STATES[sent.state],
-            reason=sent.reason,
-            notice_id=sent.notice_id,
-            recipients=[_recipient_state(one) for one in sent.recipients],
-        )
+        return _sent(sent)
 
     async def Acknowledge(
         self, request: node_pb2.AcknowledgeRequest, context: Context
@@ -146,7 +140,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 idempotency_key=request.idempotency_key,
             ),
         )
-        return node_pb2.SendNoticeResponse(message_id=sent.message_id, state=_STATES[sent.state])
+        return _sent(sent)
 
     async def Reply(
         self, request: node_pb2.ReplyRequest, context: Context
@@ -161,7 +155,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 idempotency_key=request.idempotency_key,
             ),
         )
-        return node_pb2.SendNoticeResponse(message_id=sent.message_id, state=_STATES[sent.state])
+        return _sent(sent)
 
     async def Cancel(
         self, request: node_pb2.GetMessageRequest, context: Context
@@ -169,7 +163,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         done = await _answer(
             context, self._notices.cancel(request.message_id, actor=_caller(context))
         )
-        return node_pb2.SendNoticeResponse(message_id=done.message_id, state=_STATES[done.state])
+        return _sent(done)
 
     async def Retry(
         self, request: node_pb2.GetMessageRequest, context: Context
@@ -177,7 +171,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         done = await _answer(
             context, self._notices.retry(request.message_id, actor=_caller(context))
         )
-        return node_pb2.SendNoticeResponse(message_id=done.message_id, state=_STATES[done.state])
+        return _sent(done)
 
     async def Watch(
         self, request: node_pb2.WatchRequest, context: Context
@@ -244,6 +238,16 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             peer=view.summary.peer,
             recipients=[_recipient_state(one) for one in group],
         )
+
+
+def _sent(outcome: SendOutcome) -> node_pb2.SendNoticeResponse:
+    return node_pb2.SendNoticeResponse(
+        message_id=outcome.message_id,
+        state=_STATES[outcome.state],
+        reason=outcome.reason,
+        notice_id=outcome.notice_id,
+        recipients=[_recipient_state(one) for one in outcome.recipients],
+    )
 
 
 def _recipient_state(one: RecipientOutcome) -> node_pb2.RecipientState:
