@@ -35,7 +35,7 @@ from liaison.client import render
 from liaison.client.api import LiaisonClient, state_name
 from liaison.client.attachments import save_attachments
 from liaison.client.demo import run_demo
-from liaison.client.errors import ClientError, NotDelivered, UsageError
+from liaison.client.errors import ClientError, NotDelivered, NotVerified, UsageError
 from liaison.client.notice_file import NoticeFile, load_notice_file
 from liaison.client.passphrase import NEW_PASSPHRASE_VARIABLE, new_passphrase, passphrase
 from liaison.keys.card import PeerCard, armor_card, dearmor_card, parse_card
@@ -48,6 +48,7 @@ from liaison.server.errors import ServerError
 from liaison.server.home import NodeHome, change_passphrase, init_home, seal_unsealed_home
 from liaison.server.node import serve
 from liaison.server.rotation import rotate_keys
+from liaison.server.store import auditlog
 from liaison.server.store.store import (
     PinConflict,
     PinnedPeer,
@@ -55,6 +56,7 @@ from liaison.server.store.store import (
     Store,
     StoreError,
     revoke_reason_problem,
+    sqlite_url,
 )
 from liaison.v1 import node_pb2, notice_pb2
 
@@ -416,6 +418,39 @@ def cmd_peers_reinstate(args: argparse.Namespace) -> int:
         return 0
     print(f"Reinstated {agency_id}: its envelopes are accepted again")
     print(f"  held notices, sent now: {pending}")
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Recompute the audit log from its entries; exit 7 naming the first bad event."""
+    if args.database:
+        path = Path(args.database)
+        if not path.is_file():
+            raise UsageError(f"{path} is not a database file")
+        store = Store(sqlite_url(path))
+    else:
+        store = NodeHome(_home(args)).open_store()
+    try:
+        with store.read() as session:
+            verdict = auditlog.verify(session)
+    finally:
+        store.close()
+    if args.json:
+        _print_json(
+            {
+                "verified": verdict.ok,
+                "size": verdict.size,
+                "root": verdict.root.hex(),
+                "problem": verdict.problem,
+                "seq": verdict.seq,
+            }
+        )
+    elif verdict.ok:
+        print(f"audit log verified: {verdict.size} events, root {verdict.root.hex()}")
+    if not verdict.ok:
+        where = f" at event {verdict.seq}" if verdict.seq is not None else ""
+        print(f"liaison: the audit log does not verify{where}: {verdict.problem}", file=sys.stderr)
+        return NotVerified.exit_code
     return 0
 
 
@@ -1031,6 +1066,17 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     p = peers.add_parser("reinstate", parents=[common], help="end a peer's revocation")
     p.add_argument("agency_id", metavar="AGENCY-ID")
     p.set_defaults(run=cmd_peers_reinstate)
+
+    audit_commands = commands.add_parser("audit", help="the verifiable audit log").add_subparsers(
+        dest="audit_command", required=True, metavar="COMMAND"
+    )
+    p = audit_commands.add_parser(
+        "verify",
+        parents=[common, as_json],
+        help="recompute the audit log's Merkle tree and check every row (exit 7 if not)",
+    )
+    p.add_argument("--database", help="a copy of node.db to verify instead of the home's")
+    p.set_defaults(run=cmd_audit_verify)
 
     p = commands.add_parser("serve", parents=[common], help="run the node")
     p.set_defaults(run=cmd_serve)

@@ -38,3 +38,9 @@ class NotDelivered(ClientError):
     """The notice ended FAILED (the peer refused it) or EXPIRED: it will not be delivered."""
 
     exit_code = 6
+
+
+class NotVerified(ClientError):
+    """An audit log (or other evidence) does not verify."""
+
+    exit_code = 7

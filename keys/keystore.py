@@ -198,10 +198,11 @@ class NodeKeys:
 
         Raises ``WrongPassphrase`` or ``KeyStoreError``.
         """
-        folder = self.current()
+        folder = self.current()  # resolved once: the manifest is this generation's too
         check = read_private_file(folder / CHECK)
         verify_passphrase(check, unlocker, name=str(folder / CHECK))
-        return OpenedKeys(folder, self.entries(), unlocker)
+        entries = [KeyEntry.from_json(entry) for entry in self._manifest(folder)["keys"]]
+        return OpenedKeys(folder, entries, unlocker)
 
     def generation(self) -> str:
         """The name of the current generation (it changes with every change of the store)."""

@@ -66,6 +66,8 @@ from liaison.server.store.audit import AuditKind, append
 from liaison.server.store.store import Store, sqlite_url
 
 ADMIN = "admin"
+# Reads of a key store that another process keeps switching, before giving up.
+KEYRING_READS = 3
 DATABASE_FILE = "node.db"
 LOCK_FILE = "node.lock"
 # Roles of the local API's keys in the key store.
@@ -174,15 +176,27 @@ class NodeHome:
         return self.keyring(config).current
 
     def keyring(self, config: NodeConfig | None = None) -> KeyRing:
-        """Every key the node holds, across rotations (liaison.keys.keyring)."""
+        """Every key the node holds, across rotations (liaison.keys.keyring).
+
+        A generation switched while it is being read (a running node retiring a
+        key, ``keys rotate`` in another process) leaves the reader with files that
+        are gone: it reads the new generation instead, a few times at most.
+        """
         config = config or self.config()
-        return load_keyring(
-            self.open_keys(),
-            agency_id=config.agency_id,
-            name=config.name,
-            endpoint=config.endpoint,
-            created_at=config.created_at,
-        )
+        for attempt in range(KEYRING_READS):
+            generation = self.keys.generation()
+            try:
+                return load_keyring(
+                    self.open_keys(),
+                    agency_id=config.agency_id,
+                    name=config.name,
+                    endpoint=config.endpoint,
+                    created_at=config.created_at,
+                )
+            except KeyStoreError:
+                if attempt + 1 == KEYRING_READS or self.keys.generation() == generation:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def card_sequence(self) -> int:
         """The sequence of the node's current card, read without the passphrase."""

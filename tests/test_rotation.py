@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import select, update
 
 from liaison.keys.envelope import seal_notice
-from liaison.keys.keystore import DESTROYED, RETIRING
+from liaison.keys.keystore import DESTROYED, RETIRING, KeyChange, OpenedKeys
 from liaison.keys.notice import CASE_NOTICE_CONTENT_TYPE
 from liaison.keys.rotation import CARD_UPDATE_CONTENT_TYPE
 from liaison.keys.sealed import Passphrase
@@ -296,3 +296,25 @@ def _end_window(home: NodeHome, agency_id: str) -> None:
             )
     finally:
         store.close()
+
+
+def test_a_key_store_switched_while_it_is_read_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the rotation test under load: `card export`, or the node reloading its
+    keys, read a generation that a retirement had just switched away and deleted."""
+    home = NodeHome.unlocked(make_home(tmp_path, A_ID).path, Passphrase(TEST_PASSPHRASE))
+    opened_first = NodeHome.open_keys
+    switched: list[str] = []
+
+    def open_then_switch(self: NodeHome) -> OpenedKeys:
+        opened = opened_first(self)
+        if not switched:  # another process writes a new generation right after
+            assert self.unlocker is not None
+            self.keys.change(self.unlocker, KeyChange)
+            switched.append(self.keys.generation())
+        return opened
+
+    monkeypatch.setattr(NodeHome, "open_keys", open_then_switch)
+    ring = home.keyring()
+    assert ring.generation == switched[0] == home.keys.generation()

@@ -8,6 +8,7 @@ import enum
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from liaison.server.store import auditlog
 from liaison.server.store.models import AuditEvent
 
 _LAST_SEQ = "liaison_last_audit_seq"
@@ -150,4 +151,5 @@ def append(
         detail=detail,
     )
     session.add(event)
+    auditlog.append(session, event)
     return event

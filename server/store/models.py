@@ -251,3 +251,24 @@ class SendRequest(Base):
     request_sha256: Mapped[str] = mapped_column(String(64))
     message_id: Mapped[str] = mapped_column(String(36))
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class AuditLeaf(Base):
+    """An audit event's canonical bytes (``liaison.v1.AuditEntry``): leaf ``seq - 1`` of the
+    audit log's Merkle tree. Written with the event, never changed (append-only)."""
+
+    __tablename__ = "audit_entries"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    entry: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class AuditNode(Base):
+    """The hash of a perfect subtree of the audit log: ``2**level`` leaves from
+    ``idx * 2**level`` (level 0: the leaf hashes). Written once, when complete."""
+
+    __tablename__ = "audit_tree"
+
+    level: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    hash: Mapped[bytes] = mapped_column(LargeBinary)
