@@ -526,17 +526,15 @@ class Notices:
     async def _outcome(self, message_id: str, wait: int) -> SendOutcome:
         """The message's state (each recipient's, for a notice to several), after waiting
         up to ``wait`` seconds for each to reach a final one."""
-        group = await asyncio.to_thread(self.store.notice_messages, message_id)
-        ids = [row.message_id for row in group] or [message_id]
-        messages = await asyncio.gather(*(self._settled(one, wait) for one in ids))
+        if wait:
+            group = await asyncio.to_thread(self.store.outbound_states, message_id)
+            await asyncio.gather(*(self._settled(row[1], wait) for row in group))
+        rows = await asyncio.to_thread(self.store.outbound_states, message_id)
+        if not rows:
+            raise NotFound(f"no message {message_id}")
         outcomes = [
-            RecipientOutcome(
-                message.recipient,
-                message.message_id,
-                MessageState(message.state),
-                message.failure_reason or "",
-            )
-            for message in messages
+            RecipientOutcome(recipient, one, MessageState(state), reason or "")
+            for recipient, one, state, reason in rows
         ]
         first = outcomes[0]
         return SendOutcome(
@@ -558,14 +556,16 @@ class Notices:
             for m in group
         ]
 
-    async def _settled(self, message_id: str, wait: int) -> Message:
-        """The outbound message, once final or after ``wait`` seconds (0: as it is now)."""
-        if wait:
-            return (await self.status(message_id, wait_seconds=wait)).message
-        found = await asyncio.to_thread(self.store.message, message_id)
-        if found is None:
-            raise NotFound(f"no message {message_id}")
-        return found[0]
+    async def _settled(self, message_id: str, wait: int) -> None:
+        """Until the outbound message is final, or ``wait`` seconds."""
+        settled = self.delivery.watch(message_id)
+        try:
+            state = await asyncio.to_thread(self.store.state, message_id)
+            if state not in {s.value for s in FINAL_OUTBOUND_STATES}:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(settled), wait)
+        finally:
+            self.delivery.unwatch(message_id, settled)
 
     def _sent_request(self, actor: str, key: str) -> SendRequest | None:
         with self.store.read() as session:

@@ -87,8 +87,9 @@ def append(session: Session, event: AuditEvent) -> None:
     _store(session, nodes, level, index, current)
     while index & 1:
         left = nodes.get((level, index - 1))
-        if left is None:
-            left = session.get_one(AuditNode, (level, index - 1)).hash
+        if left is None:  # written by an earlier transaction: read it (no flush needed)
+            with session.no_autoflush:
+                left = session.get_one(AuditNode, (level, index - 1)).hash
         level, index = level + 1, index >> 1
         current = node_hash(left, current)
         _store(session, nodes, level, index, current)

@@ -502,6 +502,26 @@ class Store:
             receipt = session.scalars(select(Receipt).where(Receipt.message_pk == row.id)).first()
             return row, receipt
 
+    def outbound_states(self, message_id: str) -> list[tuple[str, str, str, str | None]]:
+        """(recipient, message id, state, failure reason) of the outbound message
+        ``message_id``, or of every recipient's message of its notice; light columns only."""
+        columns = (Message.recipient, Message.message_id, Message.state, Message.failure_reason)
+        outbound = Message.direction == Direction.OUTBOUND.value
+        with self.read() as session:
+            row = session.execute(
+                select(*columns, Message.notice_id).where(
+                    outbound, Message.message_id == message_id
+                )
+            ).first()
+            if row is None:
+                return []
+            if row.notice_id is None:
+                return [(row[0], row[1], row[2], row[3])]
+            rows = session.execute(
+                select(*columns).where(Message.notice_id == row.notice_id).order_by(Message.id)
+            ).all()
+            return [(r[0], r[1], r[2], r[3]) for r in rows]
+
     def notice_messages(self, message_id: str) -> list[Message]:
         """The messages of the notice that ``message_id`` (its notice id, or the message
         id of one of its recipients) belongs to, by recipient order; [] for a notice sent
