@@ -213,7 +213,17 @@ class Rotation:
     created: list[KeyEntry]
 
     def change(self, keys: list[NewKey], public: dict[str, bytes]) -> KeyChange:
-        """The generation after the rotation (for ``NodeKeys.change``)."""
+        """The generation after the rotation (for ``NodeKeys.change``).
+
+        Applied under the key store's lock to whatever generation is current:
+        refuses (``StaleKeyRing``) unless that is still the one the plan was made
+        from, so two rotations at once cannot mix their keys.
+        """
+        stored = public.get(CARD_FILE)
+        if PREVIOUS_CARD_FILE in public or (
+            stored is not None and stored != self.previous.card.signed_card
+        ):
+            raise StaleKeyRing("the key store changed meanwhile; run the rotation again")
         replaced = {(entry.role, entry.key_id) for entry in self.replaced}
         kept = [
             NewKey(dataclasses.replace(key.entry, state=RETIRING), key.secret)
@@ -333,17 +343,30 @@ def retirement(
     return Retirement(destroyed, dated)
 
 
+class StaleKeyRing(KeyStoreError):
+    """A key-store change was planned from a generation that is no longer current."""
+
+
 def retirement_change(
-    plan: Retirement, *, forget_previous: bool
+    plan: Retirement, *, forget_previous: bool, previous_card: bytes | None = None
 ) -> Callable[[list[NewKey], dict[str, bytes]], KeyChange]:
     """The ``NodeKeys.change`` function that applies ``plan``.
 
     With ``forget_previous`` the previous card and the update go too: the
     rotation has settled and nothing signs as the previous card any more.
+    ``previous_card`` is the previous card the plan was made with; the change
+    refuses (``StaleKeyRing``) if the store moved on meanwhile.
     """
     changed = {(entry.role, entry.key_id): entry for entry in [*plan.destroyed, *plan.dated]}
 
     def change(keys: list[NewKey], public: dict[str, bytes]) -> KeyChange:
+        # Under the key store's lock: the previous card to forget must be the one the
+        # plan saw (a rotation in between would have made another one previous).
+        if forget_previous and public.get(PREVIOUS_CARD_FILE) != previous_card:
+            raise StaleKeyRing("the key store changed meanwhile")
+        current_states = {(key.entry.role, key.entry.key_id): key.entry.state for key in keys}
+        if any(current_states.get(key) != RETIRING for key in changed):
+            raise StaleKeyRing("the key store changed meanwhile")
         kept = []
         for key in keys:
             entry = changed.get((key.entry.role, key.entry.key_id))

@@ -324,7 +324,10 @@ class Delivery:
         await self._committer.submit(
             lambda session: outbox.release_queue(session, recipient, now=now, down_since=down_since)
         )
-        self._links[recipient] = _Link()
+        # The probe count stays until a delivery succeeds: a peer that answers health but
+        # fails every delivery (its storage is down) is probed ever more slowly, not
+        # released into a retry storm every second.
+        self._links[recipient] = _Link(probes=link.probes + 1)
         log.info("%s is reachable again; its queue is released", recipient)
         self._wake[recipient].set()
 
@@ -341,7 +344,6 @@ class Delivery:
         if link.down_since is None:
             link.down_since = self._clock()
             link.error = error
-            link.probes = 0
             link.audited = False
             self._drop_channel(recipient)  # probes start on a fresh channel (see _probe)
         self._wake[recipient].set()
@@ -419,7 +421,9 @@ class Delivery:
                 # Not this message's fault: due again as soon as the peer answers.
                 return self._retry(pending, f"transport: {described}", backoff=False)
             return self._retry(pending, f"transport: {described}")
-        self._links[card.agency_id].timeouts = 0
+        link = self._links[card.agency_id]
+        link.timeouts = 0
+        link.probes = 0  # it answered a delivery: the next outage backs off from the start
         now = self._clock()
         try:
             receipt = verify_receipt(

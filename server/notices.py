@@ -178,15 +178,10 @@ class Notices:
         request_sha256 = ""
         if idempotency_key:
             _check_idempotency_key(idempotency_key)
-            request_sha256 = _request_digest(",".join(recipients), notice, ttl_seconds)
-            earlier = await asyncio.to_thread(self._sent_request, actor, idempotency_key)
+            request_sha256 = _request_digest("send:" + ",".join(recipients), notice, ttl_seconds)
+            earlier = await self._earlier(actor, idempotency_key, request_sha256)
             if earlier is not None:
-                if earlier.request_sha256 != request_sha256:
-                    raise RequestError(
-                        "this idempotency key was used for another notice; use a new key "
-                        "for each notice"
-                    )
-                return await self._outcome(earlier.message_id, wait)
+                return await self._outcome(earlier, wait)
         cards = [await self._recipient(name) for name in recipients]
         own = self.keys.current.agency_id
         now = self.clock()
@@ -299,8 +294,29 @@ class Notices:
         if status not in OPERATOR_ACK_STATUSES:
             raise RequestError("the status must be acknowledged, action-taken or declined")
         original = await self._received(message_id)
+        request_sha256 = ""
+        if idempotency_key:  # a retry first: its state has moved on since the first call
+            _check_idempotency_key(idempotency_key)
+            asked = notice_pb2.Acknowledgement(
+                message_id=message_id, status=status, comment=comment
+            )
+            request_sha256 = _request_digest(f"ack:{original.sender}", asked, 0)
+            earlier = await self._earlier(actor, idempotency_key, request_sha256)
+            if earlier is not None:
+                return await self._outcome(earlier, 0)
+        state = lifecycle.ACK_STATES[status]
+        if lifecycle.INBOUND_RANK[state.value] <= lifecycle.INBOUND_RANK.get(original.state, 0):
+            raise RequestError(
+                f"the message is {original.state} already; an acknowledgement only moves it on "
+                "(read, acknowledged, action-taken, declined)"
+            )
         return await self._send_acknowledgement(
-            original, status, comment, actor=actor, idempotency_key=idempotency_key
+            original,
+            status,
+            comment,
+            actor=actor,
+            idempotency_key=idempotency_key,
+            request_sha256=request_sha256,
         )
 
     async def _send_acknowledgement(
@@ -311,6 +327,7 @@ class Notices:
         *,
         actor: str,
         idempotency_key: str = "",
+        request_sha256: str = "",
     ) -> SendOutcome:
         now = self.clock()
         ack = notice_pb2.Acknowledgement(
@@ -320,10 +337,6 @@ class Notices:
         problems = acknowledgement_problems(ack)
         if problems:
             raise RequestError("invalid acknowledgement: " + "; ".join(problems))
-        request_sha256 = ""
-        if idempotency_key:
-            _check_idempotency_key(idempotency_key)
-            request_sha256 = _request_digest(original.sender, ack, int(status))
         card = await self._recipient(original.sender)
         state = lifecycle.ACK_STATES[status]
         record = await asyncio.to_thread(
@@ -365,6 +378,13 @@ class Notices:
         """
         _check_message_id(message_id)
         original = await self._received(message_id)
+        request_sha256 = ""
+        if idempotency_key:
+            _check_idempotency_key(idempotency_key)
+            request_sha256 = _request_digest(f"reply:{message_id}", notice, ttl_seconds)
+            earlier = await self._earlier(actor, idempotency_key, request_sha256)
+            if earlier is not None:
+                return await self._outcome(earlier, 0)
         answered = await asyncio.to_thread(self._open, original)
         if answered is None:
             raise RequestError("the message answered has no notice to answer (destroyed?)")
@@ -383,10 +403,6 @@ class Notices:
         ttl = ttl_seconds or self.limits.default_ttl_seconds
         if ttl > self.limits.max_lifetime_days * 86400:
             raise RequestError(f"ttl exceeds the limit of {self.limits.max_lifetime_days} days")
-        request_sha256 = ""
-        if idempotency_key:
-            _check_idempotency_key(idempotency_key)
-            request_sha256 = _request_digest(original.sender, reply, ttl_seconds)
         card = await self._recipient(original.sender)
         record = await asyncio.to_thread(
             self._seal_other,
@@ -566,6 +582,19 @@ class Notices:
                     await asyncio.wait_for(asyncio.shield(settled), wait)
         finally:
             self.delivery.unwatch(message_id, settled)
+
+    async def _earlier(self, actor: str, key: str, request_sha256: str) -> str | None:
+        """The message a call with this idempotency key queued before, if any; a key used
+        for another request (or another kind of request) is refused."""
+        earlier = await asyncio.to_thread(self._sent_request, actor, key)
+        if earlier is None:
+            return None
+        if earlier.request_sha256 != request_sha256:
+            raise RequestError(
+                "this idempotency key was used for another request; use a new key for each "
+                "notice, acknowledgement or reply"
+            )
+        return earlier.message_id
 
     def _sent_request(self, actor: str, key: str) -> SendRequest | None:
         with self.store.read() as session:

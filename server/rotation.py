@@ -24,7 +24,14 @@ import logging
 from dataclasses import dataclass
 
 from liaison.keys.envelope import seal_content
-from liaison.keys.keyring import KeyRing, Retirement, retirement, retirement_change, rotation
+from liaison.keys.keyring import (
+    KeyRing,
+    Retirement,
+    StaleKeyRing,
+    retirement,
+    retirement_change,
+    rotation,
+)
 from liaison.keys.keystore import KeyEntry
 from liaison.keys.rotation import CARD_UPDATE_CONTENT_TYPE
 from liaison.keys.storage import StorageKey
@@ -186,7 +193,13 @@ def retire_keys(
     if not plan and not forget_previous:
         return False
     assert home.unlocker is not None
-    home.keys.change(home.unlocker, retirement_change(plan, forget_previous=forget_previous))
+    previous_card = ring.previous.card.signed_card if ring.previous is not None else None
+    change = retirement_change(plan, forget_previous=forget_previous, previous_card=previous_card)
+    try:
+        home.keys.change(home.unlocker, change)
+    except StaleKeyRing:
+        log.info("the key store changed while keys were being retired; next round")
+        return False
     _audit_retirement(store, plan, now)
     for entry in plan.destroyed:
         log.info("destroyed retired %s key %s", entry.role, entry.key_id)

@@ -196,7 +196,7 @@ def test_a_retry_after_a_lost_answer_queues_one_notice(homes: tuple[NodeHome, No
         with Inspector(b_home) as inspector:
             assert inspector.count_messages() == 1
         # The same key for another notice is refused, not silently answered.
-        with a.client() as client, pytest.raises(Exception, match="another notice"):
+        with a.client() as client, pytest.raises(Exception, match="another request"):
             client.send_notice(B_ID, sample_notice("OTHER"), idempotency_key="case-42:1")
     finally:
         b.stop()

@@ -228,3 +228,28 @@ def test_acknowledging_needs_a_received_notice_and_an_operator_status(pair: Pair
         with pytest.raises(RequestRejected, match="control character"):
             client.acknowledge(notice_id, notice_pb2.ACK_STATUS_DECLINED, comment="\x1b[2J")
     assert outbound_answers(pair.b, notice_id, ACKNOWLEDGEMENT_CONTENT_TYPE) == []
+
+
+def test_a_retried_acknowledgement_or_reply_is_answered_with_the_first(pair: Pair) -> None:
+    """An acknowledgement or a reply retried with its key returns what the first call
+    queued (its state has moved on meanwhile), and the key refuses any other request."""
+    notice_id = delivered_notice(pair)
+    with pair.b.client() as client:
+        first = client.acknowledge(
+            notice_id, notice_pb2.ACK_STATUS_ACKNOWLEDGED, idempotency_key="ack-1"
+        )
+        again = client.acknowledge(
+            notice_id, notice_pb2.ACK_STATUS_ACKNOWLEDGED, idempotency_key="ack-1"
+        )
+        assert again.message_id == first.message_id
+        with pytest.raises(RequestRejected, match="only moves it on"):
+            client.acknowledge(notice_id, notice_pb2.ACK_STATUS_ACKNOWLEDGED)
+        with pytest.raises(RequestRejected, match="another request"):
+            client.reply(notice_id, notice_pb2.CaseNotice(body="x"), idempotency_key="ack-1")
+        answer = notice_pb2.CaseNotice(body="Noted.")
+        reply = client.reply(notice_id, answer, idempotency_key="reply-1")
+        assert client.reply(notice_id, answer, idempotency_key="reply-1").message_id == (
+            reply.message_id
+        )
+    assert outbound_answers(pair.b, notice_id, REPLY_CONTENT_TYPE) == [reply.message_id]
+    assert outbound_answers(pair.b, notice_id, ACKNOWLEDGEMENT_CONTENT_TYPE) == [first.message_id]

@@ -113,24 +113,21 @@ def replied_by_peer(
     )
 
 
-# How far a received message has come here; an operator's later decision of the same
-# rank (acknowledged, then action taken) replaces the earlier one.
-_INBOUND_RANK = {
+# How far a received message has come here, in the same order as the sender's view of it
+# (``_RANK``): both sides apply the same acknowledgements in the same order, so they
+# end in the same state whatever order the acknowledgements arrive in.
+INBOUND_RANK = {
     MessageState.RECEIVED.value: 0,
-    MessageState.READ.value: 1,
-    MessageState.ACKNOWLEDGED.value: 2,
-    MessageState.ACTION_TAKEN.value: 2,
-    MessageState.DECLINED.value: 2,
-    MessageState.REPLIED.value: 3,
+    **_RANK,
+    MessageState.REPLIED.value: len(_RANK) + 1,
 }
 
 
 def advance_inbound(session: Session, pk: int, state: MessageState, *, at: dt.datetime) -> bool:
     """Our operator read, acknowledged or answered a received message; True if its state
-    moved on (a read after an acknowledgement changes nothing)."""
+    moved on (states only move on: a read after an acknowledgement changes nothing)."""
     message = session.get_one(Message, pk)
-    current, new = _INBOUND_RANK.get(message.state, 0), _INBOUND_RANK[state.value]
-    if new < current or message.state == state.value or (new == current and new != 2):
+    if INBOUND_RANK[state.value] <= INBOUND_RANK.get(message.state, 0):
         return False
     message.state = state.value
     message.updated_at = at
