@@ -421,6 +421,23 @@ def cmd_peers_reinstate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_peers_has_our_card(args: argparse.Namespace) -> int:
+    sequence = NodeHome(_home(args)).card_sequence()
+    agency_id, change, _pending = _on_peer(
+        args,
+        lambda store, agency: store.handed_our_card(
+            agency, sequence, actor="admin", now=dt.datetime.now(dt.UTC)
+        ),
+    )
+    if change is None:
+        raise UsageError(f"{agency_id} is not a pinned peer")
+    if not change.changed:
+        print(f"{agency_id} already pins our card {sequence}; nothing changed")
+        return 0
+    print(f"Recorded: {agency_id} pins our card {sequence} (handed over out of band)")
+    return 0
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Recompute the audit log from its entries; exit 7 naming the first bad event."""
     if args.database:
@@ -1066,6 +1083,13 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     p = peers.add_parser("reinstate", parents=[common], help="end a peer's revocation")
     p.add_argument("agency_id", metavar="AGENCY-ID")
     p.set_defaults(run=cmd_peers_reinstate)
+    p = peers.add_parser(
+        "has-our-card",
+        parents=[common],
+        help="record that a peer pinned our current card, handed over out of band",
+    )
+    p.add_argument("agency_id", metavar="AGENCY-ID")
+    p.set_defaults(run=cmd_peers_has_our_card)
 
     audit_commands = commands.add_parser("audit", help="the verifiable audit log").add_subparsers(
         dest="audit_command", required=True, metavar="COMMAND"

@@ -244,6 +244,21 @@ def test_keys_rotate_from_the_cli(
     assert "still being announced" in err
     assert snapshot(a_home.path) == before
 
+    # The operator hands B the new card out of band instead: recorded, and audited; the
+    # queued announcement is moot, and the next rotation may go ahead.
+    code, out, err = run(capsys, "peers", "has-our-card", B_ID, *home)
+    assert (code, err) == (0, "")
+    assert "pins our card 1" in out
+    shown = run_json(capsys, "peers", "show", B_ID, *home)
+    assert isinstance(shown, dict)
+    assert (shown["pins_our_card"], shown["our_card_announced"]) == (1, None)
+    code, out, _ = run(capsys, "peers", "has-our-card", B_ID, *home)
+    assert "nothing changed" in out
+    rotated = run_json(capsys, "keys", "rotate", "--encryption", *home)
+    assert isinstance(rotated, dict)
+    assert rotated["card_sequence"] == 2
+    assert rotated["announced_to"] == [B_ID]
+
 
 def test_a_wrong_passphrase_rotates_nothing(
     a_home: CliHome, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch

@@ -27,6 +27,8 @@ class AuditKind(enum.StrEnum):
     CARD_ANNOUNCED = "card-announced"
     CARD_ACCEPTED_BY_PEER = "card-accepted-by-peer"
     CARD_ANNOUNCEMENT_FAILED = "card-announcement-failed"
+    # An operator recorded that a peer got our current card out of band.
+    CARD_HANDED_OVER = "card-handed-over"
     PEER_CARD_UPDATED = "peer-card-updated"
     # Notices at rest: clear rows of an older version sealed; a message's content destroyed.
     CONTENT_SEALED = "content-sealed"

@@ -18,7 +18,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, and_, create_engine, event, func, or_, select
+from sqlalchemy import Engine, and_, create_engine, event, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from liaison.keys.card import PeerCard, parse_card
@@ -384,6 +384,44 @@ class Store:
                 + (since.isoformat() if since else "unknown"),
             )
         return PeerChange(reinstated, changed=True)
+
+    def handed_our_card(
+        self, agency_id: str, sequence: int, *, actor: str, now: dt.datetime
+    ) -> PeerChange | None:
+        """Record that ``agency_id`` now pins our card ``sequence``, handed to it out of
+        band (its announcement failed or expired); audited. None if it is not pinned.
+
+        It then gets the next rotation's announcement like every other peer.
+        """
+        with self.write() as session:
+            peer = session.get(Peer, agency_id)
+            if peer is None:
+                return None
+            if peer.our_card == sequence and peer.announcement_id is None:
+                return PeerChange(_pinned(peer), changed=False)
+            before = peer.our_card
+            if peer.announcement_id is not None:  # its announcement, if still queued, is moot
+                session.execute(
+                    update(Message)
+                    .where(
+                        Message.message_id == peer.announcement_id,
+                        Message.direction == Direction.OUTBOUND.value,
+                        Message.state == MessageState.QUEUED.value,
+                    )
+                    .values(state=MessageState.CANCELLED.value, failure_reason="SUPERSEDED")
+                )
+            peer.our_card = sequence
+            peer.announcing = None
+            peer.announcement_id = None
+            audit.append(
+                session,
+                AuditKind.CARD_HANDED_OVER,
+                at=now,
+                peer=agency_id,
+                actor=actor,
+                detail=f"pins our card {sequence} (was {before}), handed over out of band",
+            )
+            return PeerChange(_pinned(peer), changed=True)
 
     def pin_summary(self) -> PinSummary:
         """A cheap fingerprint of the ``peers`` table: it changes with every pin and its state."""
