@@ -19,7 +19,7 @@ from liaison.keys.card import PeerCard, sign_card
 from liaison.keys.envelope import seal_content
 from liaison.keys.errors import KeyStoreError
 from liaison.keys.identity import NodeIdentity, generate_identity
-from liaison.keys.keyring import KeyRing, rotation
+from liaison.keys.keyring import KeyRing, Retirement, StaleKeyRing, retirement_change, rotation
 from liaison.keys.rotation import (
     CARD_UPDATE_CONTENT_TYPE,
     CardUpdateError,
@@ -30,7 +30,7 @@ from liaison.server.store.audit import AuditKind
 from liaison.server.store.store import Store
 from liaison.v1 import envelope_pb2
 from tests.cli_homes import CliHome, peers_add, run, run_json, snapshot
-from tests.conftest import peer_link
+from tests.conftest import make_home, peer_link
 
 A_ID, B_ID = "MA.DGSN.CCPI", "DE.BPOL.LO-RABAT"
 NOW = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
@@ -277,3 +277,26 @@ def test_rotation_refuses_unknown_kinds(a: NodeIdentity) -> None:
         rotation(ring, frozenset({"storage"}), now=NOW)
     with pytest.raises(KeyStoreError, match="still being announced"):
         rotation(dataclasses.replace(ring, previous=a), frozenset({"tls"}), now=NOW)
+
+
+def test_key_store_changes_planned_from_a_stale_ring_are_refused(tmp_path: Path) -> None:
+    """Found in review: two rotations at once mixed their keys, and a retirement planned
+    before a rotation deleted that rotation's previous card and update."""
+    home = make_home(tmp_path, A_ID)
+    assert home.unlocker is not None
+    ring = home.keyring()
+    first, second = (rotation(ring, frozenset({kind}), now=NOW) for kind in ("signing", "tls"))
+    home.keys.change(home.unlocker, first.change)
+    before = snapshot(home.path)
+    with pytest.raises(StaleKeyRing):
+        home.keys.change(home.unlocker, second.change)
+    assert snapshot(home.path) == before
+    # A retirement planned while card 1 was previous, applied once card 0 is (another
+    # rotation in between): it must not forget the previous card it did not see.
+    stale = retirement_change(
+        Retirement([], []), forget_previous=True, previous_card=first.current.card.signed_card
+    )
+    with pytest.raises(StaleKeyRing):
+        home.keys.change(home.unlocker, stale)
+    assert home.keyring().previous is not None
+    assert snapshot(home.path) == before
