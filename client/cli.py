@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from liaison.client import render
-from liaison.client.api import LiaisonClient, state_name
+from liaison.client.api import LiaisonClient, SendResult, state_name
 from liaison.client.attachments import save_attachments
 from liaison.client.demo import run_demo
 from liaison.client.errors import ClientError, NotDelivered, NotVerified, UsageError
@@ -696,7 +696,7 @@ def _delivery_verdict(state: str, reason: str, peer: str, waited: int) -> int:
     """The exit code of a state reached within ``--wait``: NotDelivered's for failed or
     expired (with why on standard error), 0 otherwise; a notice still on its way says so."""
     if state == "failed":
-        why = "a duplicate of a message it holds" if reason == "DUPLICATE" else reason
+        why = "a duplicate of a message it holds" if reason == "DUPLICATE" else render.safe(reason)
         print(f"liaison: rejected by {render.safe(peer)}: {why}", file=sys.stderr)
         return NotDelivered.exit_code
     if state == "expired":
@@ -724,31 +724,30 @@ def cmd_ack(args: argparse.Namespace) -> int:
         result = client.acknowledge(
             args.message_id, _choice("status", args.status, ACK_STATUSES), comment=comment
         )
+    _print_sent(args, result)
+    return 0
+
+
+def _print_sent(args: argparse.Namespace, result: SendResult) -> None:
+    """The message a command queued (or changed): its id and state, or as JSON."""
     if args.json:
         _print_json({"message_id": result.message_id, "state": result.state})
     else:
         print(f"{result.message_id} {result.state}")
-    return 0
 
 
 def cmd_reply(args: argparse.Namespace) -> int:
     notice = build_notice(args, reply=True)
     with _client(args) as client:
         result = client.reply(args.message_id, notice, ttl_seconds=args.ttl)
-    if args.json:
-        _print_json({"message_id": result.message_id, "state": result.state})
-    else:
-        print(f"{result.message_id} {result.state}")
+    _print_sent(args, result)
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     with _client(args) as client:
         result = client.cancel(args.message_id) if args.cancel else client.retry(args.message_id)
-    if args.json:
-        _print_json({"message_id": result.message_id, "state": result.state})
-    else:
-        print(f"{result.message_id} {result.state}")
+    _print_sent(args, result)
     return 0
 
 

@@ -13,11 +13,13 @@ import datetime as dt
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from google.protobuf.message import DecodeError
+from google.protobuf.message import Message as ProtoMessage
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.protobuf.unknown_fields import UnknownFieldSet
 
@@ -389,22 +391,18 @@ def _open_content(checked: CheckedEnvelope, content: bytes, reject: Reject) -> O
             raise reject(R.REJECT_REASON_INVALID_CARD_UPDATE, str(error)) from None
         return OpenedNotice(checked, content, card_update=card)
     if header.content_type == ACKNOWLEDGEMENT_CONTENT_TYPE:
-        try:
-            ack = notice_pb2.Acknowledgement.FromString(content)
-        except DecodeError:
-            raise reject(R.REJECT_REASON_INVALID_ACKNOWLEDGEMENT, "does not parse") from None
-        problems = acknowledgement_problems(ack)
-        if problems:
-            raise reject(R.REJECT_REASON_INVALID_ACKNOWLEDGEMENT, "; ".join(problems))
+        ack = _parsed(
+            notice_pb2.Acknowledgement,
+            content,
+            acknowledgement_problems,
+            R.REJECT_REASON_INVALID_ACKNOWLEDGEMENT,
+            reject,
+        )
         return OpenedNotice(checked, content, acknowledgement=ack)
     if header.content_type == REPLY_CONTENT_TYPE:
-        try:
-            reply = notice_pb2.Reply.FromString(content)
-        except DecodeError:
-            raise reject(R.REJECT_REASON_INVALID_NOTICE, "reply does not parse") from None
-        problems = reply_problems(reply)
-        if problems:
-            raise reject(R.REJECT_REASON_INVALID_NOTICE, "; ".join(problems))
+        reply = _parsed(
+            notice_pb2.Reply, content, reply_problems, R.REJECT_REASON_INVALID_NOTICE, reject
+        )
         return OpenedNotice(checked, content, notice=reply.notice, reply=reply)
     if header.content_type != CASE_NOTICE_CONTENT_TYPE:
         raise reject(
@@ -419,6 +417,27 @@ def _open_content(checked: CheckedEnvelope, content: bytes, reject: Reject) -> O
     if problems:
         raise reject(R.REJECT_REASON_INVALID_NOTICE, "; ".join(problems))
     return OpenedNotice(checked, content, notice=notice)
+
+
+Parsed = TypeVar("Parsed", bound=ProtoMessage)
+
+
+def _parsed(
+    kind: type[Parsed],
+    content: bytes,
+    problems_of: Callable[[Parsed], list[str]],
+    reason: envelope_pb2.RejectReason.ValueType,
+    reject: Reject,
+) -> Parsed:
+    """``content`` parsed as ``kind`` and free of ``problems_of``; else ``reason``."""
+    try:
+        message = kind.FromString(content)
+    except DecodeError:
+        raise reject(reason, f"{kind.__name__} does not parse") from None
+    problems = problems_of(message)
+    if problems:
+        raise reject(reason, "; ".join(problems))
+    return message
 
 
 def issue_receipt(

@@ -84,6 +84,8 @@ class KeyRing:
     decryption_keys: dict[str, hpke.MLKEM768X25519PrivateKey] = field(default_factory=dict)
     # The SignedCardUpdate from ``previous`` to ``current``, while ``previous`` is kept.
     update: bytes | None = None
+    # True while any key is retiring: something may become due for destruction.
+    retiring: bool = False
 
     @property
     def agency_id(self) -> str:
@@ -132,6 +134,7 @@ def load_keyring(
         previous=previous,
         decryption_keys=_decryption_keys(keys),
         update=update,
+        retiring=any(entry.state == RETIRING for entry in keys.entries()),
     )
 
 

@@ -84,6 +84,12 @@ class _Link:
     timeouts: int = 0
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """A background task's error, logged when it happens rather than never."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s failed: %s", task.get_name(), one_line(task.exception()))  # type: ignore[arg-type]
+
+
 def describe_transport_error(error: grpc.aio.AioRpcError) -> str:
     """A transport failure in words an operator can act on (never the raw peer text).
 
@@ -521,6 +527,7 @@ class Delivery:
         task = asyncio.create_task(channel.close(grace=grace), name="close-replaced-channel")
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+        task.add_done_callback(_log_failure)
 
     def _read(self, query: Callable[..., T], *args: object) -> T:
         with self._store.read() as session:

@@ -181,6 +181,8 @@ def retire_keys(
     kept ``max_lifetime_days`` and ``clock_skew_seconds`` past that, then
     destroyed. Audited per key.
     """
+    if ring.previous is None and not ring.retiring:
+        return False  # the usual case, every housekeeping round: no file or database read
     with store.read() as session:
         unsettled = cards.pending_announcements(session)
         if ring.previous is not None:

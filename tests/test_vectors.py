@@ -242,7 +242,11 @@ def test_card_update_vectors() -> None:
     assert message.hex() == case["signing_input"]
     pinned.signing_key.verify(signed.signature, message)
     assert envelope_pb2.CardUpdate.FromString(signed.update).previous_card_sha256 == pinned.sha256
-    for name, bent in case["bent"].items():
+    assert set(case["bent"]) == {
+        "signed-by-the-new-key",
+        "skips-a-sequence-number",
+        "names-another-predecessor",
+    }
+    for bent in case["bent"].values():
         with pytest.raises(CardUpdateError):
             verify_card_update(bytes.fromhex(bent), pinned=pinned)
-        assert name
