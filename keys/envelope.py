@@ -449,8 +449,11 @@ def issue_receipt(
     status: envelope_pb2.ReceiptStatus.ValueType,
     reason: envelope_pb2.RejectReason.ValueType = R.REJECT_REASON_UNSPECIFIED,
     now: dt.datetime,
+    log_index: int | None = None,
 ) -> bytes:
-    """Serialize and sign a receipt; returns the ``SignedReceipt`` bytes."""
+    """Serialize and sign a receipt; returns the ``SignedReceipt`` bytes.
+
+    ``log_index`` is the leaf index of the receiver's audit event for the envelope."""
     receipt = envelope_pb2.Receipt(
         message_id=message_id,
         envelope_sha256=envelope_sha256,
@@ -460,6 +463,7 @@ def issue_receipt(
         status=status,
         reason=reason,
         receiver_signing_key_id=receiver.card.signing_key_id,
+        log_index=log_index,
     )
     body = receipt.SerializeToString()
     signature = receiver.signing_key.sign(signing_input(RECEIPT_SIGNATURE_LABEL, body))

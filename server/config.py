@@ -61,6 +61,9 @@ class Limits:
     peer_read_timeout_seconds: float = 60.0
     # All peers together: envelope bytes being checked and stored at once.
     receive_bytes: int = 64 * 1024 * 1024
+    # A checkpoint of the audit log is signed this often when the log grew (and on demand),
+    # and sent to every active peer to cosign.
+    checkpoint_interval_seconds: float = 300.0
 
     def envelope(self) -> EnvelopeLimits:
         return EnvelopeLimits(

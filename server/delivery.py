@@ -415,7 +415,7 @@ class Delivery:
         if card is None:
             return self._retry(pending, "recipient is no longer a pinned peer")
         try:
-            response = await self._stub(card).Deliver(
+            response = await self.stub(card).Deliver(
                 peer_pb2.DeliverRequest(envelope=pending.envelope),
                 timeout=self._limits.delivery_timeout_seconds,
             )
@@ -471,7 +471,8 @@ class Delivery:
             error=error,
         )
 
-    def _stub(self, card: PeerCard) -> peer_pb2_grpc.PeerExchangeAsyncStub:
+    def stub(self, card: PeerCard) -> peer_pb2_grpc.PeerExchangeAsyncStub:
+        """A stub on the channel to ``card``'s node (the one deliveries use)."""
         return peer_pb2_grpc.PeerExchangeStub(self._channel(card))  # async stub, aio channel
 
     def _channel(self, card: PeerCard) -> grpc.aio.Channel:
@@ -484,7 +485,6 @@ class Delivery:
         """
         previous = self._peers.trust.previous(card.agency_id)
         ours = self._keys.for_peer(card.agency_id).tls
-        roots = [card.tls_certificate, *([previous.tls_certificate] if previous else [])]
         key = (
             card.tls_fingerprint,
             previous.tls_fingerprint if previous else "",
@@ -496,31 +496,39 @@ class Delivery:
         if channel is None:
             if known is not None:
                 self._retire_channel(known[1])
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=b"".join(der_to_pem(der) for der in roots),
-                private_key=ours.key_pem(),
-                certificate_chain=ours.certificate_pem(),
-            )
-            size = self._limits.max_grpc_message_bytes
-            channel = grpc.aio.secure_channel(
-                card.endpoint,
-                credentials,
-                options=[
-                    ("grpc.ssl_target_name_override", card.tls_name),
-                    ("grpc.max_send_message_length", size),
-                    ("grpc.max_receive_message_length", size),
-                    # A connection that froze without closing is found by its unanswered
-                    # pings and dropped; the next call opens a new one.
-                    ("grpc.keepalive_time_ms", int(self._limits.keepalive_seconds * 1000)),
-                    (
-                        "grpc.keepalive_timeout_ms",
-                        int(self._limits.keepalive_timeout_seconds * 1000),
-                    ),
-                    ("grpc.http2.max_pings_without_data", 0),
-                ],
-            )
+            channel = self.open_channel(card)
             self._channels[card.agency_id] = (key, channel)
         return channel
+
+    def open_channel(self, card: PeerCard) -> grpc.aio.Channel:
+        """A new channel to ``card``'s node, for the caller to close: calls that must not
+        share the deliveries' connection (and its reconnect backoff when they fail)."""
+        previous = self._peers.trust.previous(card.agency_id)
+        ours = self._keys.for_peer(card.agency_id).tls
+        roots = [card.tls_certificate, *([previous.tls_certificate] if previous else [])]
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=b"".join(der_to_pem(der) for der in roots),
+            private_key=ours.key_pem(),
+            certificate_chain=ours.certificate_pem(),
+        )
+        size = self._limits.max_grpc_message_bytes
+        return grpc.aio.secure_channel(
+            card.endpoint,
+            credentials,
+            options=[
+                ("grpc.ssl_target_name_override", card.tls_name),
+                ("grpc.max_send_message_length", size),
+                ("grpc.max_receive_message_length", size),
+                # A connection that froze without closing is found by its unanswered
+                # pings and dropped; the next call opens a new one.
+                ("grpc.keepalive_time_ms", int(self._limits.keepalive_seconds * 1000)),
+                (
+                    "grpc.keepalive_timeout_ms",
+                    int(self._limits.keepalive_timeout_seconds * 1000),
+                ),
+                ("grpc.http2.max_pings_without_data", 0),
+            ],
+        )
 
     def _retire_channel(self, channel: grpc.aio.Channel) -> None:
         grace = self._limits.delivery_timeout_seconds

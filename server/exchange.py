@@ -27,6 +27,7 @@ from liaison.keys.envelope import (
     open_checked,
 )
 from liaison.keys.errors import EnvelopeRejected, reason_name
+from liaison.keys.identity import NodeIdentity
 from liaison.keys.ids import is_agency_id, is_message_id
 from liaison.keys.storage import Row, StorageKey, Summary, seal_content_at_rest
 from liaison.server.committer import GroupCommitter
@@ -41,6 +42,38 @@ from liaison.v1 import envelope_pb2, notice_pb2
 Clock = Callable[[], dt.datetime]
 log = logging.getLogger(__name__)
 MAX_DETAIL = 200
+
+
+class _ReceiptSigner:
+    """Signs an ACCEPTED receipt naming its own log entry, inside the storing transaction;
+    the last one signed is the one committed (a batch that fails runs again)."""
+
+    def __init__(
+        self,
+        receiver: NodeIdentity,
+        header: envelope_pb2.EnvelopeHeader,
+        envelope_sha256: bytes,
+        now: dt.datetime,
+    ) -> None:
+        self._receiver, self._header, self._digest, self._now = (
+            receiver,
+            header,
+            envelope_sha256,
+            now,
+        )
+        self.signed = b""
+
+    def __call__(self, log_index: int) -> bytes:
+        self.signed = issue_receipt(
+            receiver=self._receiver,
+            message_id=self._header.message_id,
+            envelope_sha256=self._digest,
+            sender=self._header.sender,
+            status=envelope_pb2.RECEIPT_STATUS_ACCEPTED,
+            now=self._now,
+            log_index=log_index,
+        )
+        return self.signed
 
 
 def utc_now() -> dt.datetime:
@@ -167,14 +200,10 @@ class Receiver:
                 )
                 return await self._refuse(refusal, envelope, peer, now)
             answered = found
-        receipt = issue_receipt(
-            receiver=self.keys.for_peer(peer),
-            message_id=header.message_id,
-            envelope_sha256=checked.envelope_sha256,
-            sender=header.sender,
-            status=envelope_pb2.RECEIPT_STATUS_ACCEPTED,
-            now=now,
+        sign_receipt = _ReceiptSigner(
+            self.keys.for_peer(peer), header, checked.envelope_sha256, now
         )
+
         update = opened.card_update
         ack = opened.acknowledgement
         record = await asyncio.to_thread(
@@ -197,7 +226,7 @@ class Receiver:
         grace_until = now + self.limits.max_lifetime + self.limits.clock_skew
 
         def accept(session: Session) -> inbox.StoredReceipt | None:
-            earlier = inbox.accept(session, record, signed_receipt=receipt, received_at=now)
+            earlier = inbox.accept(session, record, sign_receipt=sign_receipt, received_at=now)
             if earlier is None and answered is not None:
                 if ack is not None:
                     lifecycle.acknowledged_by_peer(
@@ -226,6 +255,7 @@ class Receiver:
         earlier = await self.committer.submit(accept)
         if earlier is not None:
             return await self._duplicate(earlier, header, digest, now)
+
         if self.on_stored is not None:
             self.on_stored(header.sender, len(envelope))
         if update is not None:
@@ -234,7 +264,7 @@ class Receiver:
             )
             await asyncio.to_thread(self.peers.refresh)
         log.info("received %s from %s", header.message_id, header.sender)
-        return receipt
+        return sign_receipt.signed
 
     async def refuse_unparsed(self, request: bytes, peer: str) -> bytes:
         """Answer request bytes that are not a ``DeliverRequest`` from the pinned peer
@@ -272,7 +302,7 @@ class Receiver:
         now: dt.datetime,
     ) -> bytes:
         same = earlier.envelope_sha256 == digest
-        await self.committer.submit(
+        log_index = await self.committer.submit(
             lambda session: inbox.record_duplicate(
                 session,
                 sender=header.sender,
@@ -291,6 +321,7 @@ class Receiver:
             sender=header.sender,
             status=envelope_pb2.RECEIPT_STATUS_DUPLICATE,
             now=now,
+            log_index=log_index,
         )
 
     async def _reject(
@@ -306,7 +337,7 @@ class Receiver:
         # What the header claimed is untrusted: keep it only if well-formed.
         message_id = rejection.message_id if is_message_id(rejection.message_id) else ""
         claimed = rejection.sender if is_agency_id(rejection.sender) else ""
-        await self.committer.submit(
+        log_index = await self.committer.submit(
             lambda session: inbox.record_rejection(
                 session,
                 claimed_sender=claimed,
@@ -326,4 +357,5 @@ class Receiver:
             status=envelope_pb2.RECEIPT_STATUS_REJECTED,
             reason=rejection.reason,
             now=now,
+            log_index=log_index,
         )

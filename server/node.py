@@ -29,6 +29,7 @@ from grpc_reflection.v1alpha import reflection
 
 from liaison.keys.identity import NodeIdentity
 from liaison.keys.storage import Row, StorageKey, Summary, seal_content_at_rest
+from liaison.server.checkpoints import Checkpointer, ProofDenied, Witness, prove_inclusion
 from liaison.server.committer import GroupCommitter
 from liaison.server.config import ConfigError, Limits, NodeConfig
 from liaison.server.delivery import Delivery
@@ -105,6 +106,15 @@ class Node:
             committer=self.committer,
             limits=limits,
         )
+        self.checkpointer = Checkpointer(
+            keys=self.keys,
+            peers=self.peers,
+            store=self.store,
+            committer=self.committer,
+            limits=limits,
+            channel=self.delivery.open_channel,
+        )
+        self.witness = Witness(keys=self.keys, peers=self.peers, committer=self.committer)
         self.notices = Notices(
             self.keys,
             self.peers,
@@ -120,6 +130,7 @@ class Node:
         self._health: list[tuple[health_aio.HealthServicer, str]] = []
         self._lock: HomeLock | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self._checkpointing: asyncio.Task[None] | None = None
         # Seals the rows an earlier version stored in clear; done when it returns.
         self.sealing: asyncio.Task[int] | None = None
         self._last_seq = 0
@@ -151,7 +162,7 @@ class Node:
         peer_server = grpc.aio.server(
             interceptors=[ErrorInterceptor()], options=_peer_listener_options(limits)
         )
-        servicer = PeerExchangeServicer(self.receiver, self.gate)
+        servicer = PeerExchangeServicer(self.receiver, self.gate, self.witness, self._prove)
         peer_server.add_generic_rpc_handlers((servicer.handler(),))
         self._add_health(
             peer_server, peer_pb2.DESCRIPTOR.services_by_name["PeerExchange"].full_name
@@ -163,7 +174,9 @@ class Node:
         api_server = grpc.aio.server(
             interceptors=[ErrorInterceptor()], options=_api_listener_options(limits)
         )
-        node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(self.notices), api_server)
+        node_pb2_grpc.add_NodeServiceServicer_to_server(
+            NodeServicer(self.notices, self.checkpointer), api_server
+        )
         node_service = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
         self._add_health(api_server, node_service)
         reflection.enable_server_reflection(
@@ -187,6 +200,7 @@ class Node:
             await server.start()
             self._servers.append(server)
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
+        self._checkpointing = asyncio.create_task(self.checkpointer.run(), name="checkpointing")
         self.sealing = asyncio.create_task(self._seal_clear_rows(), name="seal-clear-rows")
         for health, service in self._health:
             for name in ("", service):
@@ -219,6 +233,15 @@ class Node:
                 detail=message,
             )
         )
+
+    async def _prove(
+        self, peer: str, request: peer_pb2.InclusionRequest
+    ) -> peer_pb2.InclusionResponse | ProofDenied:
+        now = utc_now()
+        answer: peer_pb2.InclusionResponse | ProofDenied = await self.committer.submit(
+            lambda session: prove_inclusion(session, peer, request, now)
+        )
+        return answer
 
     async def _housekeep(self) -> None:
         """Pick up newly pinned peers and rotated keys, announce our card and retire old
@@ -354,11 +377,11 @@ class Node:
 
     async def stop(self) -> None:
         """Stop accepting calls, finish the ones in flight, flush storage, unlock the home."""
-        for task in (self._housekeeping, self.sealing):
+        for task in (self._housekeeping, self._checkpointing, self.sealing):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        self._housekeeping = self.sealing = None
+        self._housekeeping = self._checkpointing = self.sealing = None
         for health, _service in self._health:
             await health.enter_graceful_shutdown()
         await asyncio.gather(*(s.stop(SHUTDOWN_GRACE_SECONDS) for s in self._servers))

@@ -38,7 +38,7 @@ from liaison.keys.storage import StorageKey
 from liaison.server.config import Limits
 from liaison.server.exchange import card_update_summary, sealed_record
 from liaison.server.home import NodeHome
-from liaison.server.store import audit, cards
+from liaison.server.store import audit, cards, checkpoints
 from liaison.server.store.audit import AuditKind
 from liaison.server.store.models import Direction
 from liaison.server.store.store import Store
@@ -83,6 +83,15 @@ def rotate_keys(
     plan = rotation(ring, kinds, now=now)
     home.keys.change(home.unlocker, plan.change)
     with store.write() as session:
+        # Kept for `audit verify`: the old card's checkpoints stay checkable, through the
+        # update, after its keys are destroyed.
+        checkpoints.record_cards(
+            session,
+            [
+                (plan.previous.sequence, plan.previous.card.signed_card, None),
+                (plan.current.sequence, plan.current.card.signed_card, plan.update),
+            ],
+        )
         for old, new in zip(plan.replaced, plan.created, strict=True):
             audit.append(
                 session,

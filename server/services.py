@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from liaison.keys.card import PeerCard
 from liaison.keys.certs import pem_to_der
 from liaison.keys.storage import StoredContentError
+from liaison.server.checkpoints import Checkpointer, ProofDenied, Witness
 from liaison.server.errors import NotFound, RequestError
 from liaison.server.exchange import Receiver
 from liaison.server.gate import Limit, PeerGate, Refused
@@ -55,20 +57,81 @@ class PeerExchangeServicer:
     like any malformed envelope, with a signed receipt (PROTOCOL.md 9.1).
     """
 
-    def __init__(self, receiver: Receiver, gate: PeerGate) -> None:
+    def __init__(
+        self,
+        receiver: Receiver,
+        gate: PeerGate,
+        witness: Witness,
+        prove: Callable[[str, peer_pb2.InclusionRequest], Awaitable[object]],
+    ) -> None:
         self._receiver = receiver
         self._gate = gate
+        self._witness = witness
+        self._prove = prove
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         service = peer_pb2.DESCRIPTOR.services_by_name["PeerExchange"].full_name
-        deliver = grpc.stream_unary_rpc_method_handler(
-            self.Deliver,
-            request_deserializer=None,
-            response_serializer=peer_pb2.DeliverResponse.SerializeToString,
+        methods = {
+            "Deliver": (self.Deliver, peer_pb2.DeliverResponse),
+            "Witness": (self.Witness, peer_pb2.WitnessResponse),
+            "ProveInclusion": (self.ProveInclusion, peer_pb2.InclusionResponse),
+        }
+        return grpc.method_handlers_generic_handler(
+            service,
+            {
+                name: grpc.stream_unary_rpc_method_handler(
+                    method,
+                    request_deserializer=None,
+                    response_serializer=response.SerializeToString,
+                )
+                for name, (method, response) in methods.items()
+            },
         )
-        return grpc.method_handlers_generic_handler(service, {"Deliver": deliver})
 
     async def Deliver(self, _requests: object, context: Context) -> peer_pb2.DeliverResponse:
+        async def deliver(peer: PeerCard, raw: bytes) -> peer_pb2.DeliverResponse:
+            try:
+                envelope = peer_pb2.DeliverRequest.FromString(raw).envelope
+            except DecodeError:
+                receipt = await self._receiver.refuse_unparsed(raw, peer.agency_id)
+            else:
+                del raw  # the copies of a 16 MiB envelope need not live on
+                receipt = await self._receiver.deliver(envelope, peer.agency_id)
+                del envelope  # before the budget it was read under is released
+            return peer_pb2.DeliverResponse(receipt=receipt)
+
+        return await self._admitted(context, "DeliverRequest", deliver)
+
+    async def Witness(self, _requests: object, context: Context) -> peer_pb2.WitnessResponse:
+        async def witness(peer: PeerCard, raw: bytes) -> peer_pb2.WitnessResponse:
+            return await self._witness.witness(peer.agency_id, raw)
+
+        return await self._admitted(context, "WitnessRequest", witness)
+
+    async def ProveInclusion(
+        self, _requests: object, context: Context
+    ) -> peer_pb2.InclusionResponse:
+        async def prove(peer: PeerCard, raw: bytes) -> peer_pb2.InclusionResponse:
+            try:
+                request = peer_pb2.InclusionRequest.FromString(raw)
+            except DecodeError:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "not an InclusionRequest")
+            answer = await self._prove(peer.agency_id, request)
+            if isinstance(answer, ProofDenied):
+                await context.abort(answer.code, answer.message)
+            assert isinstance(answer, peer_pb2.InclusionResponse)
+            return answer
+
+        return await self._admitted(context, "InclusionRequest", prove)
+
+    async def _admitted(
+        self,
+        context: Context,
+        what: str,
+        serve: Callable[[PeerCard, bytes], Awaitable[T]],
+    ) -> T:
+        """Identify the pinned peer, admit the call through the gate, read the request's
+        bytes, and ``serve`` them; a refusal is the gRPC error the gate names."""
         peer = self._gate.identify(_peer_certificate_sha256(context))
         try:
             if peer is None:
@@ -80,15 +143,8 @@ class PeerExchangeServicer:
             async with self._gate.admit(peer, context.peer()) as admitted:
                 raw = await admitted.read(context.read, _request_size)
                 if not isinstance(raw, bytes):
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no DeliverRequest sent")
-                try:
-                    envelope = peer_pb2.DeliverRequest.FromString(raw).envelope
-                except DecodeError:
-                    receipt = await self._receiver.refuse_unparsed(raw, peer.agency_id)
-                else:
-                    del raw  # the copies of a 16 MiB envelope need not live on
-                    receipt = await self._receiver.deliver(envelope, peer.agency_id)
-                    del envelope  # before the budget it was read under is released
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"no {what} sent")
+                return await serve(peer, raw)
         except Refused as refused:
             code = (
                 grpc.StatusCode.UNAUTHENTICATED
@@ -96,7 +152,7 @@ class PeerExchangeServicer:
                 else grpc.StatusCode.RESOURCE_EXHAUSTED
             )
             await context.abort(code, refused.message)
-        return peer_pb2.DeliverResponse(receipt=receipt)
+            raise  # abort raises; never reached
 
 
 def _request_size(request: object) -> int:
@@ -108,8 +164,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     is ``INVALID_ARGUMENT`` and ``NotFound`` is ``NOT_FOUND`` (the error
     interceptor maps everything else)."""
 
-    def __init__(self, notices: Notices) -> None:
+    def __init__(self, notices: Notices, checkpointer: Checkpointer) -> None:
         self._notices = notices
+        self._checkpointer = checkpointer
 
     async def SendNotice(
         self, request: node_pb2.SendNoticeRequest, context: Context
@@ -190,6 +247,21 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 )
         except RequestError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+
+    async def SignCheckpoint(
+        self, request: node_pb2.SignCheckpointRequest, context: Context
+    ) -> node_pb2.CheckpointResponse:
+        newest = await self._checkpointer.round(force=True)
+        if newest is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the audit log is empty")
+        assert newest is not None
+        return node_pb2.CheckpointResponse(
+            size=newest.size,
+            root=newest.root,
+            note=newest.cosigned,
+            cosigners=newest.cosigners,
+            signed_at=_timestamp(newest.signed_at),
+        )
 
     async def GetThread(
         self, request: node_pb2.GetMessageRequest, context: Context

@@ -69,6 +69,29 @@ class AuditKind(enum.StrEnum):
     READ = "read"
     # A pinned peer's call refused by a limit, or a call with an unpinned certificate.
     PEER_REFUSED = "peer-refused"
+    # A peer asked for something it may not have (an inclusion proof of an entry that is
+    # not about it).
+    ACCESS_DENIED = "access-denied"
+    # Checkpoints of our log: signed; cosigned by a peer, or refused by it.
+    CHECKPOINT_SIGNED = "checkpoint-signed"
+    CHECKPOINT_COSIGNED_BY_PEER = "checkpoint-cosigned-by-peer"
+    CHECKPOINT_REFUSED_BY_PEER = "checkpoint-refused-by-peer"
+    # As a peer's witness: we cosigned its checkpoint, refused one, or were shown a
+    # rolled-back or rewritten history of its log (the alarm; the evidence is kept).
+    CHECKPOINT_COSIGNED = "checkpoint-cosigned"
+    CHECKPOINT_REFUSED = "checkpoint-refused"
+    SPLIT_VIEW_DETECTED = "split-view-detected"
+
+
+# Events that only record checkpointing itself: on their own they are no reason to sign
+# a new checkpoint (otherwise every cosignature would call for the next checkpoint).
+CHECKPOINT_BOOKKEEPING = frozenset(
+    {
+        AuditKind.CHECKPOINT_SIGNED,
+        AuditKind.CHECKPOINT_COSIGNED_BY_PEER,
+        AuditKind.CHECKPOINT_COSIGNED,
+    }
+)
 
 
 # The events that belong to a message of each direction. Message ids are unique per

@@ -7,6 +7,7 @@ committer can run many of them in one commit.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,10 +38,16 @@ def stored_receipt(session: Session, sender: str, message_id: str) -> StoredRece
 
 
 def accept(
-    session: Session, record: NoticeRecord, *, signed_receipt: bytes, received_at: dt.datetime
+    session: Session,
+    record: NoticeRecord,
+    *,
+    sign_receipt: Callable[[int], bytes],
+    received_at: dt.datetime,
 ) -> StoredReceipt | None:
     """Store ``record`` and its receipt unless the same sender and id are already stored.
 
+    ``sign_receipt(log_index)`` makes the ``SignedReceipt``, given the leaf index of the
+    ``received`` event, in this transaction: the receipt names its own log entry.
     Returns ``None`` when it was stored, else the earlier message's receipt
     (a replay that raced past the pre-decryption check).
     """
@@ -50,21 +57,21 @@ def accept(
     message = record.message(Direction.INBOUND, MessageState.RECEIVED, received_at)
     session.add(message)
     session.flush()
-    session.add(
-        Receipt(
-            message_pk=message.id,
-            signed_receipt=signed_receipt,
-            status="accepted",
-            received_at=received_at,
-        )
-    )
     common: dict[str, Any] = {
         "at": received_at,
         "message_id": record.message_id,
         "peer": record.sender,
         "envelope_sha256": record.envelope_sha256,
     }
-    audit.append(session, AuditKind.RECEIVED, **common)
+    received = audit.append(session, AuditKind.RECEIVED, **common)
+    session.add(
+        Receipt(
+            message_pk=message.id,
+            signed_receipt=sign_receipt(received.seq - 1),
+            status="accepted",
+            received_at=received_at,
+        )
+    )
     audit.append(session, AuditKind.RECEIPT_ISSUED, **common, detail="accepted")
     return None
 
@@ -77,8 +84,9 @@ def record_duplicate(
     envelope_sha256: str,
     at: dt.datetime,
     same_bytes: bool,
-) -> None:
-    audit.append(
+) -> int:
+    """Audit a replayed message id; returns the event's leaf index."""
+    event = audit.append(
         session,
         AuditKind.DUPLICATE,
         at=at,
@@ -89,6 +97,7 @@ def record_duplicate(
         if same_bytes
         else "other envelope bytes under a stored message id, not stored",
     )
+    return event.seq - 1
 
 
 def record_rejection(
@@ -101,9 +110,9 @@ def record_rejection(
     reason: str,
     detail: str,
     at: dt.datetime,
-) -> None:
-    """Audit a refused envelope. Nothing else is written."""
-    audit.append(
+) -> int:
+    """Audit a refused envelope. Nothing else is written. Returns the event's leaf index."""
+    event = audit.append(
         session,
         AuditKind.REJECTED,
         at=at,
@@ -113,3 +122,4 @@ def record_rejection(
         reason=reason,
         detail=f"claimed sender {claimed_sender or '-'}: {detail}",
     )
+    return event.seq - 1

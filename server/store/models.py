@@ -272,3 +272,75 @@ class AuditNode(Base):
     level: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     idx: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     hash: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class AuditCheckpoint(Base):
+    """A checkpoint of this node's audit log, as signed (a C2SP signed note with our
+    signatures only; peers' cosignatures are in ``checkpoint_cosignatures``)."""
+
+    __tablename__ = "audit_checkpoints"
+
+    size: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    root: Mapped[bytes] = mapped_column(LargeBinary)
+    note: Mapped[bytes] = mapped_column(LargeBinary)
+    signed_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class CheckpointCosignature(Base):
+    """A peer's verified cosignature of one of our checkpoints: its signed-note line."""
+
+    __tablename__ = "checkpoint_cosignatures"
+
+    size: Mapped[int] = mapped_column(
+        Integer, ForeignKey("audit_checkpoints.size"), primary_key=True, autoincrement=False
+    )
+    peer: Mapped[str] = mapped_column(String(128), primary_key=True)
+    line: Mapped[bytes] = mapped_column(LargeBinary)
+    # The cosignature's own timestamp (seconds since the epoch, as the witness signed it).
+    timestamp: Mapped[int] = mapped_column(Integer)
+    received_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class PeerCheckpoint(Base):
+    """A checkpoint of a peer's audit log that this node cosigned as its witness: the
+    peer's signed note as received, and our cosignature line."""
+
+    __tablename__ = "peer_checkpoints"
+
+    peer: Mapped[str] = mapped_column(String(128), primary_key=True)
+    size: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    root: Mapped[bytes] = mapped_column(LargeBinary)
+    note: Mapped[bytes] = mapped_column(LargeBinary)
+    cosignature: Mapped[bytes] = mapped_column(LargeBinary)
+    cosigned_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class WitnessEvidence(Base):
+    """Two signed checkpoints of a peer's log that cannot both be true (a rollback or a
+    rewritten history), kept as evidence when this node refused to cosign the second."""
+
+    __tablename__ = "witness_evidence"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    peer: Mapped[str] = mapped_column(String(128), index=True)
+    # ROLLBACK or INCONSISTENT (the WitnessRefusal name).
+    refusal: Mapped[str] = mapped_column(String(32))
+    # The checkpoint we had cosigned (signed by the peer), and the one it then presented.
+    cosigned_note: Mapped[bytes] = mapped_column(LargeBinary)
+    presented_note: Mapped[bytes] = mapped_column(LargeBinary)
+    # The consistency proof it gave, from old_size: the 32-byte hashes concatenated.
+    old_size: Mapped[int] = mapped_column(Integer)
+    proof: Mapped[bytes] = mapped_column(LargeBinary)
+    detected_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class OwnCard(Base):
+    """Each card of ours that signed a checkpoint, with the update that handed trust to
+    it from the card before (none for the first one recorded): what ``audit verify``
+    checks old checkpoints' signatures with, after the keys that made them are gone."""
+
+    __tablename__ = "own_cards"
+
+    sequence: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    signed_card: Mapped[bytes] = mapped_column(LargeBinary)
+    card_update: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)

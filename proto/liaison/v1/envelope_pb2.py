@@ -25,19 +25,19 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19liaison/v1/envelope.proto\x12\nliaison.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb4\x02\n\x0e\x45nvelopeHeader\x12\x0f\n\x07version\x18\x01 \x01(\r\x12 \n\x05suite\x18\x02 \x01(\x0e\x32\x11.liaison.v1.Suite\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x11\n\trecipient\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x15sender_signing_key_id\x18\x08 \x01(\t\x12#\n\x1brecipient_encryption_key_id\x18\t \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\n \x01(\t\"G\n\x0eSealedEnvelope\x12\x0e\n\x06header\x18\x01 \x01(\x0c\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"3\n\rSignedContent\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xff\x01\n\x07Receipt\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x17\n\x0f\x65nvelope_sha256\x18\x02 \x01(\x0c\x12\x0e\n\x06sender\x18\x03 \x01(\t\x12\x10\n\x08receiver\x18\x04 \x01(\t\x12/\n\x0breceived_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06status\x18\x06 \x01(\x0e\x32\x19.liaison.v1.ReceiptStatus\x12(\n\x06reason\x18\x07 \x01(\x0e\x32\x18.liaison.v1.RejectReason\x12\x1f\n\x17receiver_signing_key_id\x18\x08 \x01(\t\"3\n\rSignedReceipt\x12\x0f\n\x07receipt\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x87\x02\n\nAgencyCard\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x11\n\tagency_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12\x13\n\x0bsigning_key\x18\x05 \x01(\x0c\x12\x18\n\x10kem_mlkem768_key\x18\x06 \x01(\x0c\x12\x16\n\x0ekem_x25519_key\x18\x07 \x01(\x0c\x12\x17\n\x0ftls_certificate\x18\x08 \x01(\x0c\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bmldsa65_key\x18\n \x01(\x0c\x12\x10\n\x08sequence\x18\x0b \x01(\x04\"H\n\nSignedCard\x12\x0c\n\x04\x63\x61rd\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x19\n\x11mldsa65_signature\x18\x03 \x01(\x0c\"?\n\nCardUpdate\x12\x13\n\x0bsigned_card\x18\x01 \x01(\x0c\x12\x1c\n\x14previous_card_sha256\x18\x02 \x01(\x0c\"P\n\x10SignedCardUpdate\x12\x0e\n\x06update\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x19\n\x11mldsa65_signature\x18\x03 \x01(\x0c*U\n\x05Suite\x12\x15\n\x11SUITE_UNSPECIFIED\x10\x00\x12\x35\n1SUITE_ED25519_MLKEM768X25519_HKDFSHA256_AES256GCM\x10\x01*\x87\x01\n\rReceiptStatus\x12\x1e\n\x1aRECEIPT_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17RECEIPT_STATUS_ACCEPTED\x10\x01\x12\x1c\n\x18RECEIPT_STATUS_DUPLICATE\x10\x02\x12\x1b\n\x17RECEIPT_STATUS_REJECTED\x10\x03*\xd1\x06\n\x0cRejectReason\x12\x1d\n\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12$\n REJECT_REASON_MALFORMED_ENVELOPE\x10\x01\x12\x1b\n\x17REJECT_REASON_TOO_LARGE\x10\x02\x12%\n!REJECT_REASON_UNSUPPORTED_VERSION\x10\x03\x12 \n\x1cREJECT_REASON_UNKNOWN_SENDER\x10\x04\x12!\n\x1dREJECT_REASON_SENDER_MISMATCH\x10\x05\x12!\n\x1dREJECT_REASON_WRONG_RECIPIENT\x10\x06\x12%\n!REJECT_REASON_UNKNOWN_SIGNING_KEY\x10\x07\x12%\n!REJECT_REASON_BAD_OUTER_SIGNATURE\x10\x08\x12\x19\n\x15REJECT_REASON_EXPIRED\x10\t\x12\x1f\n\x1bREJECT_REASON_NOT_YET_VALID\x10\n\x12(\n$REJECT_REASON_UNKNOWN_ENCRYPTION_KEY\x10\x0b\x12#\n\x1fREJECT_REASON_DECRYPTION_FAILED\x10\x0c\x12#\n\x1fREJECT_REASON_MALFORMED_CONTENT\x10\r\x12%\n!REJECT_REASON_BAD_INNER_SIGNATURE\x10\x0e\x12*\n&REJECT_REASON_UNSUPPORTED_CONTENT_TYPE\x10\x0f\x12 \n\x1cREJECT_REASON_INVALID_NOTICE\x10\x10\x12 \n\x1cREJECT_REASON_SENDER_REVOKED\x10\x11\x12%\n!REJECT_REASON_INVALID_CARD_UPDATE\x10\x12\x12!\n\x1dREJECT_REASON_UNKNOWN_MESSAGE\x10\x13\x12#\n\x1fREJECT_REASON_NOT_THE_RECIPIENT\x10\x14\x12!\n\x1dREJECT_REASON_NOT_OUR_MESSAGE\x10\x15\x12)\n%REJECT_REASON_INVALID_ACKNOWLEDGEMENT\x10\x16\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19liaison/v1/envelope.proto\x12\nliaison.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb4\x02\n\x0e\x45nvelopeHeader\x12\x0f\n\x07version\x18\x01 \x01(\r\x12 \n\x05suite\x18\x02 \x01(\x0e\x32\x11.liaison.v1.Suite\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x11\n\trecipient\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x15sender_signing_key_id\x18\x08 \x01(\t\x12#\n\x1brecipient_encryption_key_id\x18\t \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\n \x01(\t\"G\n\x0eSealedEnvelope\x12\x0e\n\x06header\x18\x01 \x01(\x0c\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"3\n\rSignedContent\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xa5\x02\n\x07Receipt\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x17\n\x0f\x65nvelope_sha256\x18\x02 \x01(\x0c\x12\x0e\n\x06sender\x18\x03 \x01(\t\x12\x10\n\x08receiver\x18\x04 \x01(\t\x12/\n\x0breceived_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06status\x18\x06 \x01(\x0e\x32\x19.liaison.v1.ReceiptStatus\x12(\n\x06reason\x18\x07 \x01(\x0e\x32\x18.liaison.v1.RejectReason\x12\x1f\n\x17receiver_signing_key_id\x18\x08 \x01(\t\x12\x16\n\tlog_index\x18\t \x01(\x04H\x00\x88\x01\x01\x42\x0c\n\n_log_index\"3\n\rSignedReceipt\x12\x0f\n\x07receipt\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x87\x02\n\nAgencyCard\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x11\n\tagency_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12\x13\n\x0bsigning_key\x18\x05 \x01(\x0c\x12\x18\n\x10kem_mlkem768_key\x18\x06 \x01(\x0c\x12\x16\n\x0ekem_x25519_key\x18\x07 \x01(\x0c\x12\x17\n\x0ftls_certificate\x18\x08 \x01(\x0c\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bmldsa65_key\x18\n \x01(\x0c\x12\x10\n\x08sequence\x18\x0b \x01(\x04\"H\n\nSignedCard\x12\x0c\n\x04\x63\x61rd\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x19\n\x11mldsa65_signature\x18\x03 \x01(\x0c\"?\n\nCardUpdate\x12\x13\n\x0bsigned_card\x18\x01 \x01(\x0c\x12\x1c\n\x14previous_card_sha256\x18\x02 \x01(\x0c\"P\n\x10SignedCardUpdate\x12\x0e\n\x06update\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x19\n\x11mldsa65_signature\x18\x03 \x01(\x0c*U\n\x05Suite\x12\x15\n\x11SUITE_UNSPECIFIED\x10\x00\x12\x35\n1SUITE_ED25519_MLKEM768X25519_HKDFSHA256_AES256GCM\x10\x01*\x87\x01\n\rReceiptStatus\x12\x1e\n\x1aRECEIPT_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17RECEIPT_STATUS_ACCEPTED\x10\x01\x12\x1c\n\x18RECEIPT_STATUS_DUPLICATE\x10\x02\x12\x1b\n\x17RECEIPT_STATUS_REJECTED\x10\x03*\xd1\x06\n\x0cRejectReason\x12\x1d\n\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12$\n REJECT_REASON_MALFORMED_ENVELOPE\x10\x01\x12\x1b\n\x17REJECT_REASON_TOO_LARGE\x10\x02\x12%\n!REJECT_REASON_UNSUPPORTED_VERSION\x10\x03\x12 \n\x1cREJECT_REASON_UNKNOWN_SENDER\x10\x04\x12!\n\x1dREJECT_REASON_SENDER_MISMATCH\x10\x05\x12!\n\x1dREJECT_REASON_WRONG_RECIPIENT\x10\x06\x12%\n!REJECT_REASON_UNKNOWN_SIGNING_KEY\x10\x07\x12%\n!REJECT_REASON_BAD_OUTER_SIGNATURE\x10\x08\x12\x19\n\x15REJECT_REASON_EXPIRED\x10\t\x12\x1f\n\x1bREJECT_REASON_NOT_YET_VALID\x10\n\x12(\n$REJECT_REASON_UNKNOWN_ENCRYPTION_KEY\x10\x0b\x12#\n\x1fREJECT_REASON_DECRYPTION_FAILED\x10\x0c\x12#\n\x1fREJECT_REASON_MALFORMED_CONTENT\x10\r\x12%\n!REJECT_REASON_BAD_INNER_SIGNATURE\x10\x0e\x12*\n&REJECT_REASON_UNSUPPORTED_CONTENT_TYPE\x10\x0f\x12 \n\x1cREJECT_REASON_INVALID_NOTICE\x10\x10\x12 \n\x1cREJECT_REASON_SENDER_REVOKED\x10\x11\x12%\n!REJECT_REASON_INVALID_CARD_UPDATE\x10\x12\x12!\n\x1dREJECT_REASON_UNKNOWN_MESSAGE\x10\x13\x12#\n\x1fREJECT_REASON_NOT_THE_RECIPIENT\x10\x14\x12!\n\x1dREJECT_REASON_NOT_OUR_MESSAGE\x10\x15\x12)\n%REJECT_REASON_INVALID_ACKNOWLEDGEMENT\x10\x16\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'liaison.v1.envelope_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUITE']._serialized_start=1309
-  _globals['_SUITE']._serialized_end=1394
-  _globals['_RECEIPTSTATUS']._serialized_start=1397
-  _globals['_RECEIPTSTATUS']._serialized_end=1532
-  _globals['_REJECTREASON']._serialized_start=1535
-  _globals['_REJECTREASON']._serialized_end=2384
+  _globals['_SUITE']._serialized_start=1347
+  _globals['_SUITE']._serialized_end=1432
+  _globals['_RECEIPTSTATUS']._serialized_start=1435
+  _globals['_RECEIPTSTATUS']._serialized_end=1570
+  _globals['_REJECTREASON']._serialized_start=1573
+  _globals['_REJECTREASON']._serialized_end=2422
   _globals['_ENVELOPEHEADER']._serialized_start=75
   _globals['_ENVELOPEHEADER']._serialized_end=383
   _globals['_SEALEDENVELOPE']._serialized_start=385
@@ -45,15 +45,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNEDCONTENT']._serialized_start=458
   _globals['_SIGNEDCONTENT']._serialized_end=509
   _globals['_RECEIPT']._serialized_start=512
-  _globals['_RECEIPT']._serialized_end=767
-  _globals['_SIGNEDRECEIPT']._serialized_start=769
-  _globals['_SIGNEDRECEIPT']._serialized_end=820
-  _globals['_AGENCYCARD']._serialized_start=823
-  _globals['_AGENCYCARD']._serialized_end=1086
-  _globals['_SIGNEDCARD']._serialized_start=1088
-  _globals['_SIGNEDCARD']._serialized_end=1160
-  _globals['_CARDUPDATE']._serialized_start=1162
-  _globals['_CARDUPDATE']._serialized_end=1225
-  _globals['_SIGNEDCARDUPDATE']._serialized_start=1227
-  _globals['_SIGNEDCARDUPDATE']._serialized_end=1307
+  _globals['_RECEIPT']._serialized_end=805
+  _globals['_SIGNEDRECEIPT']._serialized_start=807
+  _globals['_SIGNEDRECEIPT']._serialized_end=858
+  _globals['_AGENCYCARD']._serialized_start=861
+  _globals['_AGENCYCARD']._serialized_end=1124
+  _globals['_SIGNEDCARD']._serialized_start=1126
+  _globals['_SIGNEDCARD']._serialized_end=1198
+  _globals['_CARDUPDATE']._serialized_start=1200
+  _globals['_CARDUPDATE']._serialized_end=1263
+  _globals['_SIGNEDCARDUPDATE']._serialized_start=1265
+  _globals['_SIGNEDCARDUPDATE']._serialized_end=1345
 # @@protoc_insertion_point(module_scope)

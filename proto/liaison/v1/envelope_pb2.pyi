@@ -255,6 +255,7 @@ class Receipt(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     RECEIVER_SIGNING_KEY_ID_FIELD_NUMBER: _builtins.int
+    LOG_INDEX_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """Empty when the envelope was too broken to name one."""
     envelope_sha256: _builtins.bytes
@@ -265,6 +266,12 @@ class Receipt(_message.Message):
     status: Global___ReceiptStatus.ValueType
     reason: Global___RejectReason.ValueType
     receiver_signing_key_id: _builtins.str
+    log_index: _builtins.int
+    """The leaf index, in the receiver's audit log, of the event that records this envelope
+    (received, rejected or duplicate): the sender can later ask the receiver for an
+    inclusion proof of it (PeerExchange.ProveInclusion). Absent in receipts of nodes
+    that predate the audit log.
+    """
     @_builtins.property
     def received_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -278,12 +285,15 @@ class Receipt(_message.Message):
         status: Global___ReceiptStatus.ValueType = ...,
         reason: Global___RejectReason.ValueType = ...,
         receiver_signing_key_id: _builtins.str = ...,
+        log_index: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["received_at", b"received_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_log_index", b"_log_index", "log_index", b"log_index", "received_at", b"received_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope_sha256", b"envelope_sha256", "message_id", b"message_id", "reason", b"reason", "received_at", b"received_at", "receiver", b"receiver", "receiver_signing_key_id", b"receiver_signing_key_id", "sender", b"sender", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_log_index", b"_log_index", "envelope_sha256", b"envelope_sha256", "log_index", b"log_index", "message_id", b"message_id", "reason", b"reason", "received_at", b"received_at", "receiver", b"receiver", "receiver_signing_key_id", b"receiver_signing_key_id", "sender", b"sender", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__log_index: _TypeAlias = _typing.Literal["log_index"]  # noqa: Y015
+    _WhichOneofArgType__log_index: _TypeAlias = _typing.Literal["_log_index", b"_log_index"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__log_index) -> _WhichOneofReturnType__log_index | None: ...
 
 Global___Receipt: _TypeAlias = Receipt  # noqa: Y015
 

@@ -27,49 +27,53 @@ from liaison.v1 import envelope_pb2 as liaison_dot_v1_dot_envelope__pb2
 from liaison.v1 import notice_pb2 as liaison_dot_v1_dot_notice__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15liaison/v1/node.proto\x12\nliaison.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19liaison/v1/envelope.proto\x1a\x17liaison/v1/notice.proto\"-\n\x0cWatchRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\x04\x12\x0e\n\x06\x65vents\x18\x02 \x03(\t\"\x92\x01\n\nWatchEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65vent\x18\x03 \x01(\t\x12\x12\n\nmessage_id\x18\x04 \x01(\t\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\"y\n\x12\x41\x63knowledgeRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12%\n\x06status\x18\x02 \x01(\x0e\x32\x15.liaison.v1.AckStatus\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"x\n\x0cReplyRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12&\n\x06notice\x18\x02 \x01(\x0b\x32\x16.liaison.v1.CaseNotice\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\r\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\">\n\x0eThreadResponse\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.liaison.v1.MessageSummary\"\xa6\x01\n\x11SendNoticeRequest\x12\x11\n\trecipient\x18\x01 \x01(\t\x12&\n\x06notice\x18\x02 \x01(\x0b\x32\x16.liaison.v1.CaseNotice\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\r\x12\x14\n\x0cwait_seconds\x18\x04 \x01(\r\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\x12\n\nrecipients\x18\x06 \x03(\t\"p\n\x0eRecipientState\x12\x11\n\trecipient\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.liaison.v1.MessageState\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xa4\x01\n\x12SendNoticeResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.liaison.v1.MessageState\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tnotice_id\x18\x04 \x01(\t\x12.\n\nrecipients\x18\x05 \x03(\x0b\x32\x1a.liaison.v1.RecipientState\"\x9b\x03\n\x13ListMessagesRequest\x12(\n\tdirection\x18\x01 \x01(\x0e\x32\x15.liaison.v1.Direction\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\t\x12(\n\x06states\x18\x04 \x03(\x0e\x32\x18.liaison.v1.MessageState\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12\x16\n\x0e\x63\x61se_reference\x18\x06 \x01(\t\x12&\n\x08\x63\x61tegory\x18\x07 \x01(\x0e\x32\x14.liaison.v1.Category\x12!\n\x08handling\x18\x08 \x01(\x0e\x32\x0f.liaison.v1.Tlp\x12&\n\x08priority\x18\t \x01(\x0e\x32\x14.liaison.v1.Priority\x12)\n\x05since\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04text\x18\x0c \x01(\t\x12\x14\n\x0cnewest_first\x18\r \x01(\x08\"\xaa\x03\n\x0eMessageSummary\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12(\n\tdirection\x18\x02 \x01(\x0e\x32\x15.liaison.v1.Direction\x12\x0c\n\x04peer\x18\x03 \x01(\t\x12\'\n\x05state\x18\x04 \x01(\x0e\x32\x18.liaison.v1.MessageState\x12&\n\x08\x63\x61tegory\x18\x05 \x01(\x0e\x32\x14.liaison.v1.Category\x12&\n\x08priority\x18\x06 \x01(\x0e\x32\x14.liaison.v1.Priority\x12!\n\x08handling\x18\x07 \x01(\x0e\x32\x0f.liaison.v1.Tlp\x12\x16\n\x0e\x63\x61se_reference\x18\x08 \x01(\t\x12\x0f\n\x07subject\x18\t \x01(\t\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63ontent_type\x18\x0c \x01(\t\x12\x11\n\trefers_to\x18\r \x01(\t\"Y\n\x14ListMessagesResponse\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.liaison.v1.MessageSummary\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\'\n\x11GetMessageRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"<\n\x10GetStatusRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\r\"V\n\rTimelineEvent\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xc7\x01\n\rMessageStatus\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.liaison.v1.MessageState\x12+\n\x08timeline\x18\x03 \x03(\x0b\x32\x19.liaison.v1.TimelineEvent\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12.\n\nrecipients\x18\x06 \x03(\x0b\x32\x1a.liaison.v1.RecipientState\"\xd0\x01\n\rMessageDetail\x12+\n\x07summary\x18\x01 \x01(\x0b\x32\x1a.liaison.v1.MessageSummary\x12&\n\x06notice\x18\x02 \x01(\x0b\x32\x16.liaison.v1.CaseNotice\x12\x17\n\x0f\x65nvelope_sha256\x18\x03 \x01(\t\x12$\n\x07receipt\x18\x04 \x01(\x0b\x32\x13.liaison.v1.Receipt\x12+\n\x08timeline\x18\x05 \x03(\x0b\x32\x19.liaison.v1.TimelineEvent*U\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44IRECTION_INBOUND\x10\x01\x12\x16\n\x12\x44IRECTION_OUTBOUND\x10\x02*\xf9\x02\n\x0cMessageState\x12\x1d\n\x19MESSAGE_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14MESSAGE_STATE_QUEUED\x10\x01\x12\x16\n\x12MESSAGE_STATE_SENT\x10\x02\x12\x1b\n\x17MESSAGE_STATE_DELIVERED\x10\x03\x12\x18\n\x14MESSAGE_STATE_FAILED\x10\x04\x12\x19\n\x15MESSAGE_STATE_EXPIRED\x10\x05\x12\x1a\n\x16MESSAGE_STATE_RECEIVED\x10\x06\x12\x16\n\x12MESSAGE_STATE_READ\x10\x07\x12\x1e\n\x1aMESSAGE_STATE_ACKNOWLEDGED\x10\x08\x12\x1e\n\x1aMESSAGE_STATE_ACTION_TAKEN\x10\t\x12\x1a\n\x16MESSAGE_STATE_DECLINED\x10\n\x12\x19\n\x15MESSAGE_STATE_REPLIED\x10\x0b\x12\x1b\n\x17MESSAGE_STATE_CANCELLED\x10\x0c\x32\xe3\x05\n\x0bNodeService\x12K\n\nSendNotice\x12\x1d.liaison.v1.SendNoticeRequest\x1a\x1e.liaison.v1.SendNoticeResponse\x12Q\n\x0cListMessages\x12\x1f.liaison.v1.ListMessagesRequest\x1a .liaison.v1.ListMessagesResponse\x12\x46\n\nGetMessage\x12\x1d.liaison.v1.GetMessageRequest\x1a\x19.liaison.v1.MessageDetail\x12\x44\n\tGetStatus\x12\x1c.liaison.v1.GetStatusRequest\x1a\x19.liaison.v1.MessageStatus\x12M\n\x0b\x41\x63knowledge\x12\x1e.liaison.v1.AcknowledgeRequest\x1a\x1e.liaison.v1.SendNoticeResponse\x12\x41\n\x05Reply\x12\x18.liaison.v1.ReplyRequest\x1a\x1e.liaison.v1.SendNoticeResponse\x12\x46\n\tGetThread\x12\x1d.liaison.v1.GetMessageRequest\x1a\x1a.liaison.v1.ThreadResponse\x12G\n\x06\x43\x61ncel\x12\x1d.liaison.v1.GetMessageRequest\x1a\x1e.liaison.v1.SendNoticeResponse\x12\x46\n\x05Retry\x12\x1d.liaison.v1.GetMessageRequest\x1a\x1e.liaison.v1.SendNoticeResponse\x12;\n\x05Watch\x12\x18.liaison.v1.WatchRequest\x1a\x16.liaison.v1.WatchEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15liaison/v1/node.proto\x12\nliaison.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19liaison/v1/envelope.proto\x1a\x17liaison/v1/notice.proto\"\x17\n\x15SignCheckpointRequest\"\x80\x01\n\x12\x43heckpointResponse\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x0c\n\x04root\x18\x02 \x01(\x0c\x12\x0c\n\x04note\x18\x03 \x01(\x0c\x12\x11\n\tcosigners\x18\x04 \x03(\t\x12-\n\tsigned_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"-\n\x0cWatchRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\x04\x12\x0e\n\x06\x65vents\x18\x02 \x03(\t\"\x92\x01\n\nWatchEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65vent\x18\x03 \x01(\t\x12\x12\n\nmessage_id\x18\x04 \x01(\t\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\"y\n\x12\x41\x63knowledgeRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12%\n\x06status\x18\x02 \x01(\x0e\x32\x15.liaison.v1.AckStatus\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"x\n\x0cReplyRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12&\n\x06notice\x18\x02 \x01(\x0b\x32\x16.liaison.v1.CaseNotice\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\r\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\">\n\x0eThreadResponse\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.liaison.v1.MessageSummary\"\xa6\x01\n\x11SendNoticeRequest\x12\x11\n\trecipient\x18\x01 \x01(\t\x12&\n\x06notice\x18\x02 \x01(\x0b\x32\x16.liaison.v1.CaseNotice\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\r\x12\x14\n\x0cwait_seconds\x18\x04 \x01(\r\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\x12\n\nrecipients\x18\x06 \x03(\t\"p\n\x0eRecipientState\x12\x11\n\trecipient\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.liaison.v1.MessageState\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xa4\x01\n\x12SendNoticeResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.liaison.v1.MessageState\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tnotice_id\x18\x04 \x01(\t\x12.\n\nrecipients\x18\x05 \x03(\x0b\x32\x1a.liaison.v1.RecipientState\"\x9b\x03\n\x13ListMessagesRequest\x12(\n\tdirection\x18\x01 \x01(\x0e\x32\x15.liaison.v1.Direction\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\t\x12(\n\x06states\x18\x04 \x03(\x0e\x32\x18.liaison.v1.MessageState\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12\x16\n\x0e\x63\x61se_reference\x18\x06 \x01(\t\x12&\n\x08\x63\x61tegory\x18\x07 \x01(\x0e\x32\x14.liaison.v1.Category\x12!\n\x08handling\x18\x08 \x01(\x0e\x32\x0f.liaison.v1.Tlp\x12&\n\x08priority\x18\t \x01(\x0e\x32\x14.liaison.v1.Priority\x12)\n\x05since\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04text\x18\x0c \x01(\t\x12\x14\n\x0cnewest_first\x18\r \x01(\x08\"\xaa\x03\n\x0eMessageSummary\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12(\n\tdirection\x18\x02 \x01(\x0e\x32\x15.liaison.v1.Direction\x12\x0c\n\x04peer\x18\x03 \x01(\t\x12\'\n\x05state\x18\x04 \x01(\x0e\x32\x18.liaison.v1.MessageState\x12&\n\x08\x63\x61tegory\x18\x05 \x01(\x0e\x32\x14.liaison.v1.Category\x12&\n\x08priority\x18\x06 \x01(\x0e\x32\x14.liaison.v1.Priority\x12!\n\x08handling\x18\x07 \x01(\x0e\x32\x0f.liaison.v1.Tlp\x12\x16\n\x0e\x63\x61se_reference\x18\x08 \x01(\t\x12\x0f\n\x07subject\x18\t \x01(\t\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63ontent_type\x18\x0c \x01(\t\x12\x11\n\trefers_to\x18\r \x01(\t\"Y\n\x14ListMessagesResponse\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.liaison.v1.MessageSummary\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\'\n\x11GetMessageRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"<\n\x10GetStatusRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\r\"V\n\rTimelineEvent\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xc7\x01\n\rMessageStatus\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.liaison.v1.MessageState\x12+\n\x08timeline\x18\x03 \x03(\x0b\x32\x19.liaison.v1.TimelineEvent\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12.\n\nrecipients\x18\x06 \x03(\x0b\x32\x1a.liaison.v1.RecipientState\"\xd0\x01\n\rMessageDetail\x12+\n\x07summary\x18\x01 \x01(\x0b\x32\x1a.liaison.v1.MessageSummary\x12&\n\x06notice\x18\x02 \x01(\x0b\x32\x16.liaison.v1.CaseNotice\x12\x17\n\x0f\x65nvelope_sha256\x18\x03 \x01(\t\x12$\n\x07receipt\x18\x04 \x01(\x0b\x32\x13.liaison.v1.Receipt\x12+\n\x08timeline\x18\x05 \x03(\x0b\x32\x19.liaison.v1.TimelineEvent*U\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44IRECTION_INBOUND\x10\x01\x12\x16\n\x12\x44IRECTION_OUTBOUND\x10\x02*\xf9\x02\n\x0cMessageState\x12\x1d\n\x19MESSAGE_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14MESSAGE_STATE_QUEUED\x10\x01\x12\x16\n\x12MESSAGE_STATE_SENT\x10\x02\x12\x1b\n\x17MESSAGE_STATE_DELIVERED\x10\x03\x12\x18\n\x14MESSAGE_STATE_FAILED\x10\x04\x12\x19\n\x15MESSAGE_STATE_EXPIRED\x10\x05\x12\x1a\n\x16MESSAGE_STATE_RECEIVED\x10\x06\x12\x16\n\x12MESSAGE_STATE_READ\x10\x07\x12\x1e\n\x1aMESSAGE_STATE_ACKNOWLEDGED\x10\x08\x12\x1e\n\x1aMESSAGE_STATE_ACTION_TAKEN\x10\t\x12\x1a\n\x16MESSAGE_STATE_DECLINED\x10\n\x12\x19\n\x15MESSAGE_STATE_REPLIED\x10\x0b\x12\x1b\n\x17MESSAGE_STATE_CANCELLED\x10\x0c\x32\xb8\x06\n\x0bNodeService\x12K\n\nSendNotice\x12\x1d.liaison.v1.SendNoticeRequest\x1a\x1e.liaison.v1.SendNoticeResponse\x12Q\n\x0cListMessages\x12\x1f.liaison.v1.ListMessagesRequest\x1a .liaison.v1.ListMessagesResponse\x12\x46\n\nGetMessage\x12\x1d.liaison.v1.GetMessageRequest\x1a\x19.liaison.v1.MessageDetail\x12\x44\n\tGetStatus\x12\x1c.liaison.v1.GetStatusRequest\x1a\x19.liaison.v1.MessageStatus\x12M\n\x0b\x41\x63knowledge\x12\x1e.liaison.v1.AcknowledgeRequest\x1a\x1e.liaison.v1.SendNoticeResponse\x12\x41\n\x05Reply\x12\x18.liaison.v1.ReplyRequest\x1a\x1e.liaison.v1.SendNoticeResponse\x12\x46\n\tGetThread\x12\x1d.liaison.v1.GetMessageRequest\x1a\x1a.liaison.v1.ThreadResponse\x12G\n\x06\x43\x61ncel\x12\x1d.liaison.v1.GetMessageRequest\x1a\x1e.liaison.v1.SendNoticeResponse\x12\x46\n\x05Retry\x12\x1d.liaison.v1.GetMessageRequest\x1a\x1e.liaison.v1.SendNoticeResponse\x12;\n\x05Watch\x12\x18.liaison.v1.WatchRequest\x1a\x16.liaison.v1.WatchEvent0\x01\x12S\n\x0eSignCheckpoint\x12!.liaison.v1.SignCheckpointRequest\x1a\x1e.liaison.v1.CheckpointResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'liaison.v1.node_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DIRECTION']._serialized_start=2615
-  _globals['_DIRECTION']._serialized_end=2700
-  _globals['_MESSAGESTATE']._serialized_start=2703
-  _globals['_MESSAGESTATE']._serialized_end=3080
-  _globals['_WATCHREQUEST']._serialized_start=122
-  _globals['_WATCHREQUEST']._serialized_end=167
-  _globals['_WATCHEVENT']._serialized_start=170
-  _globals['_WATCHEVENT']._serialized_end=316
-  _globals['_ACKNOWLEDGEREQUEST']._serialized_start=318
-  _globals['_ACKNOWLEDGEREQUEST']._serialized_end=439
-  _globals['_REPLYREQUEST']._serialized_start=441
-  _globals['_REPLYREQUEST']._serialized_end=561
-  _globals['_THREADRESPONSE']._serialized_start=563
-  _globals['_THREADRESPONSE']._serialized_end=625
-  _globals['_SENDNOTICEREQUEST']._serialized_start=628
-  _globals['_SENDNOTICEREQUEST']._serialized_end=794
-  _globals['_RECIPIENTSTATE']._serialized_start=796
-  _globals['_RECIPIENTSTATE']._serialized_end=908
-  _globals['_SENDNOTICERESPONSE']._serialized_start=911
-  _globals['_SENDNOTICERESPONSE']._serialized_end=1075
-  _globals['_LISTMESSAGESREQUEST']._serialized_start=1078
-  _globals['_LISTMESSAGESREQUEST']._serialized_end=1489
-  _globals['_MESSAGESUMMARY']._serialized_start=1492
-  _globals['_MESSAGESUMMARY']._serialized_end=1918
-  _globals['_LISTMESSAGESRESPONSE']._serialized_start=1920
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=2009
-  _globals['_GETMESSAGEREQUEST']._serialized_start=2011
-  _globals['_GETMESSAGEREQUEST']._serialized_end=2050
-  _globals['_GETSTATUSREQUEST']._serialized_start=2052
-  _globals['_GETSTATUSREQUEST']._serialized_end=2112
-  _globals['_TIMELINEEVENT']._serialized_start=2114
-  _globals['_TIMELINEEVENT']._serialized_end=2200
-  _globals['_MESSAGESTATUS']._serialized_start=2203
-  _globals['_MESSAGESTATUS']._serialized_end=2402
-  _globals['_MESSAGEDETAIL']._serialized_start=2405
-  _globals['_MESSAGEDETAIL']._serialized_end=2613
-  _globals['_NODESERVICE']._serialized_start=3083
-  _globals['_NODESERVICE']._serialized_end=3822
+  _globals['_DIRECTION']._serialized_start=2771
+  _globals['_DIRECTION']._serialized_end=2856
+  _globals['_MESSAGESTATE']._serialized_start=2859
+  _globals['_MESSAGESTATE']._serialized_end=3236
+  _globals['_SIGNCHECKPOINTREQUEST']._serialized_start=122
+  _globals['_SIGNCHECKPOINTREQUEST']._serialized_end=145
+  _globals['_CHECKPOINTRESPONSE']._serialized_start=148
+  _globals['_CHECKPOINTRESPONSE']._serialized_end=276
+  _globals['_WATCHREQUEST']._serialized_start=278
+  _globals['_WATCHREQUEST']._serialized_end=323
+  _globals['_WATCHEVENT']._serialized_start=326
+  _globals['_WATCHEVENT']._serialized_end=472
+  _globals['_ACKNOWLEDGEREQUEST']._serialized_start=474
+  _globals['_ACKNOWLEDGEREQUEST']._serialized_end=595
+  _globals['_REPLYREQUEST']._serialized_start=597
+  _globals['_REPLYREQUEST']._serialized_end=717
+  _globals['_THREADRESPONSE']._serialized_start=719
+  _globals['_THREADRESPONSE']._serialized_end=781
+  _globals['_SENDNOTICEREQUEST']._serialized_start=784
+  _globals['_SENDNOTICEREQUEST']._serialized_end=950
+  _globals['_RECIPIENTSTATE']._serialized_start=952
+  _globals['_RECIPIENTSTATE']._serialized_end=1064
+  _globals['_SENDNOTICERESPONSE']._serialized_start=1067
+  _globals['_SENDNOTICERESPONSE']._serialized_end=1231
+  _globals['_LISTMESSAGESREQUEST']._serialized_start=1234
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=1645
+  _globals['_MESSAGESUMMARY']._serialized_start=1648
+  _globals['_MESSAGESUMMARY']._serialized_end=2074
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=2076
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=2165
+  _globals['_GETMESSAGEREQUEST']._serialized_start=2167
+  _globals['_GETMESSAGEREQUEST']._serialized_end=2206
+  _globals['_GETSTATUSREQUEST']._serialized_start=2208
+  _globals['_GETSTATUSREQUEST']._serialized_end=2268
+  _globals['_TIMELINEEVENT']._serialized_start=2270
+  _globals['_TIMELINEEVENT']._serialized_end=2356
+  _globals['_MESSAGESTATUS']._serialized_start=2359
+  _globals['_MESSAGESTATUS']._serialized_end=2558
+  _globals['_MESSAGEDETAIL']._serialized_start=2561
+  _globals['_MESSAGEDETAIL']._serialized_end=2769
+  _globals['_NODESERVICE']._serialized_start=3239
+  _globals['_NODESERVICE']._serialized_end=4063
 # @@protoc_insertion_point(module_scope)

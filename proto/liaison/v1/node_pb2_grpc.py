@@ -84,6 +84,11 @@ class NodeServiceStub:
                 request_serializer=liaison_dot_v1_dot_node__pb2.WatchRequest.SerializeToString,
                 response_deserializer=liaison_dot_v1_dot_node__pb2.WatchEvent.FromString,
                 _registered_method=True)
+        self.SignCheckpoint = channel.unary_unary(
+                '/liaison.v1.NodeService/SignCheckpoint',
+                request_serializer=liaison_dot_v1_dot_node__pb2.SignCheckpointRequest.SerializeToString,
+                response_deserializer=liaison_dot_v1_dot_node__pb2.CheckpointResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -158,6 +163,14 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SignCheckpoint(self, request, context):
+        """Sign a checkpoint of the audit log now (if it grew since the last one) and have every
+        active peer cosign it; answers the newest checkpoint with the cosignatures it holds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -210,6 +223,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=liaison_dot_v1_dot_node__pb2.WatchRequest.FromString,
                     response_serializer=liaison_dot_v1_dot_node__pb2.WatchEvent.SerializeToString,
+            ),
+            'SignCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignCheckpoint,
+                    request_deserializer=liaison_dot_v1_dot_node__pb2.SignCheckpointRequest.FromString,
+                    response_serializer=liaison_dot_v1_dot_node__pb2.CheckpointResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -482,6 +500,33 @@ class NodeService:
             '/liaison.v1.NodeService/Watch',
             liaison_dot_v1_dot_node__pb2.WatchRequest.SerializeToString,
             liaison_dot_v1_dot_node__pb2.WatchEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liaison.v1.NodeService/SignCheckpoint',
+            liaison_dot_v1_dot_node__pb2.SignCheckpointRequest.SerializeToString,
+            liaison_dot_v1_dot_node__pb2.CheckpointResponse.FromString,
             options,
             channel_credentials,
             insecure,

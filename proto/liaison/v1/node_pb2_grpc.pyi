@@ -54,6 +54,10 @@ class NodeServiceStub:
     state, from the node's audit trail, in order. Resume after a reconnect with the last
     event's seq as `after`: nothing is lost or repeated.
     """
+    SignCheckpoint: _grpc.UnaryUnaryMultiCallable[_node_pb2.SignCheckpointRequest, _node_pb2.CheckpointResponse]
+    """Sign a checkpoint of the audit log now (if it grew since the last one) and have every
+    active peer cosign it; answers the newest checkpoint with the cosignatures it holds.
+    """
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -77,6 +81,10 @@ class NodeServiceAsyncStub(NodeServiceStub):
     """What happens to messages, as it happens: new inbound messages and every change of
     state, from the node's audit trail, in order. Resume after a reconnect with the last
     event's seq as `after`: nothing is lost or repeated.
+    """
+    SignCheckpoint: _aio.UnaryUnaryMultiCallable[_node_pb2.SignCheckpointRequest, _node_pb2.CheckpointResponse]  # type: ignore[assignment]
+    """Sign a checkpoint of the audit log now (if it grew since the last one) and have every
+    active peer cosign it; answers the newest checkpoint with the cosignatures it holds.
     """
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -158,6 +166,16 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         """What happens to messages, as it happens: new inbound messages and every change of
         state, from the node's audit trail, in order. Resume after a reconnect with the last
         event's seq as `after`: nothing is lost or repeated.
+        """
+
+    @_abc_1.abstractmethod
+    def SignCheckpoint(
+        self,
+        request: _node_pb2.SignCheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.CheckpointResponse, _abc.Awaitable[_node_pb2.CheckpointResponse]]:
+        """Sign a checkpoint of the audit log now (if it grew since the last one) and have every
+        active peer cosign it; answers the newest checkpoint with the cosignatures it holds.
         """
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -5,8 +5,11 @@ The service nodes call on each other. Both ends authenticate with mutual TLS
 against pinned certificates before any message is read.
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -17,6 +20,68 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _WitnessStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WitnessStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WitnessStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WITNESS_STATUS_UNSPECIFIED: _WitnessStatus.ValueType  # 0
+    WITNESS_STATUS_COSIGNED: _WitnessStatus.ValueType  # 1
+    """The checkpoint is consistent with every one the witness cosigned: see cosignature."""
+    WITNESS_STATUS_CONFLICT: _WitnessStatus.ValueType  # 2
+    """old_size is not the size the witness last cosigned: see known_size, and ask again."""
+    WITNESS_STATUS_REFUSED: _WitnessStatus.ValueType  # 3
+    """The witness will not cosign this checkpoint: see refusal."""
+
+class WitnessStatus(_WitnessStatus, metaclass=_WitnessStatusEnumTypeWrapper): ...
+
+WITNESS_STATUS_UNSPECIFIED: WitnessStatus.ValueType  # 0
+WITNESS_STATUS_COSIGNED: WitnessStatus.ValueType  # 1
+"""The checkpoint is consistent with every one the witness cosigned: see cosignature."""
+WITNESS_STATUS_CONFLICT: WitnessStatus.ValueType  # 2
+"""old_size is not the size the witness last cosigned: see known_size, and ask again."""
+WITNESS_STATUS_REFUSED: WitnessStatus.ValueType  # 3
+"""The witness will not cosign this checkpoint: see refusal."""
+Global___WitnessStatus: _TypeAlias = WitnessStatus  # noqa: Y015
+
+class _WitnessRefusal:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WitnessRefusalEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WitnessRefusal.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WITNESS_REFUSAL_UNSPECIFIED: _WitnessRefusal.ValueType  # 0
+    WITNESS_REFUSAL_MALFORMED: _WitnessRefusal.ValueType  # 1
+    """The request or the note does not parse, or a proof hash is not 32 bytes."""
+    WITNESS_REFUSAL_BAD_SIGNATURE: _WitnessRefusal.ValueType  # 2
+    """The note lacks a valid signature by the caller's pinned card keys."""
+    WITNESS_REFUSAL_WRONG_ORIGIN: _WitnessRefusal.ValueType  # 3
+    """The checkpoint's origin is not the caller's log."""
+    WITNESS_REFUSAL_ROLLBACK: _WitnessRefusal.ValueType  # 4
+    """The tree is smaller than one the witness already cosigned. Evidence kept."""
+    WITNESS_REFUSAL_INCONSISTENT: _WitnessRefusal.ValueType  # 5
+    """The checkpoint is not consistent with the last one the witness cosigned (the proof
+    fails, or the same size has another root). Evidence kept.
+    """
+
+class WitnessRefusal(_WitnessRefusal, metaclass=_WitnessRefusalEnumTypeWrapper): ...
+
+WITNESS_REFUSAL_UNSPECIFIED: WitnessRefusal.ValueType  # 0
+WITNESS_REFUSAL_MALFORMED: WitnessRefusal.ValueType  # 1
+"""The request or the note does not parse, or a proof hash is not 32 bytes."""
+WITNESS_REFUSAL_BAD_SIGNATURE: WitnessRefusal.ValueType  # 2
+"""The note lacks a valid signature by the caller's pinned card keys."""
+WITNESS_REFUSAL_WRONG_ORIGIN: WitnessRefusal.ValueType  # 3
+"""The checkpoint's origin is not the caller's log."""
+WITNESS_REFUSAL_ROLLBACK: WitnessRefusal.ValueType  # 4
+"""The tree is smaller than one the witness already cosigned. Evidence kept."""
+WITNESS_REFUSAL_INCONSISTENT: WitnessRefusal.ValueType  # 5
+"""The checkpoint is not consistent with the last one the witness cosigned (the proof
+fails, or the same size has another root). Evidence kept.
+"""
+Global___WitnessRefusal: _TypeAlias = WitnessRefusal  # noqa: Y015
 
 @_typing.final
 class DeliverRequest(_message.Message):
@@ -57,3 +122,118 @@ class DeliverResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeliverResponse: _TypeAlias = DeliverResponse  # noqa: Y015
+
+@_typing.final
+class WitnessRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    OLD_SIZE_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_PROOF_FIELD_NUMBER: _builtins.int
+    checkpoint: _builtins.bytes
+    """The checkpoint, a C2SP signed note signed with the caller's card keys."""
+    old_size: _builtins.int
+    """The tree size of the last checkpoint of the caller's that this witness cosigned, as
+    the caller knows it; 0 if none.
+    """
+    @_builtins.property
+    def consistency_proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """RFC 9162 consistency proof from old_size to the checkpoint's tree size: 32-byte hashes."""
+
+    def __init__(
+        self,
+        *,
+        checkpoint: _builtins.bytes = ...,
+        old_size: _builtins.int = ...,
+        consistency_proof: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "consistency_proof", b"consistency_proof", "old_size", b"old_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WitnessRequest: _TypeAlias = WitnessRequest  # noqa: Y015
+
+@_typing.final
+class WitnessResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    COSIGNATURE_FIELD_NUMBER: _builtins.int
+    KNOWN_SIZE_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
+    status: Global___WitnessStatus.ValueType
+    cosignature: _builtins.bytes
+    """COSIGNED: the witness's cosignature, one signed-note signature line (UTF-8, ending in
+    a newline), in the C2SP tlog-cosignature format.
+    """
+    known_size: _builtins.int
+    """CONFLICT: the tree size of the last checkpoint of the caller's that the witness cosigned."""
+    refusal: Global___WitnessRefusal.ValueType
+    """REFUSED: why."""
+    def __init__(
+        self,
+        *,
+        status: Global___WitnessStatus.ValueType = ...,
+        cosignature: _builtins.bytes = ...,
+        known_size: _builtins.int = ...,
+        refusal: Global___WitnessRefusal.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cosignature", b"cosignature", "known_size", b"known_size", "refusal", b"refusal", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WitnessResponse: _TypeAlias = WitnessResponse  # noqa: Y015
+
+@_typing.final
+class InclusionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    TREE_SIZE_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Leaf index of the entry (its sequence number minus one)."""
+    tree_size: _builtins.int
+    """The tree size to prove against: that of a checkpoint the caller holds."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        tree_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "tree_size", b"tree_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InclusionRequest: _TypeAlias = InclusionRequest  # noqa: Y015
+
+@_typing.final
+class InclusionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_FIELD_NUMBER: _builtins.int
+    PROOF_FIELD_NUMBER: _builtins.int
+    entry: _builtins.bytes
+    """The entry's canonical AuditEntry bytes, as stored."""
+    @_builtins.property
+    def proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """RFC 9162 inclusion proof: 32-byte hashes, leaf side first."""
+
+    def __init__(
+        self,
+        *,
+        entry: _builtins.bytes = ...,
+        proof: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "proof", b"proof"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InclusionResponse: _TypeAlias = InclusionResponse  # noqa: Y015

@@ -39,6 +39,16 @@ class PeerExchangeStub:
                 request_serializer=liaison_dot_v1_dot_peer__pb2.DeliverRequest.SerializeToString,
                 response_deserializer=liaison_dot_v1_dot_peer__pb2.DeliverResponse.FromString,
                 _registered_method=True)
+        self.Witness = channel.unary_unary(
+                '/liaison.v1.PeerExchange/Witness',
+                request_serializer=liaison_dot_v1_dot_peer__pb2.WitnessRequest.SerializeToString,
+                response_deserializer=liaison_dot_v1_dot_peer__pb2.WitnessResponse.FromString,
+                _registered_method=True)
+        self.ProveInclusion = channel.unary_unary(
+                '/liaison.v1.PeerExchange/ProveInclusion',
+                request_serializer=liaison_dot_v1_dot_peer__pb2.InclusionRequest.SerializeToString,
+                response_deserializer=liaison_dot_v1_dot_peer__pb2.InclusionResponse.FromString,
+                _registered_method=True)
 
 
 class PeerExchangeServicer:
@@ -53,6 +63,24 @@ class PeerExchangeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Witness(self, request, context):
+        """Cosign the caller's newest audit-log checkpoint as its witness (PROTOCOL.md 11): the
+        callee checks the caller's signatures and a consistency proof from the last checkpoint
+        of the caller's that it cosigned, then answers with its cosignature. A checkpoint that
+        rolls the caller's log back or rewrites it is refused, and kept as evidence.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ProveInclusion(self, request, context):
+        """An inclusion proof of one entry of the callee's audit log, for an entry that concerns
+        the caller (its ``peer`` is the caller), e.g. the entry a receipt's log_index names.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerExchangeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +88,16 @@ def add_PeerExchangeServicer_to_server(servicer, server):
                     servicer.Deliver,
                     request_deserializer=liaison_dot_v1_dot_peer__pb2.DeliverRequest.FromString,
                     response_serializer=liaison_dot_v1_dot_peer__pb2.DeliverResponse.SerializeToString,
+            ),
+            'Witness': grpc.unary_unary_rpc_method_handler(
+                    servicer.Witness,
+                    request_deserializer=liaison_dot_v1_dot_peer__pb2.WitnessRequest.FromString,
+                    response_serializer=liaison_dot_v1_dot_peer__pb2.WitnessResponse.SerializeToString,
+            ),
+            'ProveInclusion': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProveInclusion,
+                    request_deserializer=liaison_dot_v1_dot_peer__pb2.InclusionRequest.FromString,
+                    response_serializer=liaison_dot_v1_dot_peer__pb2.InclusionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,6 +127,60 @@ class PeerExchange:
             '/liaison.v1.PeerExchange/Deliver',
             liaison_dot_v1_dot_peer__pb2.DeliverRequest.SerializeToString,
             liaison_dot_v1_dot_peer__pb2.DeliverResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Witness(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liaison.v1.PeerExchange/Witness',
+            liaison_dot_v1_dot_peer__pb2.WitnessRequest.SerializeToString,
+            liaison_dot_v1_dot_peer__pb2.WitnessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProveInclusion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liaison.v1.PeerExchange/ProveInclusion',
+            liaison_dot_v1_dot_peer__pb2.InclusionRequest.SerializeToString,
+            liaison_dot_v1_dot_peer__pb2.InclusionResponse.FromString,
             options,
             channel_credentials,
             insecure,

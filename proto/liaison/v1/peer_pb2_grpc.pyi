@@ -38,6 +38,16 @@ class PeerExchangeStub:
     protocol outcome, rejection included, is a receipt with gRPC status OK;
     a gRPC error means the envelope was not processed and may be retried.
     """
+    Witness: _grpc.UnaryUnaryMultiCallable[_peer_pb2.WitnessRequest, _peer_pb2.WitnessResponse]
+    """Cosign the caller's newest audit-log checkpoint as its witness (PROTOCOL.md 11): the
+    callee checks the caller's signatures and a consistency proof from the last checkpoint
+    of the caller's that it cosigned, then answers with its cosignature. A checkpoint that
+    rolls the caller's log back or rewrites it is refused, and kept as evidence.
+    """
+    ProveInclusion: _grpc.UnaryUnaryMultiCallable[_peer_pb2.InclusionRequest, _peer_pb2.InclusionResponse]
+    """An inclusion proof of one entry of the callee's audit log, for an entry that concerns
+    the caller (its ``peer`` is the caller), e.g. the entry a receipt's log_index names.
+    """
 
 @_typing.type_check_only
 class PeerExchangeAsyncStub(PeerExchangeStub):
@@ -46,6 +56,16 @@ class PeerExchangeAsyncStub(PeerExchangeStub):
     """Deliver one sealed envelope and get the receiver's signed receipt. Every
     protocol outcome, rejection included, is a receipt with gRPC status OK;
     a gRPC error means the envelope was not processed and may be retried.
+    """
+    Witness: _aio.UnaryUnaryMultiCallable[_peer_pb2.WitnessRequest, _peer_pb2.WitnessResponse]  # type: ignore[assignment]
+    """Cosign the caller's newest audit-log checkpoint as its witness (PROTOCOL.md 11): the
+    callee checks the caller's signatures and a consistency proof from the last checkpoint
+    of the caller's that it cosigned, then answers with its cosignature. A checkpoint that
+    rolls the caller's log back or rewrites it is refused, and kept as evidence.
+    """
+    ProveInclusion: _aio.UnaryUnaryMultiCallable[_peer_pb2.InclusionRequest, _peer_pb2.InclusionResponse]  # type: ignore[assignment]
+    """An inclusion proof of one entry of the callee's audit log, for an entry that concerns
+    the caller (its ``peer`` is the caller), e.g. the entry a receipt's log_index names.
     """
 
 class PeerExchangeServicer(metaclass=_abc_1.ABCMeta):
@@ -58,6 +78,28 @@ class PeerExchangeServicer(metaclass=_abc_1.ABCMeta):
         """Deliver one sealed envelope and get the receiver's signed receipt. Every
         protocol outcome, rejection included, is a receipt with gRPC status OK;
         a gRPC error means the envelope was not processed and may be retried.
+        """
+
+    @_abc_1.abstractmethod
+    def Witness(
+        self,
+        request: _peer_pb2.WitnessRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.WitnessResponse, _abc.Awaitable[_peer_pb2.WitnessResponse]]:
+        """Cosign the caller's newest audit-log checkpoint as its witness (PROTOCOL.md 11): the
+        callee checks the caller's signatures and a consistency proof from the last checkpoint
+        of the caller's that it cosigned, then answers with its cosignature. A checkpoint that
+        rolls the caller's log back or rewrites it is refused, and kept as evidence.
+        """
+
+    @_abc_1.abstractmethod
+    def ProveInclusion(
+        self,
+        request: _peer_pb2.InclusionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.InclusionResponse, _abc.Awaitable[_peer_pb2.InclusionResponse]]:
+        """An inclusion proof of one entry of the callee's audit log, for an entry that concerns
+        the caller (its ``peer`` is the caller), e.g. the entry a receipt's log_index names.
         """
 
 def add_PeerExchangeServicer_to_server(servicer: PeerExchangeServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

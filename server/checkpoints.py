@@ -1,0 +1,511 @@
+"""Signed checkpoints of the audit log, and each peer as the other's witness (PROTOCOL.md 11).
+
+``Checkpointer`` signs a checkpoint of our log (origin, tree size, root) at a fixed
+cadence when the log grew, or on demand, and sends it to every active peer with a
+consistency proof from the last checkpoint that peer cosigned; a verified cosignature is
+stored beside the checkpoint. ``Witness`` is the other side: it checks a peer's
+checkpoint against the last one it cosigned for that peer and cosigns, or refuses and
+keeps both signed checkpoints as evidence. ``prove_inclusion`` answers a peer's request
+for an inclusion proof of an entry about it.
+
+Signed with every card of ours that some peer pins (during a rotation, the old and the
+new one): a signed note carries any number of signatures, and each peer verifies the one
+its pinned card makes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf.message import DecodeError
+from sqlalchemy.orm import Session
+
+from liaison.keys.card import PeerCard
+from liaison.keys.checkpoint import (
+    Checkpoint,
+    add_signatures,
+    cosign,
+    origin_of,
+    parse_body,
+    parse_note,
+    sign_checkpoint,
+    verify_checkpoint,
+    verify_cosignature,
+    witness_name,
+)
+from liaison.keys.errors import CheckpointError
+from liaison.keys.identity import NodeIdentity
+from liaison.keys.merkle import consistency_proof, inclusion_proof, verify_consistency
+from liaison.server.committer import GroupCommitter
+from liaison.server.config import Limits
+from liaison.server.own_keys import OwnKeys
+from liaison.server.peers import PeerDirectory
+from liaison.server.store import audit, checkpoints
+from liaison.server.store.audit import AuditKind
+from liaison.server.store.auditlog import StoredTree
+from liaison.server.store.models import AuditCheckpoint, AuditLeaf
+from liaison.server.store.store import Store
+from liaison.v1 import audit_pb2, peer_pb2, peer_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+# A witness request holds a note (at most 64 KiB) and a proof of at most 64 hashes.
+MAX_WITNESS_REQUEST = 80 * 1024
+MAX_PROOF_HASHES = 64
+R = peer_pb2.WitnessRefusal
+S = peer_pb2.WitnessStatus
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class ProofDenied(Exception):
+    """A peer asked for an inclusion proof it may not have (``code`` says how to answer)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class SignedCheckpoint:
+    """One of our checkpoints, and the peers whose cosignature of it was verified."""
+
+    size: int
+    root: bytes
+    # The signed note with our signatures only, as signed.
+    note: bytes
+    signed_at: dt.datetime
+    cosigners: tuple[str, ...]
+    # The note with every cosignature line appended: what a verifier reads.
+    cosigned: bytes
+
+
+def _signers(keys: OwnKeys, peers: PeerDirectory) -> list[NodeIdentity]:
+    """Every card of ours that an active peer pins, and the current one, once each."""
+    found: dict[int, NodeIdentity] = {keys.current.sequence: keys.current}
+    trust = peers.trust
+    for card in trust.cards():
+        if not trust.is_revoked(card.agency_id):
+            identity = keys.for_peer(card.agency_id)
+            found.setdefault(identity.sequence, identity)
+    return [found[sequence] for sequence in sorted(found)]
+
+
+def sign_note(checkpoint: Checkpoint, signers: list[NodeIdentity]) -> bytes:
+    """The checkpoint as a signed note, with the Ed25519 (and ML-DSA-65) signatures of
+    every identity in ``signers``."""
+    notes = [
+        sign_checkpoint(
+            checkpoint,
+            name=checkpoint.origin,
+            ed25519_key=identity.signing_key,
+            mldsa65_key=identity.mldsa65_key,
+        )
+        for identity in signers
+    ]
+    extra = [signature for note in notes[1:] for signature in parse_note(note).signatures]
+    return add_signatures(notes[0], *extra) if extra else notes[0]
+
+
+class Checkpointer:
+    """Signs our checkpoints and has every active peer cosign them."""
+
+    def __init__(
+        self,
+        *,
+        keys: OwnKeys,
+        peers: PeerDirectory,
+        store: Store,
+        committer: GroupCommitter,
+        limits: Limits,
+        channel: Callable[[PeerCard], grpc.aio.Channel],
+        clock: Callable[[], dt.datetime] = utc_now,
+    ) -> None:
+        self._keys = keys
+        self._peers = peers
+        self._store = store
+        self._committer = committer
+        self._limits = limits
+        self._channel = channel
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._round = asyncio.Lock()
+
+    def request(self) -> None:
+        """Sign and witness now, not at the next tick."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Every ``checkpoint_interval_seconds`` (or when asked): sign a checkpoint if the
+        log grew, then bring every peer's cosignature up to date. Survives any error."""
+        while True:
+            # The first round after one interval: a node restarted in a loop signs nothing.
+            try:
+                async with asyncio.timeout(self._limits.checkpoint_interval_seconds):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.round()
+            except Exception:
+                log.exception(
+                    "checkpointing failed; next round in %g s",
+                    self._limits.checkpoint_interval_seconds,
+                )
+
+    async def round(self, *, force: bool = False) -> SignedCheckpoint | None:
+        """Sign a checkpoint if one is due (``force``: if the log grew at all), then send
+        the newest to every active peer that has not cosigned it. Returns the newest."""
+        async with self._round:
+            await self.sign(force=force)
+            newest = await asyncio.to_thread(self._newest)
+            if newest is None:
+                return None
+            trust = self._peers.trust
+            targets = [c for c in trust.cards() if not trust.is_revoked(c.agency_id)]
+            await asyncio.gather(*(self._witness(card, newest) for card in targets))
+            return await asyncio.to_thread(self._newest)
+
+    async def sign(self, *, force: bool = False) -> None:
+        signers = _signers(self._keys, self._peers)
+        origin = origin_of(self._keys.current.agency_id)
+        ring = self._keys.ring
+        cards = [
+            (
+                identity.sequence,
+                identity.card.signed_card,
+                ring.update if identity is ring.current and ring.previous is not None else None,
+            )
+            for identity in signers
+        ]
+
+        def write(session: Session) -> None:
+            checkpoints.record_cards(session, cards)
+            latest = checkpoints.latest(session)
+            if force:
+                size, root = checkpoints.size_and_root(session)
+                if size == 0 or (latest is not None and latest.size >= size):
+                    return
+            else:
+                grown = checkpoints.due(session)
+                if grown is None:
+                    return
+                size, root = grown
+            note = sign_note(Checkpoint(origin=origin, size=size, root=root), signers)
+            checkpoints.add(session, size=size, root=root, note=note, at=self._clock())
+
+        await self._committer.submit(write)
+
+    def _newest(self) -> SignedCheckpoint | None:
+        with self._store.read() as session:
+            latest = checkpoints.latest(session)
+            return signed_checkpoint(session, latest) if latest is not None else None
+
+    async def _witness(self, card: PeerCard, newest: SignedCheckpoint) -> None:
+        """Ask ``card``'s node to cosign ``newest``; a failure is logged and retried at
+        the next round."""
+        peer = card.agency_id
+        if peer in newest.cosigners:
+            return
+        old = await asyncio.to_thread(self._cosigned_size, peer)
+        try:
+            for _ in range(2):  # once more after a CONFLICT names the size the peer knows
+                response = await self._ask(card, newest, old)
+                if response.status != S.WITNESS_STATUS_CONFLICT:
+                    break
+                if response.known_size > newest.size:
+                    await self._refused(
+                        newest, peer, "AHEAD", f"it cosigned size {response.known_size}"
+                    )
+                    return
+                old = response.known_size
+        except grpc.aio.AioRpcError as error:
+            log.warning("checkpoint %d not cosigned by %s yet: %s", newest.size, peer, error.code())
+            return
+        if response.status == S.WITNESS_STATUS_COSIGNED:
+            await self._cosigned(card, newest, response.cosignature)
+        else:
+            why = R.Name(response.refusal).removeprefix("WITNESS_REFUSAL_")
+            if response.status == S.WITNESS_STATUS_CONFLICT:
+                why = "CONFLICT"
+            await self._refused(newest, peer, why, f"status {S.Name(response.status)}")
+
+    def _cosigned_size(self, peer: str) -> int:
+        with self._store.read() as session:
+            return checkpoints.cosigned_size(session, peer)
+
+    async def _ask(
+        self, card: PeerCard, newest: SignedCheckpoint, old: int
+    ) -> peer_pb2.WitnessResponse:
+        proof = await asyncio.to_thread(self._proof, old, newest.size)
+        request = peer_pb2.WitnessRequest(
+            checkpoint=newest.note, old_size=old, consistency_proof=proof
+        )
+        # A channel of its own, so that a peer that is down costs the deliveries nothing.
+        channel = self._channel(card)
+        try:
+            response: peer_pb2.WitnessResponse = await peer_pb2_grpc.PeerExchangeStub(
+                channel
+            ).Witness(request, timeout=self._limits.delivery_timeout_seconds)
+        finally:
+            await channel.close()
+        return response
+
+    def _proof(self, old: int, new: int) -> list[bytes]:
+        if old == 0 or old >= new:
+            return []
+        with self._store.read() as session:
+            return consistency_proof(StoredTree(session), old, new)
+
+    async def _cosigned(self, card: PeerCard, newest: SignedCheckpoint, line: bytes) -> None:
+        peer = card.agency_id
+        try:
+            signature = parse_note(newest.note + line).signatures[-1]
+            stamp = verify_cosignature(
+                newest.note,
+                signature,
+                name=witness_name(peer),
+                ed25519_public=card.signing_key,
+            )
+        except CheckpointError as error:
+            await self._refused(newest, peer, "BAD_COSIGNATURE", str(error)[:200])
+            return
+        now = self._clock()
+        await self._committer.submit(
+            lambda session: checkpoints.add_cosignature(
+                session, size=newest.size, peer=peer, line=line, timestamp=stamp, at=now
+            )
+        )
+        log.info("checkpoint %d cosigned by %s", newest.size, peer)
+
+    async def _refused(self, newest: SignedCheckpoint, peer: str, why: str, detail: str) -> None:
+        log.error("checkpoint %d refused by %s: %s (%s)", newest.size, peer, why, detail)
+        now = self._clock()
+        await self._committer.submit(
+            lambda session: checkpoints.refused_by_peer(
+                session, size=newest.size, peer=peer, why=why, at=now
+            )
+        )
+
+
+def signed_checkpoint(session: Session, row: AuditCheckpoint) -> SignedCheckpoint:
+    lines = checkpoints.cosignatures(session, row.size)
+    signatures = [parse_note(row.note + line.line).signatures[-1] for line in lines]
+    return SignedCheckpoint(
+        size=row.size,
+        root=row.root,
+        note=row.note,
+        signed_at=row.signed_at,
+        cosigners=tuple(line.peer for line in lines),
+        cosigned=add_signatures(row.note, *signatures) if signatures else row.note,
+    )
+
+
+def cosigned_note(session: Session, row: AuditCheckpoint) -> bytes:
+    """Our checkpoint's note with every peer's cosignature line."""
+    return signed_checkpoint(session, row).cosigned
+
+
+@dataclass(frozen=True)
+class _Checked:
+    checkpoint: Checkpoint
+    note: bytes
+    proof: list[bytes]
+    old_size: int
+
+
+class Witness:
+    """Cosigns the checkpoints of pinned peers' logs, each consistent with the last."""
+
+    def __init__(
+        self,
+        *,
+        keys: OwnKeys,
+        peers: PeerDirectory,
+        committer: GroupCommitter,
+        clock: Callable[[], dt.datetime] = utc_now,
+    ) -> None:
+        self._keys = keys
+        self._peers = peers
+        self._committer = committer
+        self._clock = clock
+
+    async def witness(self, peer: str, raw: bytes) -> peer_pb2.WitnessResponse:
+        """Answer the pinned peer ``peer``'s ``WitnessRequest`` bytes."""
+        now = self._clock()
+        checked = self._check(peer, raw)
+        if isinstance(checked, peer_pb2.WitnessResponse):
+            why = R.Name(checked.refusal).removeprefix("WITNESS_REFUSAL_")
+            await self._committer.submit(
+                lambda session: checkpoints.refused(
+                    session, peer=peer, why=why, detail="the checkpoint was not cosigned", at=now
+                )
+            )
+            log.warning("refused to cosign a checkpoint of %s: %s", peer, why)
+            return checked
+        me = self._keys.for_peer(peer)
+        response: peer_pb2.WitnessResponse = await self._committer.submit(
+            lambda session: self._decide(session, peer, checked, me, now)
+        )
+        if response.status == S.WITNESS_STATUS_REFUSED:
+            log.error(
+                "SPLIT VIEW: %s presented a checkpoint of size %d inconsistent with the one "
+                "this node cosigned (%s); evidence kept",
+                peer,
+                checked.checkpoint.size,
+                R.Name(response.refusal),
+            )
+        return response
+
+    def _check(self, peer: str, raw: bytes) -> _Checked | peer_pb2.WitnessResponse:
+        """Parse the request and check the caller's signature; a refusal if it fails."""
+        if len(raw) > MAX_WITNESS_REQUEST:
+            return _refusal(R.WITNESS_REFUSAL_MALFORMED)
+        origin = origin_of(peer)
+        try:
+            request = peer_pb2.WitnessRequest.FromString(raw)
+            stated = parse_body(parse_note(request.checkpoint).body)
+        except (DecodeError, CheckpointError):
+            return _refusal(R.WITNESS_REFUSAL_MALFORMED)
+        proof = list(request.consistency_proof)
+        if len(proof) > MAX_PROOF_HASHES or any(len(h) != 32 for h in proof):
+            return _refusal(R.WITNESS_REFUSAL_MALFORMED)
+        if stated.origin != origin:
+            return _refusal(R.WITNESS_REFUSAL_WRONG_ORIGIN)
+        trust = self._peers.trust
+        cards = [c for c in (trust.peer(peer), trust.previous(peer)) if c is not None]
+        checkpoint: Checkpoint | None = None
+        for card in cards:
+            try:
+                checkpoint = verify_checkpoint(
+                    request.checkpoint,
+                    origin=origin,
+                    name=origin,
+                    ed25519_public=card.signing_key,
+                    mldsa65_public=card.mldsa65_key,
+                )
+                break
+            except CheckpointError:
+                continue
+        if checkpoint is None:
+            return _refusal(R.WITNESS_REFUSAL_BAD_SIGNATURE)
+        return _Checked(checkpoint, request.checkpoint, proof, request.old_size)
+
+    def _decide(
+        self,
+        session: Session,
+        peer: str,
+        checked: _Checked,
+        me: NodeIdentity,
+        now: dt.datetime,
+    ) -> peer_pb2.WitnessResponse:
+        """Against the last checkpoint of ``peer``'s we cosigned, in the write transaction
+        (so two calls at once, or two replicas, decide one after the other)."""
+        new = checked.checkpoint
+        known = checkpoints.witnessed(session, peer)
+        known_size = known.size if known is not None else 0
+        if known is not None and new.size < known.size:
+            return self._evidence(session, peer, checked, known.note, R.WITNESS_REFUSAL_ROLLBACK)
+        if known is not None and new.size == known.size:
+            if new.root != known.root:
+                return self._evidence(
+                    session, peer, checked, known.note, R.WITNESS_REFUSAL_INCONSISTENT
+                )
+            return peer_pb2.WitnessResponse(
+                status=S.WITNESS_STATUS_COSIGNED, cosignature=known.cosignature
+            )
+        if checked.old_size != known_size:
+            return peer_pb2.WitnessResponse(status=S.WITNESS_STATUS_CONFLICT, known_size=known_size)
+        if known is not None and not verify_consistency(
+            known.size, new.size, known.root, new.root, checked.proof
+        ):
+            return self._evidence(
+                session, peer, checked, known.note, R.WITNESS_REFUSAL_INCONSISTENT
+            )
+        signature = cosign(
+            new.body(),
+            name=witness_name(me.agency_id),
+            ed25519_key=me.signing_key,
+            timestamp=int(now.timestamp()),
+        )
+        line = signature.line()
+        checkpoints.add_witnessed(
+            session,
+            peer=peer,
+            size=new.size,
+            root=new.root,
+            note=checked.note,
+            cosignature=line,
+            at=now,
+        )
+        return peer_pb2.WitnessResponse(status=S.WITNESS_STATUS_COSIGNED, cosignature=line)
+
+    def _evidence(
+        self,
+        session: Session,
+        peer: str,
+        checked: _Checked,
+        cosigned_note: bytes,
+        refusal: peer_pb2.WitnessRefusal.ValueType,
+    ) -> peer_pb2.WitnessResponse:
+        why = R.Name(refusal).removeprefix("WITNESS_REFUSAL_")
+        checkpoints.keep_evidence(
+            session,
+            peer=peer,
+            why=why,
+            cosigned_note=cosigned_note,
+            presented_note=checked.note,
+            old_size=checked.old_size,
+            proof=b"".join(checked.proof),
+            detail=f"presented tree size {checked.checkpoint.size}, "
+            f"root {checked.checkpoint.root.hex()}",
+            at=self._clock(),
+        )
+        return _refusal(refusal)
+
+
+def _refusal(refusal: peer_pb2.WitnessRefusal.ValueType) -> peer_pb2.WitnessResponse:
+    return peer_pb2.WitnessResponse(status=S.WITNESS_STATUS_REFUSED, refusal=refusal)
+
+
+def prove_inclusion(
+    session: Session, peer: str, request: peer_pb2.InclusionRequest, now: dt.datetime
+) -> peer_pb2.InclusionResponse | ProofDenied:
+    """An inclusion proof of entry ``request.index`` in the tree of ``request.tree_size``,
+    for the pinned peer ``peer``: only of an entry about that peer.
+
+    Run in a write transaction: a denial for an entry about someone else is audited (and
+    returned, not raised, so that the audit event commits).
+    """
+    tree = StoredTree(session)
+    size = tree.size()
+    if not 0 < request.tree_size <= size or request.index >= request.tree_size:
+        return ProofDenied(
+            grpc.StatusCode.OUT_OF_RANGE,
+            f"index {request.index} is not in a tree of size {request.tree_size} "
+            f"(the log holds {size} entries)",
+        )
+    leaf = session.get(AuditLeaf, request.index + 1)
+    if leaf is None:
+        return ProofDenied(grpc.StatusCode.OUT_OF_RANGE, "no such entry")
+    if audit_pb2.AuditEntry.FromString(leaf.entry).peer != peer:
+        audit.append(
+            session,
+            AuditKind.ACCESS_DENIED,
+            at=now,
+            peer=peer,
+            detail=f"inclusion proof of entry {request.index}, which is not about this peer",
+        )
+        return ProofDenied(grpc.StatusCode.PERMISSION_DENIED, "the entry is not about the caller")
+    return peer_pb2.InclusionResponse(
+        entry=leaf.entry, proof=inclusion_proof(tree, request.index, request.tree_size)
+    )

@@ -1,0 +1,364 @@
+"""Each node witnesses the other's audit log: checkpoints signed and cosigned over the
+wire, receipts that name the receiver's log entry, inclusion proofs of one's own
+deliveries, and a peer that presents a rewritten history refused, with evidence kept."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from sqlalchemy import func, select
+
+from liaison.keys.checkpoint import (
+    Checkpoint,
+    origin_of,
+    parse_body,
+    parse_note,
+    sign_checkpoint,
+    verify_checkpoint,
+    verify_cosignature,
+    witness_name,
+)
+from liaison.keys.identity import NodeIdentity
+from liaison.keys.merkle import (
+    MemoryTree,
+    consistency_proof,
+    leaf_hash,
+    root,
+    verify_inclusion,
+)
+from liaison.server.store.models import (
+    AuditEvent,
+    CheckpointCosignature,
+    PeerCheckpoint,
+    Receipt,
+    WitnessEvidence,
+)
+from liaison.v1 import audit_pb2, envelope_pb2, peer_pb2, peer_pb2_grpc
+from tests.conftest import (
+    Inspector,
+    RunningNode,
+    make_home,
+    peer_channel,
+    peer_link,
+    pin_each_other,
+)
+from tests.notices import sample_notice
+
+A_ID, B_ID = "MA.DGSN.CCPI", "DE.BPOL.LO-RABAT"
+S = peer_pb2.WitnessStatus
+R = peer_pb2.WitnessRefusal
+
+
+def _count(inspector: Inspector, model: type) -> int:
+    with inspector.store.read() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def _witnessed(inspector: Inspector, peer: str) -> PeerCheckpoint:
+    """The newest checkpoint of ``peer``'s log that ``inspector``'s node cosigned."""
+    with inspector.store.read() as session:
+        return session.scalars(
+            select(PeerCheckpoint)
+            .where(PeerCheckpoint.peer == peer)
+            .order_by(PeerCheckpoint.size.desc())
+            .limit(1)
+        ).one()
+
+
+def _events(inspector: Inspector, kind: str) -> list[AuditEvent]:
+    return [event for event in inspector.audit_since(0) if event.event == kind]
+
+
+def test_peers_cosign_each_other_and_prove_deliveries(tmp_path: Path) -> None:
+    a_home, b_home = make_home(tmp_path, A_ID), make_home(tmp_path, B_ID)
+    pin_each_other(a_home, b_home)
+    a, b = RunningNode(a_home).start(), RunningNode(b_home).start()
+    a_view, b_view = Inspector(a_home), Inspector(b_home)
+    try:
+        with a.client() as client:
+            sent = [
+                client.send_notice(B_ID, sample_notice(f"W-{n}"), wait_seconds=60) for n in range(3)
+            ]
+        assert all(s.state == "delivered" for s in sent)
+
+        first = a.run(a.node.checkpointer.round(force=True))
+        assert first is not None
+        assert first.cosigners == (B_ID,)
+        # B checked A's signature, cosigned, and kept the checkpoint as it received it.
+        kept = _witnessed(b_view, A_ID)
+        assert (kept.peer, kept.size, kept.root) == (A_ID, first.size, first.root)
+        cosigned_by_b = _count(b_view, PeerCheckpoint)
+        assert _events(b_view, "checkpoint-cosigned")[-1].peer == A_ID
+        # A holds B's cosignature, and it verifies under B's pinned card.
+        with a_view.store.read() as session:
+            line = session.get_one(CheckpointCosignature, (first.size, B_ID)).line
+        note = first.note + line
+        signature = parse_note(note).signatures[-1]
+        b_card = b_home.identity().card
+        verify_cosignature(
+            note, signature, name=witness_name(B_ID), ed25519_public=b_card.signing_key
+        )
+        assert _events(a_view, "checkpoint-cosigned-by-peer")[-1].peer == B_ID
+
+        # The log grows; the next checkpoint is cosigned with a consistency proof.
+        with a.client() as client:
+            client.send_notice(B_ID, sample_notice("W-3"), wait_seconds=60)
+        second = a.run(a.node.checkpointer.round())
+        assert second is not None
+        assert second.size > first.size
+        assert second.cosigners == (B_ID,)
+        assert _count(b_view, PeerCheckpoint) == cosigned_by_b + 1
+        # Nothing new but bookkeeping: no checkpoint is due.
+        assert a.run(a.node.checkpointer.round()) == second
+
+        # B's checkpoints are cosigned by A the same way: A can now prove its deliveries.
+        b_checkpoint = b.run(b.node.checkpointer.round(force=True))
+        assert b_checkpoint is not None
+        assert b_checkpoint.cosigners == (A_ID,)
+        with a_view.store.read() as session:
+            receipts = [r.signed_receipt for r in session.scalars(select(Receipt))]
+        witnessed = _witnessed(a_view, B_ID)
+        assert witnessed.size == b_checkpoint.size
+        assert len(receipts) == 4
+        channel = peer_channel(a_home.identity(), b_card)
+        stub = peer_pb2_grpc.PeerExchangeStub(channel)
+        try:
+            for signed in receipts:
+                receipt = envelope_pb2.Receipt.FromString(
+                    envelope_pb2.SignedReceipt.FromString(signed).receipt
+                )
+                assert receipt.HasField("log_index")
+                answer = stub.ProveInclusion(
+                    peer_pb2.InclusionRequest(index=receipt.log_index, tree_size=witnessed.size),
+                    timeout=30,
+                )
+                entry = audit_pb2.AuditEntry.FromString(answer.entry)
+                assert (entry.event, entry.peer, entry.message_id) == (
+                    "received",
+                    A_ID,
+                    receipt.message_id,
+                )
+                assert entry.envelope_sha256 == receipt.envelope_sha256
+                assert verify_inclusion(
+                    leaf_hash(answer.entry),
+                    receipt.log_index,
+                    witnessed.size,
+                    list(answer.proof),
+                    witnessed.root,
+                )
+            # An entry that is not about A: refused, and audited by B.
+            denied_before = len(_events(b_view, "access-denied"))
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ProveInclusion(
+                    peer_pb2.InclusionRequest(index=0, tree_size=witnessed.size), timeout=30
+                )
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert len(_events(b_view, "access-denied")) == denied_before + 1
+            with pytest.raises(grpc.RpcError) as beyond:
+                stub.ProveInclusion(peer_pb2.InclusionRequest(index=5, tree_size=10**9), timeout=30)
+            assert beyond.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        finally:
+            channel.close()
+    finally:
+        a_view.close()
+        b_view.close()
+        a.stop()
+        b.stop()
+
+
+# A log that only the test holds: A's signing keys, any leaves. The witness sees roots and
+# proofs, never entries, so a rewritten history is just another list of leaves.
+
+
+@dataclass
+class ForgedLog:
+    identity: NodeIdentity
+    leaves: list[bytes]
+
+    def tree(self, size: int | None = None) -> MemoryTree:
+        return MemoryTree(self.leaves[: len(self.leaves) if size is None else size])
+
+    def note(self, size: int, *, origin: str | None = None) -> bytes:
+        tree = self.tree(size)
+        checkpoint = Checkpoint(
+            origin=origin or origin_of(self.identity.agency_id),
+            size=size,
+            root=root(tree, size),
+        )
+        return sign_checkpoint(
+            checkpoint, name=checkpoint.origin, ed25519_key=self.identity.signing_key
+        )
+
+    def request(self, old: int, new: int, **note: str) -> peer_pb2.WitnessRequest:
+        proof = consistency_proof(self.tree(new), old, new) if 0 < old < new else []
+        return peer_pb2.WitnessRequest(
+            checkpoint=self.note(new, **note), old_size=old, consistency_proof=proof
+        )
+
+
+def _leaves(tag: str, count: int) -> list[bytes]:
+    return [leaf_hash(f"{tag}-{n}".encode()) for n in range(count)]
+
+
+@dataclass
+class Witnessed:
+    """B, running and pinning A, has cosigned A's (forged) log at size 10."""
+
+    log: ForgedLog
+    channel: grpc.Channel
+    view: Inspector
+
+    def ask(self, request: peer_pb2.WitnessRequest | bytes) -> peer_pb2.WitnessResponse:
+        raw = request if isinstance(request, bytes) else request.SerializeToString()
+        call = self.channel.unary_unary(
+            "/liaison.v1.PeerExchange/Witness",
+            request_serializer=None,
+            response_deserializer=peer_pb2.WitnessResponse.FromString,
+        )
+        response: peer_pb2.WitnessResponse = call(raw)
+        return response
+
+
+@pytest.fixture
+def witness(tmp_path: Path) -> Iterator[Witnessed]:
+    with peer_link(tmp_path, A_ID, B_ID) as link:
+        witnessed = Witnessed(
+            ForgedLog(link.a, _leaves("history", 10)), link.channel, link.inspector
+        )
+        assert witnessed.ask(witnessed.log.request(0, 10)).status == S.WITNESS_STATUS_COSIGNED
+        yield witnessed
+
+
+def test_a_consistent_extension_is_cosigned(
+    witness: Witnessed,
+) -> None:
+    log, view = witness.log, witness.view
+    log.leaves += _leaves("later", 7)
+    answer = witness.ask(log.request(10, 17))
+    assert answer.status == S.WITNESS_STATUS_COSIGNED
+    with view.store.read() as session:
+        sizes = sorted(row.size for row in session.scalars(select(PeerCheckpoint)))
+    assert sizes == [10, 17]
+    # The same checkpoint again: the same cosignature, nothing new stored.
+    again = witness.ask(log.request(10, 17))
+    assert again.cosignature == answer.cosignature
+    assert _count(view, PeerCheckpoint) == 2
+
+
+def test_a_stale_old_size_is_told_the_size_the_witness_knows(
+    witness: Witnessed,
+) -> None:
+    log, view = witness.log, witness.view
+    log.leaves += _leaves("later", 5)
+    answer = witness.ask(log.request(4, 15))
+    assert (answer.status, answer.known_size) == (S.WITNESS_STATUS_CONFLICT, 10)
+    assert _count(view, PeerCheckpoint) == 1
+    assert witness.ask(log.request(10, 15)).status == S.WITNESS_STATUS_COSIGNED
+
+
+SPLIT_VIEWS = {
+    # A history rewritten from entry 5 on, and grown: the proof from 10 cannot verify.
+    "rewritten and grown": ("rewritten", 15, 10, R.WITNESS_REFUSAL_INCONSISTENT),
+    # The same size with another root.
+    "same size, another root": ("rewritten", 10, 10, R.WITNESS_REFUSAL_INCONSISTENT),
+    # A tree smaller than the one cosigned.
+    "rolled back": ("history", 8, 10, R.WITNESS_REFUSAL_ROLLBACK),
+}
+
+
+@pytest.mark.parametrize("case", list(SPLIT_VIEWS))
+def test_a_rewritten_history_is_refused_and_the_evidence_kept(
+    witness: Witnessed, case: str
+) -> None:
+    log, view = witness.log, witness.view
+    history, size, old, refusal = SPLIT_VIEWS[case]
+    cosigned = log.note(10)
+    if history == "rewritten":
+        log.leaves = log.leaves[:5] + _leaves("rewritten", 10)
+    before = view.last_audit_seq()
+    answer = witness.ask(log.request(old, size))
+    assert (answer.status, answer.refusal) == (S.WITNESS_STATUS_REFUSED, refusal)
+    assert not answer.cosignature
+    # Nothing cosigned; both signed checkpoints kept; the alarm is in the witness's log.
+    with view.store.read() as session:
+        assert [row.size for row in session.scalars(select(PeerCheckpoint))] == [10]
+        evidence = session.scalars(select(WitnessEvidence)).one()
+    assert (evidence.peer, evidence.refusal) == (
+        A_ID,
+        R.Name(refusal).removeprefix("WITNESS_REFUSAL_"),
+    )
+    card = log.identity.card
+    origin = origin_of(A_ID)
+    kept = [
+        verify_checkpoint(note, origin=origin, name=origin, ed25519_public=card.signing_key)
+        for note in (evidence.cosigned_note, evidence.presented_note)
+    ]
+    assert (kept[0].size, kept[0].root) == (10, parse_note_root(cosigned))
+    assert (kept[1].size, kept[1].root) != (kept[0].size, kept[0].root)
+    alarms = [e for e in view.audit_since(before) if e.event == "split-view-detected"]
+    assert [(e.peer, e.reason) for e in alarms] == [(A_ID, evidence.refusal)]
+
+
+def parse_note_root(note: bytes) -> bytes:
+    return parse_body(parse_note(note).body).root
+
+
+def _other_key_note(log: ForgedLog, tmp_path: Path) -> bytes:
+    stranger = make_home(tmp_path, "XX.OTHER.NODE").identity()
+    return ForgedLog(
+        dataclasses.replace(log.identity, signing_key=stranger.signing_key),
+        log.leaves,
+    ).note(12)
+
+
+REFUSALS = {
+    "not a request": (lambda log, tmp: b"\xff\x00garbage", R.WITNESS_REFUSAL_MALFORMED),
+    "not a note": (
+        lambda log, tmp: peer_pb2.WitnessRequest(checkpoint=b"hello").SerializeToString(),
+        R.WITNESS_REFUSAL_MALFORMED,
+    ),
+    "a short proof hash": (
+        lambda log, tmp: peer_pb2.WitnessRequest(
+            checkpoint=log.note(12), old_size=10, consistency_proof=[b"short"]
+        ).SerializeToString(),
+        R.WITNESS_REFUSAL_MALFORMED,
+    ),
+    "another agency's origin": (
+        lambda log, tmp: log.request(10, 12, origin=origin_of(B_ID)).SerializeToString(),
+        R.WITNESS_REFUSAL_WRONG_ORIGIN,
+    ),
+    "signed by another key": (
+        lambda log, tmp: peer_pb2.WitnessRequest(
+            checkpoint=_other_key_note(log, tmp),
+            old_size=10,
+            consistency_proof=consistency_proof(log.tree(12), 10, 12),
+        ).SerializeToString(),
+        R.WITNESS_REFUSAL_BAD_SIGNATURE,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_a_bad_request_is_refused_with_its_reason(
+    witness: Witnessed,
+    tmp_path: Path,
+    case: str,
+) -> None:
+    log, view = witness.log, witness.view
+    log.leaves += _leaves("later", 2)
+    make, refusal = REFUSALS[case]
+    raw = make(log, tmp_path)
+    before = view.last_audit_seq()
+    answer = witness.ask(raw)
+    assert (answer.status, answer.refusal) == (S.WITNESS_STATUS_REFUSED, refusal)
+    assert _count(view, PeerCheckpoint) == 1
+    assert _count(view, WitnessEvidence) == 0
+    refused = [e for e in view.audit_since(before) if e.event == "checkpoint-refused"]
+    assert [(e.peer, e.reason) for e in refused] == [
+        (A_ID, R.Name(refusal).removeprefix("WITNESS_REFUSAL_"))
+    ]
