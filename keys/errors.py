@@ -46,3 +46,8 @@ class EnvelopeRejected(KeysError):
 def reason_name(reason: envelope_pb2.RejectReason.ValueType) -> str:
     """Short name of a reject reason, e.g. ``BAD_OUTER_SIGNATURE``."""
     return envelope_pb2.RejectReason.Name(reason).removeprefix("REJECT_REASON_")
+
+
+class CheckpointError(KeysError):
+    """A checkpoint, signed note or cosignature is malformed, over a limit, or does not
+    verify under the expected key (keys/checkpoint.py)."""

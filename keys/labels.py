@@ -45,3 +45,17 @@ def labelled(label: bytes, data: bytes) -> bytes:
 def signing_input(label: bytes, *parts: bytes) -> bytes:
     """``label || 0x00 || SHA-256(part_1) || ... || SHA-256(part_n)``: what is signed."""
     return labelled(label, b"".join(hashlib.sha256(part).digest() for part in parts))
+
+
+# Signed checkpoints of an audit log (keys/checkpoint.py, C2SP signed-note). The ML-DSA-65
+# signature line's context parameter; and its signature type in the key ID: 0xff, the byte
+# C2SP reserves for types it assigns no byte to, followed by that context as the identifier.
+CHECKPOINT_MLDSA65_CONTEXT = b"liaison-exchange/v1/checkpoint-mldsa65"
+CHECKPOINT_MLDSA65_SIGNATURE_TYPE = b"\xff" + CHECKPOINT_MLDSA65_CONTEXT
+# A checkpoint's origin line (also the log's key name) is this prefix and the log's agency id.
+AUDIT_LOG_ORIGIN_PREFIX = "liaison-exchange/v1/audit-log/"
+# A witness's cosignature key name is this prefix and the witness's agency id.
+WITNESS_KEY_NAME_PREFIX = "liaison-exchange/v1/witness/"
+# C2SP tlog-cosignature's header line: a witness's Ed25519 cosignature signs this line, a
+# "time <seconds>" line, then the checkpoint's note text.
+COSIGNATURE_V1_HEADER = b"cosignature/v1"
