@@ -252,6 +252,14 @@ class LiaisonClient:
         response = self._call(self._stub.Retry, request)
         return SendResult(response.message_id, state_name(response.state))
 
+    def sign_checkpoint(self) -> node_pb2.CheckpointResponse:
+        """Have the node sign a checkpoint of its audit log now and its peers cosign it;
+        the newest checkpoint, with the cosignatures the node verified."""
+        response: node_pb2.CheckpointResponse = self._call(
+            self._stub.SignCheckpoint, node_pb2.SignCheckpointRequest()
+        )
+        return response
+
     def thread(self, message_id: str) -> list[node_pb2.MessageSummary]:
         """The notice and its acknowledgements and replies, oldest first."""
         request = node_pb2.GetMessageRequest(message_id=message_id)

@@ -31,13 +31,17 @@ from typing import Any, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from liaison.client import render
-from liaison.client.api import LiaisonClient, SendResult, state_name
+from liaison.client import audit_cli, render
+from liaison.client.api import SendResult, state_name
 from liaison.client.attachments import save_attachments
+from liaison.client.cli_common import api_client as _client
+from liaison.client.cli_common import home_path as _home
+from liaison.client.cli_common import print_json as _print_json
+from liaison.client.cli_common import unlocked_home as _unlocked_home
 from liaison.client.demo import run_demo
-from liaison.client.errors import ClientError, NotDelivered, NotVerified, UsageError
+from liaison.client.errors import ClientError, NotDelivered, UsageError
 from liaison.client.notice_file import NoticeFile, load_notice_file
-from liaison.client.passphrase import NEW_PASSPHRASE_VARIABLE, new_passphrase, passphrase
+from liaison.client.passphrase import NEW_PASSPHRASE_VARIABLE, new_passphrase
 from liaison.keys.card import PeerCard, armor_card, dearmor_card, parse_card
 from liaison.keys.errors import KeysError
 from liaison.keys.ids import is_agency_id
@@ -48,7 +52,6 @@ from liaison.server.errors import ServerError
 from liaison.server.home import NodeHome, change_passphrase, init_home, seal_unsealed_home
 from liaison.server.node import serve
 from liaison.server.rotation import rotate_keys
-from liaison.server.store import auditlog
 from liaison.server.store.store import (
     PinConflict,
     PinnedPeer,
@@ -56,11 +59,9 @@ from liaison.server.store.store import (
     Store,
     StoreError,
     revoke_reason_problem,
-    sqlite_url,
 )
 from liaison.v1 import node_pb2, notice_pb2
 
-DEFAULT_HOME = Path("~/.liaison")
 T = TypeVar("T")
 MIN_KDF_COST = 10
 
@@ -77,25 +78,6 @@ ASSESSMENT = {
     for v in notice_pb2.InformationAssessment.values()
     if v
 }
-
-
-def _home(args: argparse.Namespace) -> Path:
-    chosen = args.home or os.environ.get("LIAISON_HOME") or DEFAULT_HOME
-    return Path(chosen).expanduser()
-
-
-def _print_json(value: Any) -> None:
-    print(render.json_text(value))
-
-
-def _client(args: argparse.Namespace) -> LiaisonClient:
-    secret = passphrase(args.passphrase_file, what="the credential's key")
-    return LiaisonClient.from_home(_home(args), identity=args.identity, passphrase=secret)
-
-
-def _unlocked_home(args: argparse.Namespace) -> NodeHome:
-    """The home, with the passphrase of its keys (asked for now, before any work)."""
-    return NodeHome.unlocked(_home(args), passphrase(args.passphrase_file, what="the node's keys"))
 
 
 # Commands that read the home folder ---------------------------------------------
@@ -435,39 +417,6 @@ def cmd_peers_has_our_card(args: argparse.Namespace) -> int:
         print(f"{agency_id} already pins our card {sequence}; nothing changed")
         return 0
     print(f"Recorded: {agency_id} pins our card {sequence} (handed over out of band)")
-    return 0
-
-
-def cmd_audit_verify(args: argparse.Namespace) -> int:
-    """Recompute the audit log from its entries; exit 7 naming the first bad event."""
-    if args.database:
-        path = Path(args.database)
-        if not path.is_file():
-            raise UsageError(f"{path} is not a database file")
-        store = Store(sqlite_url(path))
-    else:
-        store = NodeHome(_home(args)).open_store()
-    try:
-        with store.read() as session:
-            verdict = auditlog.verify(session)
-    finally:
-        store.close()
-    if args.json:
-        _print_json(
-            {
-                "verified": verdict.ok,
-                "size": verdict.size,
-                "root": verdict.root.hex(),
-                "problem": verdict.problem,
-                "seq": verdict.seq,
-            }
-        )
-    elif verdict.ok:
-        print(f"audit log verified: {verdict.size} events, root {verdict.root.hex()}")
-    if not verdict.ok:
-        where = f" at event {verdict.seq}" if verdict.seq is not None else ""
-        print(f"liaison: the audit log does not verify{where}: {verdict.problem}", file=sys.stderr)
-        return NotVerified.exit_code
     return 0
 
 
@@ -1090,16 +1039,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     p.add_argument("agency_id", metavar="AGENCY-ID")
     p.set_defaults(run=cmd_peers_has_our_card)
 
-    audit_commands = commands.add_parser("audit", help="the verifiable audit log").add_subparsers(
-        dest="audit_command", required=True, metavar="COMMAND"
-    )
-    p = audit_commands.add_parser(
-        "verify",
-        parents=[common, as_json],
-        help="recompute the audit log's Merkle tree and check every row (exit 7 if not)",
-    )
-    p.add_argument("--database", help="a copy of node.db to verify instead of the home's")
-    p.set_defaults(run=cmd_audit_verify)
+    audit_cli.add_commands(commands, common, as_json, api)
 
     p = commands.add_parser("serve", parents=[common], help="run the node")
     p.set_defaults(run=cmd_serve)

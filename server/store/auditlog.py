@@ -219,3 +219,33 @@ def _rows(session: Session) -> Iterator[tuple[AuditEvent | None, AuditLeaf | Non
         else:
             yield None, pending_leaf
             pending_leaf = next(leaves, None)
+
+
+def select_events(
+    session: Session,
+    *,
+    message_ids: frozenset[str] | None = None,
+    peer: str | None = None,
+    actor: str | None = None,
+    events: frozenset[str] = frozenset(),
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    limit: int | None = None,
+) -> list[AuditEvent]:
+    """Events matching every filter given, in sequence order (``until`` excluded)."""
+    query = select(AuditEvent).order_by(AuditEvent.seq)
+    if message_ids is not None:
+        query = query.where(AuditEvent.message_id.in_(sorted(message_ids)))
+    if peer is not None:
+        query = query.where(AuditEvent.peer == peer)
+    if actor is not None:
+        query = query.where(AuditEvent.actor == actor)
+    if events:
+        query = query.where(AuditEvent.event.in_(sorted(events)))
+    if since is not None:
+        query = query.where(AuditEvent.at >= since)
+    if until is not None:
+        query = query.where(AuditEvent.at < until)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.scalars(query))

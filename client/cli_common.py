@@ -1,0 +1,36 @@
+"""What every ``liaison`` command module shares: where the home is, JSON output."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from liaison.client import render
+from liaison.client.api import LiaisonClient
+from liaison.client.passphrase import passphrase
+from liaison.server.home import NodeHome
+
+DEFAULT_HOME = Path("~/.liaison")
+
+
+def home_path(args: argparse.Namespace) -> Path:
+    chosen = args.home or os.environ.get("LIAISON_HOME") or DEFAULT_HOME
+    return Path(chosen).expanduser()
+
+
+def print_json(value: Any) -> None:
+    print(render.json_text(value))
+
+
+def api_client(args: argparse.Namespace) -> LiaisonClient:
+    """The local API, with the credential ``--identity`` (its key's passphrase asked)."""
+    secret = passphrase(args.passphrase_file, what="the credential's key")
+    return LiaisonClient.from_home(home_path(args), identity=args.identity, passphrase=secret)
+
+
+def unlocked_home(args: argparse.Namespace) -> NodeHome:
+    """The home, with the passphrase of its keys (asked for now, before any work)."""
+    secret = passphrase(args.passphrase_file, what="the node's keys")
+    return NodeHome.unlocked(home_path(args), secret)
