@@ -40,9 +40,10 @@ from liaison.client.report import (
 )
 from liaison.keys.card import PeerCard, dearmor_card, parse_card
 from liaison.keys.certs import der_to_pem
-from liaison.keys.evidence import EvidenceError, verify_bundle
+from liaison.keys.evidence import EvidenceError, encode_bundle, verify_bundle
 from liaison.server import auditing
 from liaison.server.auditing import AuditScope, LogVerdict, NoEvidence
+from liaison.server.checkpoints import cosigned_note
 from liaison.server.home import NodeHome
 from liaison.server.peers import PeerDirectory
 from liaison.server.store import checkpoints
@@ -255,7 +256,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         with store.read() as session:
             rows = auditing.events(session, scope)
             newest = checkpoints.latest(session)
-            note = auditing.cosigned_note(session, newest) if newest is not None else b""
+            note = cosigned_note(session, newest) if newest is not None else b""
     covered = newest.size if newest is not None else 0
     header = {
         "checkpoint": {
@@ -340,7 +341,7 @@ def cmd_proof(args: argparse.Namespace) -> int:
             raise UsageError(str(error)) from None
         peer = plan.bundle.peer
         card = _pinned_card(session, peer)
-    bundle = auditing.encode_bundle(plan.bundle)
+    bundle = encode_bundle(plan.bundle)
     fetched = ""
     if plan.peer_index is not None and not args.no_peer:
         if plan.peer_checkpoint is None:

@@ -257,7 +257,7 @@ class Checkpointer:
                 channel
             ).Witness(request, timeout=self._limits.delivery_timeout_seconds)
         finally:
-            await channel.close()
+            await channel.close(grace=None)
         return response
 
     def _proof(self, old: int, new: int) -> list[bytes]:

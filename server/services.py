@@ -71,10 +71,10 @@ class PeerExchangeServicer:
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         service = peer_pb2.DESCRIPTOR.services_by_name["PeerExchange"].full_name
-        methods = {
-            "Deliver": (self.Deliver, peer_pb2.DeliverResponse),
-            "Witness": (self.Witness, peer_pb2.WitnessResponse),
-            "ProveInclusion": (self.ProveInclusion, peer_pb2.InclusionResponse),
+        methods: dict[str, tuple[Any, Callable[[Any], bytes]]] = {
+            "Deliver": (self.Deliver, peer_pb2.DeliverResponse.SerializeToString),
+            "Witness": (self.Witness, peer_pb2.WitnessResponse.SerializeToString),
+            "ProveInclusion": (self.ProveInclusion, peer_pb2.InclusionResponse.SerializeToString),
         }
         return grpc.method_handlers_generic_handler(
             service,
@@ -82,9 +82,9 @@ class PeerExchangeServicer:
                 name: grpc.stream_unary_rpc_method_handler(
                     method,
                     request_deserializer=None,
-                    response_serializer=response.SerializeToString,
+                    response_serializer=serialize,
                 )
-                for name, (method, response) in methods.items()
+                for name, (method, serialize) in methods.items()
             },
         )
 
