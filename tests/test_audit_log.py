@@ -13,6 +13,7 @@ import pytest
 
 from liaison.keys.merkle import inclusion_proof, leaf_hash, verify_inclusion
 from liaison.server.home import DATABASE_FILE, NodeHome
+from liaison.server.store import auditlog
 from liaison.server.store.auditlog import StoredTree, verify
 from liaison.server.store.store import Store
 from tests.cli_homes import run, run_json
@@ -43,6 +44,7 @@ def exchanged(tmp_path_factory: pytest.TempPathFactory) -> NodeHome:
 def _copy(home: NodeHome, tmp_path: Path) -> Path:
     """A backup copy as an operator makes one: through SQLite's backup API, so events still
     in the write-ahead log are in the copy (a plain file copy can miss them)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     target = tmp_path / "copy.db"
     with sqlite3.connect(home.path / DATABASE_FILE) as source, sqlite3.connect(target) as copy:
         source.backup(copy)
@@ -187,3 +189,29 @@ def test_verify_a_home(exchanged: NodeHome, capsys: pytest.CaptureFixture[str]) 
     assert isinstance(verdict, dict)
     assert verdict["verified"] is True
     assert verdict["problem"] is None
+
+
+@pytest.mark.parametrize("case", ["an entry changed", "an event in the middle deleted"])
+def test_a_large_log_is_checked_by_two_processes_with_the_same_verdict(
+    exchanged: NodeHome,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,
+) -> None:
+    """From PARALLEL_FROM events on, two worker processes check a range each: they must
+    find and name exactly what one process finds."""
+    copy = _copy(exchanged, tmp_path)
+    change, problem, seq = TAMPERING[case]
+    with sqlite3.connect(copy) as db:
+        _drop_triggers(db)
+        change(db, _size(copy))
+    sequential = run(capsys, "audit", "verify", "--database", str(copy))
+    monkeypatch.setattr(auditlog, "PARALLEL_FROM", 4)
+    parallel = run(capsys, "audit", "verify", "--database", str(copy))
+    assert parallel == sequential
+    assert parallel[0] == 7
+    assert problem in parallel[2]
+    assert f"at event {seq}:" in parallel[2]
+    good = _copy(exchanged, tmp_path / "again")
+    assert run(capsys, "audit", "verify", "--database", str(good))[0] == 0
