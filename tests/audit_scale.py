@@ -68,7 +68,7 @@ def build(path: Path, events: int) -> None:
                 (seq, at.strftime("%Y-%m-%d %H:%M:%S.%f"), kind, message_id, peer, actor, digest)
             )
             leaves.append((seq, entry))
-            nodes.extend(tree.append(leaf_hash(entry)))
+            nodes.extend(node for node in tree.append(leaf_hash(entry)) if node[0] > 0)
             if len(rows) == BATCH or seq == events:
                 _flush(db, rows, leaves, nodes)
                 rows, leaves, nodes = [], [], []

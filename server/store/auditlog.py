@@ -18,11 +18,11 @@ import functools
 import hashlib
 import multiprocessing
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf.message import DecodeError
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, insert, select, tuple_
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -30,7 +30,9 @@ from liaison.keys.merkle import LEAF_PREFIX, MemoryTree, leaf_hash, node_hash, r
 from liaison.server.store.models import AuditEvent, AuditLeaf, AuditNode
 from liaison.v1 import audit_pb2
 
-_NODES = "liaison_audit_nodes"
+_PENDING = "liaison_audit_pending"
+# The key of a store's ``EdgeCache`` in its write sessions' ``info``.
+EDGE_CACHE = "liaison_audit_edge"
 VERIFY_BATCH = 10_000
 
 
@@ -77,49 +79,141 @@ def entry_bytes(
     return entry.SerializeToString(deterministic=True)
 
 
-def append(session: Session, event: AuditEvent) -> None:
-    """Write ``event``'s entry as the next leaf, and the subtrees it completes.
+@dataclass
+class _Pending:
+    """A transaction's appends: the hashes on the tree's right edge (loaded once, then
+    kept up to date), and the rows still to write."""
 
-    Runs in the event's own write transaction (``audit.append``). Nodes written
-    earlier in the same transaction are kept in the session, so a batch of
-    events reads each left sibling at most once.
+    size: int
+    edge: dict[tuple[int, int], bytes]
+    leaves: list[dict[str, Any]] = field(default_factory=list)
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+
+
+class EdgeCache:
+    """The right edge of the tree as the last commit of this process left it.
+
+    A store's write sessions share one (``session.info``). The next transaction uses it
+    only if the log still has the size it had then (read under the write lock): the log
+    is append-only, so the same size is the same tree, whoever else appends to it.
     """
+
+    def __init__(self) -> None:
+        self.size = -1
+        self.edge: dict[tuple[int, int], bytes] = {}
+
+    def publish(self, session: Session) -> None:
+        """After a commit: keep the edge the committed appends left."""
+        pending: _Pending | None = session.info.pop(_PENDING, None)
+        if pending is not None:
+            self.size, self.edge = pending.size, dict(pending.edge)
+
+    def forget(self, session: Session) -> None:
+        """After a rollback the appends never happened."""
+        session.info.pop(_PENDING, None)
+
+
+def _right_edge(size: int) -> list[tuple[int, int]]:
+    """The perfect subtrees, (level, index), that a tree of ``size`` leaves ends with: the
+    left siblings of every subtree later appends will complete."""
+    edge, start = [], 0
+    for level in range(size.bit_length() - 1, -1, -1):
+        if size >> level & 1:
+            edge.append((level, start >> level))
+            start += 1 << level
+    return edge
+
+
+def _load_edge(session: Session, size: int) -> dict[tuple[int, int], bytes]:
+    """The right edge of the stored tree of ``size`` leaves, in one read (a leaf's hash
+    from its entry: leaf hashes are not stored)."""
+    edge = _right_edge(size)
+    found: dict[tuple[int, int], bytes] = {}
+    inner = [(level, index) for level, index in edge if level > 0]
+    if inner:
+        rows = session.execute(
+            select(AuditNode.level, AuditNode.idx, AuditNode.hash).where(
+                tuple_(AuditNode.level, AuditNode.idx).in_(inner)
+            )
+        )
+        found.update({(level, index): value for level, index, value in rows})
+    if (0, size - 1) in edge:
+        entry = session.scalar(select(AuditLeaf.entry).where(AuditLeaf.seq == size))
+        if entry is not None:
+            found[(0, size - 1)] = leaf_hash(entry)
+    missing = [place for place in edge if place not in found]
+    if missing:
+        raise LookupError(f"the audit log's tree lacks the subtree {missing[0]}")
+    return found
+
+
+def append(session: Session, event: AuditEvent) -> None:
+    """Add ``event``'s entry as the next leaf, and the subtrees it completes.
+
+    Runs in the event's own write transaction (``audit.append``). The first append of a
+    transaction reads the tree's right edge once; the rows are written together just
+    before the transaction commits (``write_pending``), or before anything reads the tree.
+    """
+    pending: _Pending | None = session.info.get(_PENDING)
+    if pending is None:
+        size = event.seq - 1
+        cache: EdgeCache | None = session.info.get(EDGE_CACHE)
+        if cache is not None and cache.size == size:
+            edge = dict(cache.edge)
+        else:
+            edge = _load_edge(session, size)
+        pending = _Pending(size, edge)
+        session.info[_PENDING] = pending
+    pending.size = event.seq
     entry = entry_of(event)
-    session.add(AuditLeaf(seq=event.seq, entry=entry))
-    nodes: dict[tuple[int, int], bytes] = session.info.setdefault(_NODES, {})
+    pending.leaves.append({"seq": event.seq, "entry": entry})
+    edge = pending.edge
     level, index, current = 0, event.seq - 1, leaf_hash(entry)
-    _store(session, nodes, level, index, current)
+    edge[(0, index)] = current
     while index & 1:
-        left = nodes.get((level, index - 1))
-        if left is None:  # written by an earlier transaction: read it (no flush needed)
-            with session.no_autoflush:
-                left = session.get_one(AuditNode, (level, index - 1)).hash
+        left = edge.pop((level, index - 1))
+        edge.pop((level, index), None)
         level, index = level + 1, index >> 1
         current = node_hash(left, current)
-        _store(session, nodes, level, index, current)
+        edge[(level, index)] = current
+        pending.nodes.append({"level": level, "idx": index, "hash": current})
 
 
-def _store(
-    session: Session, nodes: dict[tuple[int, int], bytes], level: int, index: int, value: bytes
-) -> None:
-    nodes[(level, index)] = value
-    session.add(AuditNode(level=level, idx=index, hash=value))
+def write_pending(session: Session) -> None:
+    """Write the entries and subtree hashes appended in this transaction (a session
+    ``before_commit`` hook, and called before the tree is read)."""
+    pending: _Pending | None = session.info.get(_PENDING)
+    if pending is None or not (pending.leaves or pending.nodes):
+        return
+    if pending.leaves:
+        session.execute(insert(AuditLeaf.__table__), pending.leaves)
+    if pending.nodes:
+        session.execute(insert(AuditNode.__table__), pending.nodes)
+    pending.leaves, pending.nodes = [], []
 
 
 class StoredTree:
-    """The log's tree as stored: ``perfect`` reads ``audit_tree`` (for roots and proofs)."""
+    """The log's tree as stored (for roots and proofs): subtree hashes from ``audit_tree``,
+    leaf hashes from the entries."""
 
     def __init__(self, session: Session) -> None:
         self._session = session
+        write_pending(session)
 
     def perfect(self, level: int, index: int) -> bytes:
+        if level == 0:
+            entry = self._session.scalar(select(AuditLeaf.entry).where(AuditLeaf.seq == index + 1))
+            if entry is None:
+                raise LookupError(f"the audit log has no entry {index}")
+            return leaf_hash(entry)
         node = self._session.get(AuditNode, (level, index))
         if node is None:
             raise LookupError(f"the audit log has no subtree ({level}, {index})")
         return node.hash
 
     def size(self) -> int:
-        return int(self._session.scalar(select(func.count()).select_from(AuditLeaf)) or 0)
+        # Gap-free from 1 (``verify`` checks it): the largest sequence number is the size.
+        return int(self._session.scalar(select(func.max(AuditLeaf.seq))) or 0)
 
     def root(self, size: int | None = None) -> bytes:
         return root(self, self.size() if size is None else size)
@@ -305,8 +399,8 @@ class _StoredTree:
 def _stored_tree(cursor: Any, last: int) -> _StoredTree:
     cursor.execute("SELECT max(level) FROM audit_tree")
     top = cursor.fetchone()[0]
-    levels = []
-    for level in range(max(last, 1).bit_length()):
+    levels: list[list[tuple[int, bytes]]] = [[]]  # leaf hashes are not stored
+    for level in range(1, max(last, 1).bit_length()):
         # An int from range(): nothing of anyone else goes into the statement.
         cursor.execute(f"SELECT idx, hash FROM audit_tree WHERE level = {level} ORDER BY idx")  # noqa: S608
         levels.append(cursor.fetchall())
@@ -320,7 +414,7 @@ def _compare_tree(stored: _StoredTree, tree: MemoryTree) -> Verdict:
     wrong: int | None = None
     past_end = stored.too_high
     lacking = False
-    for level in range(size.bit_length()):
+    for level in range(1, size.bit_length()):
         expected = tree.level(level)
         rows = stored.levels[level] if level < len(stored.levels) else []
         if len(rows) > len(expected):
@@ -346,10 +440,6 @@ def _compare_tree(stored: _StoredTree, tree: MemoryTree) -> Verdict:
     if lacking:
         return verdict("the stored tree lacks subtrees")
     return verdict()
-
-
-def _expected_nodes(size: int) -> int:
-    return sum(size >> level for level in range(size.bit_length()))
 
 
 def _entry_problem(event: tuple[Any, ...], entry: bytes) -> str | None:

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from liaison.keys.card import PeerCard, parse_card
 from liaison.keys.text import code_point, first_control_character
-from liaison.server.store import audit
+from liaison.server.store import audit, auditlog
 from liaison.server.store.audit import AuditKind
 from liaison.server.store.models import (
     AuditEvent,
@@ -239,9 +239,17 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             _configure_sqlite(self.engine)
         self._read = sessionmaker(self.engine, expire_on_commit=False)
+        edge = auditlog.EdgeCache()
         self._write = sessionmaker(
-            self.engine.execution_options(**{_WRITE: True}), expire_on_commit=False
+            self.engine.execution_options(**{_WRITE: True}),
+            expire_on_commit=False,
+            info={auditlog.EDGE_CACHE: edge},
         )
+        # The audit log's entries and subtree hashes of a transaction, written in one go;
+        # the tree's right edge kept for the next transaction.
+        event.listen(self._write, "before_commit", auditlog.write_pending)
+        event.listen(self._write, "after_commit", edge.publish)
+        event.listen(self._write, "after_rollback", edge.forget)
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision."""
