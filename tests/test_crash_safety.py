@@ -78,9 +78,13 @@ class Side:
         except BaseException as error:  # reported by the test
             self.watcher_error = error
 
-    def wait_for_events(self, count: int) -> bool:
+    def wait_for_events(self, count: int, done: threading.Event | None = None) -> bool:
+        """True once ``count`` events were seen; False if ``done`` is set first."""
         with self.changed:
-            return self.changed.wait_for(lambda: len(self.events) >= count, WAIT)
+            self.changed.wait_for(
+                lambda: len(self.events) >= count or (done is not None and done.is_set()), WAIT
+            )
+            return len(self.events) >= count
 
 
 def retrying(call: Callable[[], str]) -> str:
@@ -156,34 +160,52 @@ def run_soak(tmp_path: Path, notices: int, kills: int) -> None:
         except BaseException as error:
             errors.append(error)
 
-    def killer(victims: list[Side], count: int) -> None:
+    def killer(victims: list[Side], count: int, done: threading.Event) -> None:
         for victim in itertools.islice(itertools.cycle(victims), count):
-            # Kill after the victim has made progress since it last started.
-            assert victim.wait_for_events(len(victim.events) + 10)
+            # Kill after the victim has made progress since it last started; once the
+            # work of this phase is done there is no progress left to wait for.
+            if not victim.wait_for_events(len(victim.events) + 10, done):
+                if not done.is_set():
+                    errors.append(AssertionError(f"{victim.home.path.name} made no progress"))
+                return
             victim.kill()
             victim.start()
+            kills_made.append(victim)
+
+    def finished(done: threading.Event) -> None:
+        done.set()
+        for side in (a, b):
+            with side.changed:
+                side.changed.notify_all()
+
+    kills_made: list[Side] = []
 
     sending = [
         threading.Thread(target=send_all, args=(a, B_ID)),
         threading.Thread(target=send_all, args=(b, A_ID)),
     ]
-    kill = threading.Thread(target=killer, args=([a, b], kills // 2 + kills % 2))
+    sent_all = threading.Event()
+    kill = threading.Thread(target=killer, args=([a, b], kills // 2 + kills % 2, sent_all))
     for thread in [*sending, kill]:
         thread.start()
     for thread in sending:
         thread.join()
+    finished(sent_all)
+    kill.join()
     assert not errors, errors
     _all_final(a, sent[A_ID], node_pb2.MESSAGE_STATE_DELIVERED)
     _all_final(b, sent[B_ID], node_pb2.MESSAGE_STATE_DELIVERED)
-    kill.join()
 
     answering = [threading.Thread(target=answer_all, args=(s,)) for s in (a, b)]
-    kill = threading.Thread(target=killer, args=([b, a], kills // 2))
+    answered_all = threading.Event()
+    kill = threading.Thread(target=killer, args=([b, a], kills // 2, answered_all))
     for thread in [*answering, kill]:
         thread.start()
     for thread in answering:
         thread.join()
+    finished(answered_all)
     kill.join()
+    assert kills_made, "no node was killed"
     assert not errors, errors
     _all_final(a, sent[A_ID], FINAL)
     _all_final(b, sent[B_ID], FINAL)
