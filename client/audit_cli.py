@@ -40,7 +40,13 @@ from liaison.client.report import (
 )
 from liaison.keys.card import PeerCard, dearmor_card, parse_card
 from liaison.keys.certs import der_to_pem
-from liaison.keys.evidence import EvidenceError, encode_bundle, verify_bundle
+from liaison.keys.evidence import (
+    EvidenceError,
+    check_peer_log,
+    decode_bundle,
+    encode_bundle,
+    verify_bundle,
+)
 from liaison.server import auditing
 from liaison.server.auditing import AuditScope, LogVerdict, NoEvidence
 from liaison.server.checkpoints import cosigned_note
@@ -342,33 +348,57 @@ def cmd_proof(args: argparse.Namespace) -> int:
         peer = plan.bundle.peer
         card = _pinned_card(session, peer)
     bundle = encode_bundle(plan.bundle)
-    fetched = ""
-    if plan.peer_index is not None and not args.no_peer:
-        if plan.peer_checkpoint is None:
-            fetched = (
-                f"no checkpoint of {peer}'s log that this node cosigned covers the delivery "
-                "yet; the bundle holds our log's side only"
+    note = ""
+    if args.no_peer or plan.peer_index is None:
+        pass
+    elif plan.peer_checkpoint is None:
+        note = (
+            f"no checkpoint of {peer}'s log that this node cosigned covers the delivery yet; "
+            "the bundle holds our log's side only"
+        )
+    elif card is None:
+        note = f"{peer} is no longer pinned; the bundle holds our log's side only"
+    else:
+        try:
+            entry, proof, ours = _ask_peer(
+                args, home, card, plan.peer_index, plan.peer_checkpoint[0]
             )
-        elif card is None:
-            fetched = f"{peer} is no longer pinned; the bundle holds our log's side only"
+        except grpc.RpcError as error:
+            note = (
+                f"{peer} did not answer the inclusion proof ({error.code().name}); "
+                "the bundle holds our log's side only"
+            )
         else:
-            try:
-                entry, proof = _ask_peer(args, home, card, plan.peer_index, plan.peer_checkpoint[0])
-                bundle = auditing.with_peer_proof(plan, entry, proof)
-            except grpc.RpcError as error:
-                fetched = (
-                    f"{peer} did not answer the inclusion proof ({error.code().name}); the "
-                    "bundle holds our log's side only"
+            candidate = auditing.with_peer_proof(plan, entry, proof)
+            problem = _peer_part_problem(candidate, [card, *ours])
+            if problem is None:
+                bundle = candidate
+            else:
+                note = (
+                    f"{peer}'s answer does not prove its entry ({problem}); "
+                    "the bundle holds our log's side only"
                 )
     _write_bytes(args.out, bundle)
+    receiver = "" if note or bundle == encode_bundle(plan.bundle) else " and the receiver's entry"
     print(
         f"evidence for {args.message_id}: {len(plan.bundle.entries)} entries of our log"
-        f"{'' if fetched else ' and the receiver' + chr(39) + 's entry'} written to {args.out}",
+        f"{receiver} written to {args.out}",
         file=sys.stderr,
     )
-    if fetched:
-        print(f"note: {render.safe(fetched)}", file=sys.stderr)
+    if note:
+        print(f"note: {render.safe(note)}", file=sys.stderr)
     return 0
+
+
+def _peer_part_problem(bundle: bytes, cards: list[PeerCard]) -> str | None:
+    """Why the receiver's part of ``bundle`` does not verify, if it does not."""
+    decoded = decode_bundle(bundle)
+    signed = envelope_pb2.SignedReceipt.FromString(decoded.receipt)
+    try:
+        check_peer_log(decoded, cards, envelope_pb2.Receipt.FromString(signed.receipt))
+    except EvidenceError as error:
+        return str(error)
+    return None
 
 
 def _pinned_card(session: Session, peer: str) -> PeerCard | None:
@@ -378,16 +408,19 @@ def _pinned_card(session: Session, peer: str) -> PeerCard | None:
 
 def _ask_peer(
     args: argparse.Namespace, home: NodeHome, card: PeerCard, index: int, size: int
-) -> tuple[bytes, list[bytes]]:
+) -> tuple[bytes, list[bytes], list[PeerCard]]:
     """The receiver's entry ``index`` and its inclusion proof in its tree of ``size``,
-    asked over mutual TLS with the certificate of ours that the peer pins."""
+    asked over mutual TLS with the certificate of ours that the peer pins; and our cards
+    (whose keys cosigned the receiver's checkpoints)."""
     unlocked = unlocked_home(args)
     store = unlocked.open_store()
     try:
         sequence = PeerDirectory(store).our_card(card.agency_id)
     finally:
         store.close()
-    ours = unlocked.keyring().for_sequence(sequence).tls
+    ring = unlocked.keyring()
+    ours = ring.for_sequence(sequence).tls
+    our_cards = [ring.current.card, *([ring.previous.card] if ring.previous else [])]
     credentials = grpc.ssl_channel_credentials(
         root_certificates=der_to_pem(card.tls_certificate),
         private_key=ours.key_pem(),
@@ -398,7 +431,7 @@ def _ask_peer(
         answer = peer_pb2_grpc.PeerExchangeStub(channel).ProveInclusion(
             peer_pb2.InclusionRequest(index=index, tree_size=size), timeout=PEER_TIMEOUT
         )
-    return answer.entry, list(answer.proof)
+    return answer.entry, list(answer.proof), our_cards
 
 
 def _write_bytes(out: str, data: bytes) -> None:

@@ -284,7 +284,7 @@ def verify_bundle(data: bytes, cards: list[PeerCard]) -> Verified:
         if entry.envelope_sha256:
             digests.add(entry.envelope_sha256)
     receipt = _check_receipt(bundle, cards, digests) if bundle.receipt else None
-    peer_entry = _check_peer_log(bundle, cards, receipt) if bundle.peer_log else None
+    peer_entry = check_peer_log(bundle, cards, receipt) if bundle.peer_log else None
     return Verified(bundle, checkpoint, cosigners, receipt, peer_entry)
 
 
@@ -303,6 +303,8 @@ def _check_receipt(
         claimed = envelope_pb2.Receipt.FromString(signed.receipt)
     except DecodeError:
         raise EvidenceError("the receipt does not parse") from None
+    if {claimed.sender, claimed.receiver} != {bundle.log, bundle.peer}:
+        raise EvidenceError("the receipt is between other agencies than the bundle's")
     if claimed.envelope_sha256 not in digests:
         raise EvidenceError("the receipt names an envelope none of the entries names")
     failures = []
@@ -320,9 +322,11 @@ def _check_receipt(
     raise EvidenceError(f"the receipt does not verify: {failures[0]}")
 
 
-def _check_peer_log(
+def check_peer_log(
     bundle: Bundle, cards: list[PeerCard], receipt: envelope_pb2.Receipt | None
 ) -> audit_pb2.AuditEntry:
+    """The receiver's entry in its own log, proven against its checkpoint that the sender
+    cosigned; raises ``EvidenceError``."""
     assert bundle.peer_log is not None
     if receipt is None:
         raise EvidenceError("the receiver's log entry is given without the receipt")

@@ -20,6 +20,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -28,6 +29,8 @@ from sqlalchemy.orm import Session
 from liaison.keys.card import PeerCard
 from liaison.keys.checkpoint import (
     Checkpoint,
+    NoteLimits,
+    NoteSignature,
     add_signatures,
     cosign,
     origin_of,
@@ -45,7 +48,7 @@ from liaison.server.committer import GroupCommitter
 from liaison.server.config import Limits
 from liaison.server.own_keys import OwnKeys
 from liaison.server.peers import PeerDirectory
-from liaison.server.store import audit, checkpoints
+from liaison.server.store import checkpoints
 from liaison.server.store.audit import AuditKind
 from liaison.server.store.auditlog import StoredTree
 from liaison.server.store.models import AuditCheckpoint, AuditLeaf
@@ -54,11 +57,23 @@ from liaison.v1 import audit_pb2, peer_pb2, peer_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-# A witness request holds a note (at most 64 KiB) and a proof of at most 64 hashes.
-MAX_WITNESS_REQUEST = 80 * 1024
+# A witness request holds a note (at most NoteLimits.max_note_bytes, 128 KiB) and a proof
+# of at most 64 hashes, with framing.
+MAX_WITNESS_REQUEST = 136 * 1024
 MAX_PROOF_HASHES = 64
 R = peer_pb2.WitnessRefusal
 S = peer_pb2.WitnessStatus
+# Our own notes with every peer's cosignature: more lines than signed-note's 16 (one per
+# peer). An evidence bundle carries only the one cosignature it needs.
+COSIGNED_LIMITS = NoteLimits(max_note_bytes=4 * 1024 * 1024, max_signatures=4096)
+
+
+def _name(enum: Any, value: int, prefix: str) -> str:
+    """An enum value's name without ``prefix``; a number no version defines as is."""
+    try:
+        return str(enum.Name(value)).removeprefix(prefix)
+    except ValueError:
+        return f"UNKNOWN-{int(value)}"
 
 
 def utc_now() -> dt.datetime:
@@ -66,12 +81,14 @@ def utc_now() -> dt.datetime:
 
 
 class ProofDenied(Exception):
-    """A peer asked for an inclusion proof it may not have (``code`` says how to answer)."""
+    """A peer asked for an inclusion proof it may not have (``code`` says how to answer;
+    ``audit``, if given, is the detail of the ``access-denied`` event it deserves)."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, *, audit: str = "") -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.audit = audit
 
 
 @dataclass(frozen=True)
@@ -172,8 +189,15 @@ class Checkpointer:
                 return None
             trust = self._peers.trust
             targets = [c for c in trust.cards() if not trust.is_revoked(c.agency_id)]
-            await asyncio.gather(*(self._witness(card, newest) for card in targets))
+            await asyncio.gather(*(self._witness_safely(card, newest) for card in targets))
             return await asyncio.to_thread(self._newest)
+
+    async def _witness_safely(self, card: PeerCard, newest: SignedCheckpoint) -> None:
+        """One peer's failure is logged at once and costs the others nothing."""
+        try:
+            await self._witness(card, newest)
+        except Exception:
+            log.exception("witnessing by %s failed; retried at the next round", card.agency_id)
 
     async def sign(self, *, force: bool = False) -> None:
         signers = _signers(self._keys, self._peers)
@@ -234,10 +258,10 @@ class Checkpointer:
         if response.status == S.WITNESS_STATUS_COSIGNED:
             await self._cosigned(card, newest, response.cosignature)
         else:
-            why = R.Name(response.refusal).removeprefix("WITNESS_REFUSAL_")
-            if response.status == S.WITNESS_STATUS_CONFLICT:
-                why = "CONFLICT"
-            await self._refused(newest, peer, why, f"status {S.Name(response.status)}")
+            why = _name(R, response.refusal, "WITNESS_REFUSAL_")
+            if response.status != S.WITNESS_STATUS_REFUSED:
+                why = _name(S, response.status, "WITNESS_STATUS_")
+            await self._refused(newest, peer, why, "not cosigned")
 
     def _cosigned_size(self, peer: str) -> int:
         with self._store.read() as session:
@@ -267,14 +291,18 @@ class Checkpointer:
             return consistency_proof(StoredTree(session), old, new)
 
     async def _cosigned(self, card: PeerCard, newest: SignedCheckpoint, line: bytes) -> None:
+        """Keep the witness's cosignature once it verifies under a card of the witness's we
+        trust (the one replaced, in its grace period, too: it signs with the card it knows
+        we pin); exactly one signature line."""
         peer = card.agency_id
+        previous = self._peers.trust.previous(peer)
         try:
-            signature = parse_note(newest.note + line).signatures[-1]
-            stamp = verify_cosignature(
-                newest.note,
-                signature,
-                name=witness_name(peer),
-                ed25519_public=card.signing_key,
+            ours = len(parse_note(newest.note).signatures)
+            signatures = parse_note(newest.note + line).signatures
+            if len(signatures) != ours + 1:
+                raise CheckpointError("the answer is not exactly one signature line")
+            stamp = _verified_cosignature(
+                newest.note, signatures[-1], peer, [card, *([previous] if previous else [])]
             )
         except CheckpointError as error:
             await self._refused(newest, peer, "BAD_COSIGNATURE", str(error)[:200])
@@ -297,22 +325,46 @@ class Checkpointer:
         )
 
 
-def signed_checkpoint(session: Session, row: AuditCheckpoint) -> SignedCheckpoint:
-    lines = checkpoints.cosignatures(session, row.size)
+def _verified_cosignature(
+    note: bytes, signature: NoteSignature, peer: str, cards: list[PeerCard]
+) -> int:
+    """The cosignature's time, if it verifies under one of ``cards``; else CheckpointError."""
+    name = witness_name(peer)
+    failure: CheckpointError | None = None
+    for card in cards:
+        try:
+            return verify_cosignature(note, signature, name=name, ed25519_public=card.signing_key)
+        except CheckpointError as error:
+            failure = failure or error
+    raise failure or CheckpointError("no card to check the cosignature with")
+
+
+def signed_checkpoint(
+    session: Session, row: AuditCheckpoint, only: str | None = None
+) -> SignedCheckpoint:
+    """``row`` with the cosignatures kept for it (``only`` that peer's, if given)."""
+    lines = [
+        line
+        for line in checkpoints.cosignatures(session, row.size)
+        if only is None or line.peer == only
+    ]
     signatures = [parse_note(row.note + line.line).signatures[-1] for line in lines]
+    cosigned = row.note
+    if signatures:
+        cosigned = add_signatures(row.note, *signatures, limits=COSIGNED_LIMITS)
     return SignedCheckpoint(
         size=row.size,
         root=row.root,
         note=row.note,
         signed_at=row.signed_at,
         cosigners=tuple(line.peer for line in lines),
-        cosigned=add_signatures(row.note, *signatures) if signatures else row.note,
+        cosigned=cosigned,
     )
 
 
-def cosigned_note(session: Session, row: AuditCheckpoint) -> bytes:
-    """Our checkpoint's note with every peer's cosignature line."""
-    return signed_checkpoint(session, row).cosigned
+def cosigned_note(session: Session, row: AuditCheckpoint, only: str | None = None) -> bytes:
+    """Our checkpoint's note with every peer's cosignature line (``only`` that peer's)."""
+    return signed_checkpoint(session, row, only).cosigned
 
 
 @dataclass(frozen=True)
@@ -342,9 +394,13 @@ class Witness:
     async def witness(self, peer: str, raw: bytes) -> peer_pb2.WitnessResponse:
         """Answer the pinned peer ``peer``'s ``WitnessRequest`` bytes."""
         now = self._clock()
-        checked = self._check(peer, raw)
+        checked = (
+            _refusal(R.WITNESS_REFUSAL_REVOKED)
+            if self._peers.trust.is_revoked(peer)
+            else self._check(peer, raw)
+        )
         if isinstance(checked, peer_pb2.WitnessResponse):
-            why = R.Name(checked.refusal).removeprefix("WITNESS_REFUSAL_")
+            why = _name(R, checked.refusal, "WITNESS_REFUSAL_")
             await self._committer.submit(
                 lambda session: checkpoints.refused(
                     session, peer=peer, why=why, detail="the checkpoint was not cosigned", at=now
@@ -362,7 +418,7 @@ class Witness:
                 "this node cosigned (%s); evidence kept",
                 peer,
                 checked.checkpoint.size,
-                R.Name(response.refusal),
+                _name(R, response.refusal, "WITNESS_REFUSAL_"),
             )
         return response
 
@@ -457,7 +513,7 @@ class Witness:
         cosigned_note: bytes,
         refusal: peer_pb2.WitnessRefusal.ValueType,
     ) -> peer_pb2.WitnessResponse:
-        why = R.Name(refusal).removeprefix("WITNESS_REFUSAL_")
+        why = _name(R, refusal, "WITNESS_REFUSAL_")
         checkpoints.keep_evidence(
             session,
             peer=peer,
@@ -477,35 +533,47 @@ def _refusal(refusal: peer_pb2.WitnessRefusal.ValueType) -> peer_pb2.WitnessResp
     return peer_pb2.WitnessResponse(status=S.WITNESS_STATUS_REFUSED, refusal=refusal)
 
 
+# The entries a receipt names (PROTOCOL.md 8.2): the only ones a peer may have proven. Other
+# entries about a peer are this node's own business (who read its notice, when it was
+# revoked and why), even when their ``peer`` is that peer.
+PROVABLE_EVENTS = frozenset(
+    {AuditKind.RECEIVED.value, AuditKind.DUPLICATE.value, AuditKind.REJECTED.value}
+)
+
+
 def prove_inclusion(
-    session: Session, peer: str, request: peer_pb2.InclusionRequest, now: dt.datetime
+    session: Session,
+    peer: str,
+    request: peer_pb2.InclusionRequest,
+    *,
+    revoked: bool = False,
 ) -> peer_pb2.InclusionResponse | ProofDenied:
     """An inclusion proof of entry ``request.index`` in the tree of ``request.tree_size``,
-    for the pinned peer ``peer``: only of an entry about that peer.
-
-    Run in a write transaction: a denial for an entry about someone else is audited (and
-    returned, not raised, so that the audit event commits).
+    for the pinned peer ``peer``: only of an entry a receipt to that peer names, never to
+    a revoked peer. Reads only; a denial that should be audited says so (``audit``).
     """
+    if revoked:
+        return ProofDenied(
+            grpc.StatusCode.PERMISSION_DENIED,
+            "this node has revoked the caller",
+            audit="inclusion proof asked by a revoked peer",
+        )
     tree = StoredTree(session)
-    size = tree.size()
-    if not 0 < request.tree_size <= size or request.index >= request.tree_size:
+    if not 0 < request.tree_size <= tree.size() or request.index >= request.tree_size:
         return ProofDenied(
             grpc.StatusCode.OUT_OF_RANGE,
-            f"index {request.index} is not in a tree of size {request.tree_size} "
-            f"(the log holds {size} entries)",
+            f"index {request.index} is not in a tree of size {request.tree_size} of this log",
         )
     leaf = session.get(AuditLeaf, request.index + 1)
     if leaf is None:
         return ProofDenied(grpc.StatusCode.OUT_OF_RANGE, "no such entry")
-    if audit_pb2.AuditEntry.FromString(leaf.entry).peer != peer:
-        audit.append(
-            session,
-            AuditKind.ACCESS_DENIED,
-            at=now,
-            peer=peer,
-            detail=f"inclusion proof of entry {request.index}, which is not about this peer",
+    entry = audit_pb2.AuditEntry.FromString(leaf.entry)
+    if entry.peer != peer or entry.event not in PROVABLE_EVENTS:
+        return ProofDenied(
+            grpc.StatusCode.PERMISSION_DENIED,
+            "the entry is not one a receipt to the caller names",
+            audit=f"inclusion proof of entry {request.index}, which no receipt to it names",
         )
-        return ProofDenied(grpc.StatusCode.PERMISSION_DENIED, "the entry is not about the caller")
     return peer_pb2.InclusionResponse(
         entry=leaf.entry, proof=inclusion_proof(tree, request.index, request.tree_size)
     )

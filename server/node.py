@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_SECONDS = 5.0
 # How often the node looks for newly pinned peers and ends quiet refusal bursts.
 HOUSEKEEPING_SECONDS = 1.0
+# A peer's refused inclusion proofs are audited at most this often (each is logged).
+DENIAL_AUDIT_SECONDS = 60.0
 # How often the count of TLS handshakes on the peer listener is logged (if it moved).
 HANDSHAKE_REPORT_SECONDS = 60.0
 # Notices stored in clear by an earlier version, sealed per transaction at start-up.
@@ -131,6 +133,8 @@ class Node:
         self._lock: HomeLock | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self._checkpointing: asyncio.Task[None] | None = None
+        # When each peer's last refused inclusion proof was audited (loop time).
+        self._denials: dict[str, float] = {}
         # Seals the rows an earlier version stored in clear; done when it returns.
         self.sealing: asyncio.Task[int] | None = None
         self._last_seq = 0
@@ -237,10 +241,26 @@ class Node:
     async def _prove(
         self, peer: str, request: peer_pb2.InclusionRequest
     ) -> peer_pb2.InclusionResponse | ProofDenied:
-        now = utc_now()
-        answer: peer_pb2.InclusionResponse | ProofDenied = await self.committer.submit(
-            lambda session: prove_inclusion(session, peer, request, now)
-        )
+        """Answer a peer's ProveInclusion from a read transaction (never on the commit
+        thread); a denial is audited, at most once a minute per peer."""
+        revoked = self.peers.trust.is_revoked(peer)
+
+        def prove() -> peer_pb2.InclusionResponse | ProofDenied:
+            with self.store.read() as session:
+                return prove_inclusion(session, peer, request, revoked=revoked)
+
+        answer = await asyncio.to_thread(prove)
+        if isinstance(answer, ProofDenied) and answer.audit:
+            now, last = asyncio.get_running_loop().time(), self._denials.get(peer)
+            if last is None or now - last >= DENIAL_AUDIT_SECONDS:
+                self._denials[peer] = now
+                at, detail = utc_now(), answer.audit
+                await self.committer.submit(
+                    lambda session: audit.append(
+                        session, AuditKind.ACCESS_DENIED, at=at, peer=peer, detail=detail
+                    )
+                )
+            log.warning("peer %s: inclusion proof refused: %s", peer, answer.message)
         return answer
 
     async def _housekeep(self) -> None:

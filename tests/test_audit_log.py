@@ -208,3 +208,43 @@ def test_a_large_log_is_checked_by_two_processes_with_the_same_verdict(
     assert f"at event {seq}:" in parallel[2]
     good = _copy(exchanged, tmp_path / "again")
     assert run(capsys, "audit", "verify", "--database", str(good))[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("statement", "problem"),
+    [
+        (
+            "INSERT INTO audit_events (seq, at, event, peer, detail) "
+            "VALUES (0, '2026-01-01 00:00:00.000000', 'delivered', 'DE.BPOL.LO-RABAT', 'FORGED')",
+            "an event before the first",
+        ),
+        (
+            "UPDATE audit_events SET envelope_sha256 = 'not hex' WHERE envelope_sha256 IS NOT NULL",
+            "malformed",
+        ),
+        (
+            "UPDATE audit_events SET envelope_sha256 = upper(envelope_sha256) "
+            "WHERE envelope_sha256 IS NOT NULL",
+            "not lower-case hex",
+        ),
+        ("UPDATE audit_events SET at = 'yesterday' WHERE seq = 3", "malformed"),
+    ],
+)
+def test_forged_rows_outside_the_entries_are_found(
+    exchanged: NodeHome,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    statement: str,
+    problem: str,
+) -> None:
+    """Rows the tree does not cover, or that do not read, are a verdict (exit 7), never a
+    traceback and never a pass (the review found seq 0 passed and a bad digest crashed)."""
+    copy = _copy(exchanged, tmp_path)
+    with sqlite3.connect(copy) as db:
+        _drop_triggers(db)
+        before = db.total_changes
+        db.execute(statement)
+        assert db.total_changes > before
+    code, out, err = run(capsys, "audit", "verify", "--database", str(copy))
+    assert code == 7, (out, err)
+    assert problem in err

@@ -4,6 +4,8 @@ verify-proof | report | verify` on two running nodes that witness each other."""
 from __future__ import annotations
 
 import csv
+import dataclasses
+import datetime as dt
 import json
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -16,11 +18,12 @@ from liaison.client.audit_cli import _cell
 from liaison.client.cli import main
 from liaison.keys.card import armor_card, dearmor_card, parse_card
 from liaison.keys.checkpoint import Checkpoint, origin_of, sign_checkpoint, verify_checkpoint
-from liaison.keys.evidence import EvidenceError, verify_bundle
+from liaison.keys.envelope import issue_receipt
+from liaison.keys.evidence import EvidenceError, decode_bundle, encode_bundle, verify_bundle
 from liaison.server.home import DATABASE_FILE, NodeHome
 from liaison.server.store.auditlog import StoredTree
 from liaison.server.store.store import Store, sqlite_url
-from liaison.v1 import notice_pb2
+from liaison.v1 import envelope_pb2, notice_pb2
 from tests.cli_homes import run, run_json
 from tests.conftest import RunningNode, make_home, pin_each_other
 from tests.notices import sample_notice
@@ -311,3 +314,29 @@ def test_checkpoint_tampering_is_found(
     assert code == 7, (out, err)
     assert problem in err
     assert "at checkpoint" in err
+
+
+def test_a_receipt_from_a_third_agency_is_not_evidence(
+    exchange: Exchange, bundle: bytes, tmp_path: Path
+) -> None:
+    """A receipt that a third agency signed for the same envelope bytes (its card given
+    too) does not make the bundle verify: the receipt must be between the two agencies."""
+    third = make_home(tmp_path, "FR.DCPJ.OCLTIC").identity()
+    decoded = decode_bundle(bundle)
+    original = envelope_pb2.Receipt.FromString(
+        envelope_pb2.SignedReceipt.FromString(decoded.receipt).receipt
+    )
+    forged = issue_receipt(
+        receiver=third,
+        message_id=original.message_id,
+        envelope_sha256=original.envelope_sha256,
+        sender=A_ID,
+        status=envelope_pb2.RECEIPT_STATUS_ACCEPTED,
+        now=dt.datetime.now(dt.UTC),
+    )
+    swapped = encode_bundle(dataclasses.replace(decoded, receipt=forged, peer_log=None))
+    cards = [*_cards(exchange), third.card]
+    with pytest.raises(EvidenceError, match="between other agencies"):
+        verify_bundle(swapped, cards)
+    honest = encode_bundle(dataclasses.replace(decoded, peer_log=None))
+    assert verify_bundle(honest, cards).receipt is not None

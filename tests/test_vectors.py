@@ -84,7 +84,7 @@ def test_envelope_vector(path: Path) -> None:
 
 
 def run_envelope_vector(vector: dict[str, Any]) -> dict[str, str]:
-    """The receiver's outcome for one envelope vector (PROTOCOL.md section 11): checks
+    """The receiver's outcome for one envelope vector (PROTOCOL.md section 12): checks
     1-11, the replay check against the vector's stored messages, then checks 13-19."""
     receiver = FixedKeys.from_json(vector["receiver"]).identity()
     trust = TrustStore.of(_card(sender) for sender in vector["trusted_senders"])
@@ -184,7 +184,7 @@ def test_mlkem768_keys_derive_from_their_seed_and_are_stored_as_it() -> None:
 
 
 def test_card_derivations() -> None:
-    """PROTOCOL.md 4 and 11: a card without an ML-DSA-65 key has exactly the bytes it had
+    """PROTOCOL.md 4 and 12: a card without an ML-DSA-65 key has exactly the bytes it had
     before the field existed; a card with one verifies under both keys."""
     case = _load(VECTORS / "derivations.json")["cards"]
     tls_certificate = bytes.fromhex(case["tls_certificate"])

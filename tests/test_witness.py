@@ -4,17 +4,21 @@ deliveries, and a peer that presents a rewritten history refused, with evidence 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import Iterator
+import datetime as dt
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from sqlalchemy import func, select
 
 from liaison.keys.checkpoint import (
     Checkpoint,
+    cosign,
     origin_of,
     parse_body,
     parse_note,
@@ -23,6 +27,7 @@ from liaison.keys.checkpoint import (
     verify_cosignature,
     witness_name,
 )
+from liaison.keys.errors import CheckpointError
 from liaison.keys.identity import NodeIdentity
 from liaison.keys.merkle import (
     MemoryTree,
@@ -31,13 +36,21 @@ from liaison.keys.merkle import (
     root,
     verify_inclusion,
 )
+from liaison.server.checkpoints import (
+    COSIGNED_LIMITS,
+    _name,
+    _verified_cosignature,
+    signed_checkpoint,
+)
 from liaison.server.store.models import (
+    AuditCheckpoint,
     AuditEvent,
     CheckpointCosignature,
     PeerCheckpoint,
     Receipt,
     WitnessEvidence,
 )
+from liaison.server.store.store import Store
 from liaison.v1 import audit_pb2, envelope_pb2, peer_pb2, peer_pb2_grpc
 from tests.conftest import (
     Inspector,
@@ -116,12 +129,26 @@ def test_peers_cosign_each_other_and_prove_deliveries(tmp_path: Path) -> None:
         # Nothing new but bookkeeping: no checkpoint is due.
         assert a.run(a.node.checkpointer.round()) == second
 
+        # B's operator reads a notice: B's own business, though the entry is about A.
+        with b.client() as client:
+            client.get_message(sent[0].message_id)
+        read_entry = _events(b_view, "read")[-1]
+        assert read_entry.peer == A_ID
         # B's checkpoints are cosigned by A the same way: A can now prove its deliveries.
         b_checkpoint = b.run(b.node.checkpointer.round(force=True))
         assert b_checkpoint is not None
         assert b_checkpoint.cosigners == (A_ID,)
         with a_view.store.read() as session:
-            receipts = [r.signed_receipt for r in session.scalars(select(Receipt))]
+            stored = [r.signed_receipt for r in session.scalars(select(Receipt))]
+        # The receipts B issued for A's notices (A also issued one, for B's read notice).
+        receipts = [
+            signed
+            for signed in stored
+            if envelope_pb2.Receipt.FromString(
+                envelope_pb2.SignedReceipt.FromString(signed).receipt
+            ).receiver
+            == B_ID
+        ]
         witnessed = _witnessed(a_view, B_ID)
         assert witnessed.size == b_checkpoint.size
         assert len(receipts) == 4
@@ -159,6 +186,13 @@ def test_peers_cosign_each_other_and_prove_deliveries(tmp_path: Path) -> None:
                 )
             assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
             assert len(_events(b_view, "access-denied")) == denied_before + 1
+            # Nor an entry about A that no receipt names (the review found reads leaked).
+            with pytest.raises(grpc.RpcError) as local:
+                stub.ProveInclusion(
+                    peer_pb2.InclusionRequest(index=read_entry.seq - 1, tree_size=witnessed.size),
+                    timeout=30,
+                )
+            assert local.value.code() == grpc.StatusCode.PERMISSION_DENIED
             with pytest.raises(grpc.RpcError) as beyond:
                 stub.ProveInclusion(peer_pb2.InclusionRequest(index=5, tree_size=10**9), timeout=30)
             assert beyond.value.code() == grpc.StatusCode.OUT_OF_RANGE
@@ -212,6 +246,16 @@ class Witnessed:
     log: ForgedLog
     channel: grpc.Channel
     view: Inspector
+    node: RunningNode
+
+    def peers_changed(self, change: Callable[[Store, dt.datetime], object]) -> None:
+        """Change B's pins as an operator would, and have B load them now."""
+        store = Store(self.node.home.database_url())
+        try:
+            change(store, dt.datetime.now(dt.UTC))
+        finally:
+            store.close()
+        self.node.run(asyncio.to_thread(self.node.node.peers.refresh))
 
     def ask(self, request: peer_pb2.WitnessRequest | bytes) -> peer_pb2.WitnessResponse:
         raw = request if isinstance(request, bytes) else request.SerializeToString()
@@ -228,7 +272,7 @@ class Witnessed:
 def witness(tmp_path: Path) -> Iterator[Witnessed]:
     with peer_link(tmp_path, A_ID, B_ID) as link:
         witnessed = Witnessed(
-            ForgedLog(link.a, _leaves("history", 10)), link.channel, link.inspector
+            ForgedLog(link.a, _leaves("history", 10)), link.channel, link.inspector, link.b
         )
         assert witnessed.ask(witnessed.log.request(0, 10)).status == S.WITNESS_STATUS_COSIGNED
         yield witnessed
@@ -362,3 +406,91 @@ def test_a_bad_request_is_refused_with_its_reason(
     assert [(e.peer, e.reason) for e in refused] == [
         (A_ID, R.Name(refusal).removeprefix("WITNESS_REFUSAL_"))
     ]
+
+
+def test_a_revoked_peer_gets_no_cosignature_and_no_proof(witness: Witnessed) -> None:
+    witness.peers_changed(
+        lambda store, now: store.revoke_peer(A_ID, "left the network", actor="test", now=now)
+    )
+    witness.log.leaves += _leaves("later", 2)
+    before = witness.view.last_audit_seq()
+    answer = witness.ask(witness.log.request(10, 12))
+    assert (answer.status, answer.refusal) == (S.WITNESS_STATUS_REFUSED, R.WITNESS_REFUSAL_REVOKED)
+    assert _count(witness.view, PeerCheckpoint) == 1
+    stub = peer_pb2_grpc.PeerExchangeStub(witness.channel)
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.ProveInclusion(peer_pb2.InclusionRequest(index=0, tree_size=1), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    events = [(e.event, e.reason) for e in witness.view.audit_since(before)]
+    assert ("checkpoint-refused", "REVOKED") in events
+    assert ("access-denied", None) in events
+
+
+def test_a_peer_pinned_anew_starts_a_new_witness_history(
+    witness: Witnessed, tmp_path: Path
+) -> None:
+    """After `peers add --replace` (the peer was reinstalled: new keys, a fresh log), its
+    first checkpoint is not a rollback of the old history; the old rows stay."""
+    reinstalled = make_home(tmp_path / "reinstalled", A_ID).identity()
+    witness.peers_changed(
+        lambda store, now: store.pin_peer(reinstalled.card, actor="test", now=now, replace=True)
+    )
+    channel = peer_channel(reinstalled, witness.node.card)
+    try:
+        fresh = Witnessed(
+            ForgedLog(reinstalled, _leaves("reinstalled", 3)), channel, witness.view, witness.node
+        )
+        answer = fresh.ask(fresh.log.request(0, 3))
+    finally:
+        channel.close()
+    assert answer.status == S.WITNESS_STATUS_COSIGNED
+    with witness.view.store.read() as session:
+        sizes = sorted(row.size for row in session.scalars(select(PeerCheckpoint)))
+    assert sizes == [3, 10]
+
+
+def test_a_cosignature_by_the_card_a_witness_replaced_still_verifies(tmp_path: Path) -> None:
+    """While a witness rotates, it signs with the card it knows we pin: the old one."""
+    old, new = make_home(tmp_path, B_ID).identity(), make_home(tmp_path / "new", B_ID).identity()
+    body = Checkpoint(origin=origin_of(A_ID), size=3, root=bytes(32)).body()
+    line = cosign(body, name=witness_name(B_ID), ed25519_key=old.signing_key, timestamp=1)
+    assert _verified_cosignature(body, line, B_ID, [new.card, old.card]) == 1
+    with pytest.raises(CheckpointError):
+        _verified_cosignature(body, line, B_ID, [new.card])
+
+
+def test_an_unknown_refusal_number_is_named_not_raised() -> None:
+    assert _name(R, 99, "WITNESS_REFUSAL_") == "UNKNOWN-99"
+    assert _name(R, R.WITNESS_REFUSAL_ROLLBACK, "WITNESS_REFUSAL_") == "ROLLBACK"
+
+
+def test_our_note_holds_more_cosignatures_than_a_foreign_note_may(tmp_path: Path) -> None:
+    """One line per peer: twenty peers' cosignatures must not break checkpointing."""
+    home = make_home(tmp_path, A_ID)
+    me = home.identity()
+    store = Store(home.database_url())
+    try:
+        checkpoint = Checkpoint(origin=origin_of(A_ID), size=1, root=bytes(32))
+        note = sign_checkpoint(checkpoint, name=checkpoint.origin, ed25519_key=me.signing_key)
+        now = dt.datetime.now(dt.UTC)
+        with store.write() as session:
+            session.add(AuditCheckpoint(size=1, root=bytes(32), note=note, signed_at=now))
+            for number in range(20):
+                peer = f"XX.PEER.N{number:02d}"
+                key = ed25519.Ed25519PrivateKey.generate()
+                line = cosign(checkpoint, name=witness_name(peer), ed25519_key=key, timestamp=1)
+                session.add(
+                    CheckpointCosignature(
+                        size=1, peer=peer, line=line.line(), timestamp=1, received_at=now
+                    )
+                )
+        with store.read() as session:
+            row = session.get_one(AuditCheckpoint, 1)
+            every = signed_checkpoint(session, row)
+            one = signed_checkpoint(session, row, only="XX.PEER.N07")
+        assert len(every.cosigners) == 20
+        assert len(parse_note(every.cosigned, limits=COSIGNED_LIMITS).signatures) == 21
+        assert one.cosigners == ("XX.PEER.N07",)
+        assert len(parse_note(one.cosigned).signatures) == 2
+    finally:
+        store.close()

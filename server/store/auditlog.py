@@ -17,6 +17,7 @@ import datetime as dt
 import functools
 import hashlib
 import multiprocessing
+import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,14 +100,24 @@ class EdgeCache:
     """
 
     def __init__(self) -> None:
-        self.size = -1
-        self.edge: dict[tuple[int, int], bytes] = {}
+        # One (size, edge) pair, replaced whole: another thread of this process may read
+        # it while a commit publishes the next one.
+        self._kept: tuple[int, dict[tuple[int, int], bytes]] = (-1, {})
+        self._lock = threading.Lock()
+
+    def edge_at(self, size: int) -> dict[tuple[int, int], bytes] | None:
+        """A copy of the edge kept for a log of ``size`` leaves, if that is what is kept."""
+        kept_size, edge = self._kept
+        return dict(edge) if kept_size == size else None
 
     def publish(self, session: Session) -> None:
-        """After a commit: keep the edge the committed appends left."""
+        """After a commit: keep the edge the committed appends left (never an older one:
+        commits of two threads may publish out of order)."""
         pending: _Pending | None = session.info.pop(_PENDING, None)
         if pending is not None:
-            self.size, self.edge = pending.size, dict(pending.edge)
+            with self._lock:
+                if pending.size > self._kept[0]:
+                    self._kept = (pending.size, dict(pending.edge))
 
     def forget(self, session: Session) -> None:
         """After a rollback the appends never happened."""
@@ -158,10 +169,8 @@ def append(session: Session, event: AuditEvent) -> None:
     if pending is None:
         size = event.seq - 1
         cache: EdgeCache | None = session.info.get(EDGE_CACHE)
-        if cache is not None and cache.size == size:
-            edge = dict(cache.edge)
-        else:
-            edge = _load_edge(session, size)
+        kept = cache.edge_at(size) if cache is not None else None
+        edge = kept if kept is not None else _load_edge(session, size)
         pending = _Pending(size, edge)
         session.info[_PENDING] = pending
     pending.size = event.seq
@@ -186,9 +195,9 @@ def write_pending(session: Session) -> None:
     if pending is None or not (pending.leaves or pending.nodes):
         return
     if pending.leaves:
-        session.execute(insert(AuditLeaf.__table__), pending.leaves)
+        session.execute(insert(AuditLeaf.__table__), pending.leaves)  # type: ignore[arg-type]
     if pending.nodes:
-        session.execute(insert(AuditNode.__table__), pending.nodes)
+        session.execute(insert(AuditNode.__table__), pending.nodes)  # type: ignore[arg-type]
     pending.leaves, pending.nodes = [], []
 
 
@@ -281,8 +290,11 @@ def _verify(session: Session) -> Verdict:
     level at a time, then compare the stored tree with it."""
     cursor = session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        cursor.execute("SELECT max(seq) FROM audit_events")
-        last = cursor.fetchone()[0] or 0
+        cursor.execute("SELECT min(seq), max(seq) FROM audit_events")
+        first, last = cursor.fetchone() or (None, None)
+        last = last or 0
+        if first is not None and first < 1:
+            return Verdict(0, root(MemoryTree(), 0), "an event before the first", first)
         with _Checking(session, last) as checking:
             # While the workers check the entries, this process reads the stored tree.
             stored = _stored_tree(cursor, last)
@@ -296,7 +308,7 @@ def _verify(session: Session) -> Verdict:
                 tree = MemoryTree.of_leaves(leaves)
                 return Verdict(tree.size, root(tree, tree.size), checked.problem, checked.seq)
         cursor.execute(_ORPHAN_ENTRY)
-        orphan = cursor.fetchone()[0]
+        orphan = _first(cursor)
         if orphan is not None:
             tree = MemoryTree.of_leaves(leaves[: orphan - 1])
             return Verdict(tree.size, root(tree, tree.size), "an entry without its event", orphan)
@@ -315,7 +327,7 @@ class _Checking:
         self._futures: list[Future[_Range]] = []
 
     def __enter__(self) -> _Checking:
-        url = self._session.get_bind().url
+        url = self._session.connection().engine.url
         forking = "fork" in multiprocessing.get_all_start_methods()
         last = self._last
         if last >= PARALLEL_FROM and forking and url.database not in (None, "", ":memory:"):
@@ -396,9 +408,15 @@ class _StoredTree:
     too_high: bool
 
 
+def _first(cursor: Any) -> Any:
+    """The first column of the one row a query returned."""
+    row = cursor.fetchone()
+    return row[0] if row is not None else None
+
+
 def _stored_tree(cursor: Any, last: int) -> _StoredTree:
     cursor.execute("SELECT max(level) FROM audit_tree")
-    top = cursor.fetchone()[0]
+    top = _first(cursor)
     levels: list[list[tuple[int, bytes]]] = [[]]  # leaf hashes are not stored
     for level in range(1, max(last, 1).bit_length()):
         # An int from range(): nothing of anyone else goes into the statement.
@@ -452,16 +470,22 @@ def _entry_problem(event: tuple[Any, ...], entry: bytes) -> str | None:
         return "the entry does not parse"
     if parsed.index != seq - 1:
         return "the entry is of another position"
-    if isinstance(at, str):
-        at = dt.datetime.fromisoformat(at)
-    since = (at if at.tzinfo is not None else at.replace(tzinfo=dt.UTC)) - _EPOCH
+    try:
+        if isinstance(at, str):
+            at = dt.datetime.fromisoformat(at)
+        since = (at if at.tzinfo is not None else at.replace(tzinfo=dt.UTC)) - _EPOCH
+        stored_digest = bytes.fromhex(digest) if digest else b""
+    except (TypeError, ValueError):
+        return "the event's row is malformed (its time or digest does not read)"
+    if digest and digest != stored_digest.hex():
+        return "the event's row is malformed (its digest is not lower-case hex)"
     stamp = parsed.at
     if (
         parsed.event != kind
         or parsed.actor != (actor or "")
         or parsed.peer != (peer or "")
         or parsed.message_id != (message_id or "")
-        or parsed.envelope_sha256 != (bytes.fromhex(digest) if digest else b"")
+        or parsed.envelope_sha256 != stored_digest
         or parsed.reason != (reason or "")
         or parsed.detail != (detail or "")
         or stamp.seconds != since.days * 86400 + since.seconds

@@ -19,6 +19,7 @@ from liaison.server.store.models import (
     AuditEvent,
     CheckpointCosignature,
     OwnCard,
+    Peer,
     PeerCheckpoint,
     WitnessEvidence,
 )
@@ -137,10 +138,13 @@ def refused_by_peer(session: Session, *, size: int, peer: str, why: str, at: dt.
 
 
 def witnessed(session: Session, peer: str) -> PeerCheckpoint | None:
-    """The newest checkpoint of ``peer``'s log that we cosigned."""
+    """The newest checkpoint of ``peer``'s log that we cosigned since the operator pinned
+    its current card: a peer pinned anew (``peers add --replace``, after a
+    reinstallation) starts a new history; the old one stays in the table."""
     return session.scalars(
         select(PeerCheckpoint)
-        .where(PeerCheckpoint.peer == peer)
+        .join(Peer, Peer.agency_id == PeerCheckpoint.peer)
+        .where(PeerCheckpoint.peer == peer, PeerCheckpoint.cosigned_at >= Peer.added_at)
         .order_by(PeerCheckpoint.size.desc())
         .limit(1)
     ).first()

@@ -12,7 +12,7 @@ written once and kept: only vectors whose file does not exist yet are written.
 The card derivations under ``cards`` hold two inputs that cannot be recomputed
 (a TLS certificate, whose ECDSA signature is randomized, and a hedged ML-DSA-65
 signature); they are kept from the existing file, and everything derived from
-them is recomputed. The format is in docs/PROTOCOL.md section 11.
+them is recomputed. The format is in docs/PROTOCOL.md section 12.
 """
 
 from __future__ import annotations

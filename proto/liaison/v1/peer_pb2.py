@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15liaison/v1/peer.proto\x12\nliaison.v1\"\"\n\x0e\x44\x65liverRequest\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\"\"\n\x0f\x44\x65liverResponse\x12\x0f\n\x07receipt\x18\x01 \x01(\x0c\"Q\n\x0eWitnessRequest\x12\x12\n\ncheckpoint\x18\x01 \x01(\x0c\x12\x10\n\x08old_size\x18\x02 \x01(\x04\x12\x19\n\x11\x63onsistency_proof\x18\x03 \x03(\x0c\"\x92\x01\n\x0fWitnessResponse\x12)\n\x06status\x18\x01 \x01(\x0e\x32\x19.liaison.v1.WitnessStatus\x12\x13\n\x0b\x63osignature\x18\x02 \x01(\x0c\x12\x12\n\nknown_size\x18\x03 \x01(\x04\x12+\n\x07refusal\x18\x04 \x01(\x0e\x32\x1a.liaison.v1.WitnessRefusal\"4\n\x10InclusionRequest\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"1\n\x11InclusionResponse\x12\r\n\x05\x65ntry\x18\x01 \x01(\x0c\x12\r\n\x05proof\x18\x02 \x03(\x0c*\x85\x01\n\rWitnessStatus\x12\x1e\n\x1aWITNESS_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17WITNESS_STATUS_COSIGNED\x10\x01\x12\x1b\n\x17WITNESS_STATUS_CONFLICT\x10\x02\x12\x1a\n\x16WITNESS_STATUS_REFUSED\x10\x03*\xd5\x01\n\x0eWitnessRefusal\x12\x1f\n\x1bWITNESS_REFUSAL_UNSPECIFIED\x10\x00\x12\x1d\n\x19WITNESS_REFUSAL_MALFORMED\x10\x01\x12!\n\x1dWITNESS_REFUSAL_BAD_SIGNATURE\x10\x02\x12 \n\x1cWITNESS_REFUSAL_WRONG_ORIGIN\x10\x03\x12\x1c\n\x18WITNESS_REFUSAL_ROLLBACK\x10\x04\x12 \n\x1cWITNESS_REFUSAL_INCONSISTENT\x10\x05\x32\xe5\x01\n\x0cPeerExchange\x12\x42\n\x07\x44\x65liver\x12\x1a.liaison.v1.DeliverRequest\x1a\x1b.liaison.v1.DeliverResponse\x12\x42\n\x07Witness\x12\x1a.liaison.v1.WitnessRequest\x1a\x1b.liaison.v1.WitnessResponse\x12M\n\x0eProveInclusion\x12\x1c.liaison.v1.InclusionRequest\x1a\x1d.liaison.v1.InclusionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15liaison/v1/peer.proto\x12\nliaison.v1\"\"\n\x0e\x44\x65liverRequest\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\"\"\n\x0f\x44\x65liverResponse\x12\x0f\n\x07receipt\x18\x01 \x01(\x0c\"Q\n\x0eWitnessRequest\x12\x12\n\ncheckpoint\x18\x01 \x01(\x0c\x12\x10\n\x08old_size\x18\x02 \x01(\x04\x12\x19\n\x11\x63onsistency_proof\x18\x03 \x03(\x0c\"\x92\x01\n\x0fWitnessResponse\x12)\n\x06status\x18\x01 \x01(\x0e\x32\x19.liaison.v1.WitnessStatus\x12\x13\n\x0b\x63osignature\x18\x02 \x01(\x0c\x12\x12\n\nknown_size\x18\x03 \x01(\x04\x12+\n\x07refusal\x18\x04 \x01(\x0e\x32\x1a.liaison.v1.WitnessRefusal\"4\n\x10InclusionRequest\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"1\n\x11InclusionResponse\x12\r\n\x05\x65ntry\x18\x01 \x01(\x0c\x12\r\n\x05proof\x18\x02 \x03(\x0c*\x85\x01\n\rWitnessStatus\x12\x1e\n\x1aWITNESS_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17WITNESS_STATUS_COSIGNED\x10\x01\x12\x1b\n\x17WITNESS_STATUS_CONFLICT\x10\x02\x12\x1a\n\x16WITNESS_STATUS_REFUSED\x10\x03*\xf2\x01\n\x0eWitnessRefusal\x12\x1f\n\x1bWITNESS_REFUSAL_UNSPECIFIED\x10\x00\x12\x1d\n\x19WITNESS_REFUSAL_MALFORMED\x10\x01\x12!\n\x1dWITNESS_REFUSAL_BAD_SIGNATURE\x10\x02\x12 \n\x1cWITNESS_REFUSAL_WRONG_ORIGIN\x10\x03\x12\x1c\n\x18WITNESS_REFUSAL_ROLLBACK\x10\x04\x12 \n\x1cWITNESS_REFUSAL_INCONSISTENT\x10\x05\x12\x1b\n\x17WITNESS_REFUSAL_REVOKED\x10\x06\x32\xe5\x01\n\x0cPeerExchange\x12\x42\n\x07\x44\x65liver\x12\x1a.liaison.v1.DeliverRequest\x1a\x1b.liaison.v1.DeliverResponse\x12\x42\n\x07Witness\x12\x1a.liaison.v1.WitnessRequest\x1a\x1b.liaison.v1.WitnessResponse\x12M\n\x0eProveInclusion\x12\x1c.liaison.v1.InclusionRequest\x1a\x1d.liaison.v1.InclusionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,7 +34,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WITNESSSTATUS']._serialized_start=447
   _globals['_WITNESSSTATUS']._serialized_end=580
   _globals['_WITNESSREFUSAL']._serialized_start=583
-  _globals['_WITNESSREFUSAL']._serialized_end=796
+  _globals['_WITNESSREFUSAL']._serialized_end=825
   _globals['_DELIVERREQUEST']._serialized_start=37
   _globals['_DELIVERREQUEST']._serialized_end=71
   _globals['_DELIVERRESPONSE']._serialized_start=73
@@ -47,6 +47,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INCLUSIONREQUEST']._serialized_end=393
   _globals['_INCLUSIONRESPONSE']._serialized_start=395
   _globals['_INCLUSIONRESPONSE']._serialized_end=444
-  _globals['_PEEREXCHANGE']._serialized_start=799
-  _globals['_PEEREXCHANGE']._serialized_end=1028
+  _globals['_PEEREXCHANGE']._serialized_start=828
+  _globals['_PEEREXCHANGE']._serialized_end=1057
 # @@protoc_insertion_point(module_scope)

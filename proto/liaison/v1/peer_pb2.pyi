@@ -65,6 +65,8 @@ class _WitnessRefusalEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Witnes
     """The checkpoint is not consistent with the last one the witness cosigned (the proof
     fails, or the same size has another root). Evidence kept.
     """
+    WITNESS_REFUSAL_REVOKED: _WitnessRefusal.ValueType  # 6
+    """The caller is a peer this node has revoked: it witnesses nothing for it."""
 
 class WitnessRefusal(_WitnessRefusal, metaclass=_WitnessRefusalEnumTypeWrapper): ...
 
@@ -81,6 +83,8 @@ WITNESS_REFUSAL_INCONSISTENT: WitnessRefusal.ValueType  # 5
 """The checkpoint is not consistent with the last one the witness cosigned (the proof
 fails, or the same size has another root). Evidence kept.
 """
+WITNESS_REFUSAL_REVOKED: WitnessRefusal.ValueType  # 6
+"""The caller is a peer this node has revoked: it witnesses nothing for it."""
 Global___WitnessRefusal: _TypeAlias = WitnessRefusal  # noqa: Y015
 
 @_typing.final

@@ -76,6 +76,7 @@ class PeerExchangeServicer:
     def ProveInclusion(self, request, context):
         """An inclusion proof of one entry of the callee's audit log, for an entry that concerns
         the caller (its ``peer`` is the caller), e.g. the entry a receipt's log_index names.
+        Refused (PERMISSION_DENIED) to a revoked peer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -47,6 +47,7 @@ class PeerExchangeStub:
     ProveInclusion: _grpc.UnaryUnaryMultiCallable[_peer_pb2.InclusionRequest, _peer_pb2.InclusionResponse]
     """An inclusion proof of one entry of the callee's audit log, for an entry that concerns
     the caller (its ``peer`` is the caller), e.g. the entry a receipt's log_index names.
+    Refused (PERMISSION_DENIED) to a revoked peer.
     """
 
 @_typing.type_check_only
@@ -66,6 +67,7 @@ class PeerExchangeAsyncStub(PeerExchangeStub):
     ProveInclusion: _aio.UnaryUnaryMultiCallable[_peer_pb2.InclusionRequest, _peer_pb2.InclusionResponse]  # type: ignore[assignment]
     """An inclusion proof of one entry of the callee's audit log, for an entry that concerns
     the caller (its ``peer`` is the caller), e.g. the entry a receipt's log_index names.
+    Refused (PERMISSION_DENIED) to a revoked peer.
     """
 
 class PeerExchangeServicer(metaclass=_abc_1.ABCMeta):
@@ -100,6 +102,7 @@ class PeerExchangeServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_peer_pb2.InclusionResponse, _abc.Awaitable[_peer_pb2.InclusionResponse]]:
         """An inclusion proof of one entry of the callee's audit log, for an entry that concerns
         the caller (its ``peer`` is the caller), e.g. the entry a receipt's log_index names.
+        Refused (PERMISSION_DENIED) to a revoked peer.
         """
 
 def add_PeerExchangeServicer_to_server(servicer: PeerExchangeServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
