@@ -40,6 +40,8 @@ from liaison.client.report import (
 )
 from liaison.keys.card import PeerCard, dearmor_card, parse_card
 from liaison.keys.certs import der_to_pem
+from liaison.keys.checkpoint import parse_body, parse_note
+from liaison.keys.errors import CheckpointError
 from liaison.keys.evidence import (
     EvidenceError,
     check_peer_log,
@@ -47,6 +49,7 @@ from liaison.keys.evidence import (
     encode_bundle,
     verify_bundle,
 )
+from liaison.keys.merkle import leaf_hash, verify_inclusion
 from liaison.server import auditing
 from liaison.server.auditing import AuditScope, LogVerdict, NoEvidence
 from liaison.server.checkpoints import cosigned_note
@@ -346,7 +349,7 @@ def cmd_proof(args: argparse.Namespace) -> int:
         except NoEvidence as error:
             raise UsageError(str(error)) from None
         peer = plan.bundle.peer
-        card = _pinned_card(session, peer)
+        card, previous = _pinned_cards(session, peer)
     bundle = encode_bundle(plan.bundle)
     note = ""
     if args.no_peer or plan.peer_index is None:
@@ -361,7 +364,7 @@ def cmd_proof(args: argparse.Namespace) -> int:
     else:
         try:
             entry, proof, ours = _ask_peer(
-                args, home, card, plan.peer_index, plan.peer_checkpoint[0]
+                args, card, previous, plan.peer_index, plan.peer_checkpoint[0]
             )
         except grpc.RpcError as error:
             note = (
@@ -378,6 +381,9 @@ def cmd_proof(args: argparse.Namespace) -> int:
                     f"{peer}'s answer does not prove its entry ({problem}); "
                     "the bundle holds our log's side only"
                 )
+    problem = _own_part_problem(bundle)
+    if problem is not None:
+        raise UsageError(f"the evidence for {args.message_id} does not verify: {problem}")
     _write_bytes(args.out, bundle)
     receiver = "" if note or bundle == encode_bundle(plan.bundle) else " and the receiver's entry"
     print(
@@ -388,6 +394,26 @@ def cmd_proof(args: argparse.Namespace) -> int:
     if note:
         print(f"note: {render.safe(note)}", file=sys.stderr)
     return 0
+
+
+def _own_part_problem(bundle: bytes) -> str | None:
+    """Why our side of ``bundle`` (entries, proofs, checkpoint form) does not hold up;
+    the signatures are the auditor's to check with the published cards."""
+    decoded = decode_bundle(bundle)
+    try:
+        checkpoint = parse_body(parse_note(decoded.checkpoint).body)
+        for proven in decoded.entries:
+            if not verify_inclusion(
+                leaf_hash(proven.entry),
+                proven.index,
+                checkpoint.size,
+                list(proven.proof),
+                checkpoint.root,
+            ):
+                return f"entry {proven.index} is not proven in the checkpoint"
+    except CheckpointError as error:
+        return str(error)
+    return None
 
 
 def _peer_part_problem(bundle: bytes, cards: list[PeerCard]) -> str | None:
@@ -401,13 +427,22 @@ def _peer_part_problem(bundle: bytes, cards: list[PeerCard]) -> str | None:
     return None
 
 
-def _pinned_card(session: Session, peer: str) -> PeerCard | None:
+def _pinned_cards(session: Session, peer: str) -> tuple[PeerCard | None, PeerCard | None]:
+    """The peer's pinned card, and the one it replaced while that is still trusted."""
     row = session.get(Peer, peer)
-    return parse_card(row.signed_card) if row is not None else None
+    if row is None:
+        return None, None
+    trusted = row.previous_until is not None and row.previous_until > dt.datetime.now(dt.UTC)
+    previous = parse_card(row.previous_card) if row.previous_card and trusted else None
+    return parse_card(row.signed_card), previous
 
 
 def _ask_peer(
-    args: argparse.Namespace, home: NodeHome, card: PeerCard, index: int, size: int
+    args: argparse.Namespace,
+    card: PeerCard,
+    previous: PeerCard | None,
+    index: int,
+    size: int,
 ) -> tuple[bytes, list[bytes], list[PeerCard]]:
     """The receiver's entry ``index`` and its inclusion proof in its tree of ``size``,
     asked over mutual TLS with the certificate of ours that the peer pins; and our cards
@@ -421,8 +456,11 @@ def _ask_peer(
     ring = unlocked.keyring()
     ours = ring.for_sequence(sequence).tls
     our_cards = [ring.current.card, *([ring.previous.card] if ring.previous else [])]
+    # During the peer's rotation its listener presents the certificate of the card it
+    # replaced, until all its peers know the new one.
+    roots = [card.tls_certificate, *([previous.tls_certificate] if previous else [])]
     credentials = grpc.ssl_channel_credentials(
-        root_certificates=der_to_pem(card.tls_certificate),
+        root_certificates=b"".join(der_to_pem(der) for der in roots),
         private_key=ours.key_pem(),
         certificate_chain=ours.certificate_pem(),
     )
@@ -475,7 +513,7 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
     if args.json:
         print_json(summary)
         return 0
-    print(f"evidence verified: message {bundle.message_id}")
+    print(f"evidence verified: message {render.safe(bundle.message_id)}")
     print(
         f"  {len(entries)} entries of {render.safe(bundle.log)}'s audit log, in its checkpoint "
         f"of size {verified.checkpoint.size}, cosigned by "
@@ -485,7 +523,7 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
         print(f"    {entry.index:>7}  {entry.at.ToJsonString()}  {render.safe(entry.event)}")
     if verified.receipt is not None:
         receipt = verified.receipt
-        status = envelope_pb2.ReceiptStatus.Name(receipt.status).removeprefix("RECEIPT_STATUS_")
+        status = render.enum_label(envelope_pb2.ReceiptStatus, receipt.status, "RECEIPT_STATUS_")
         print(f"  receipt: {status} by {render.safe(receipt.receiver)}, signature checked")
     if verified.peer_entry is not None:
         entry = verified.peer_entry

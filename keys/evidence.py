@@ -132,7 +132,7 @@ def decode_bundle(data: bytes) -> Bundle:
         raise EvidenceError(f"the bundle is larger than {MAX_BUNDLE_BYTES} bytes")
     try:
         document = json.loads(data.decode("ascii"))
-    except (UnicodeDecodeError, ValueError) as error:
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
         raise EvidenceError(f"the bundle is not JSON: {type(error).__name__}") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise EvidenceError(f"the bundle is not a {FORMAT} bundle")

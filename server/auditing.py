@@ -8,6 +8,7 @@ sealed at rest, so a case filter needs the storage key (the home's passphrase).
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
@@ -30,7 +31,7 @@ from liaison.keys.rotation import verify_card_update
 from liaison.keys.storage import Row, StorageKey, StoredContentError, open_summary
 from liaison.server.checkpoints import cosigned_note
 from liaison.server.store import auditlog, checkpoints
-from liaison.server.store.audit import INBOUND_EVENTS, OUTBOUND_EVENTS
+from liaison.server.store.audit import INBOUND_EVENTS, OUTBOUND_EVENTS, AuditKind
 from liaison.server.store.auditlog import StoredTree, Verdict
 from liaison.server.store.models import (
     AuditCheckpoint,
@@ -88,6 +89,16 @@ def verify_log(session: Session, anchor: PeerCard | None = None) -> LogVerdict:
     peers = _peer_cards(session)
     stored = StoredTree(session)
     rows = session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.size)).all()
+    missing = _missing_checkpoint(session, {row.size for row in rows})
+    if missing is not None:
+        size, seq = missing
+        return LogVerdict(
+            tree,
+            checkpoints=len(rows),
+            problem=f"the checkpoint that event {seq} says was signed is not kept (deleted)",
+            checkpoint_size=size,
+            alarms=alarms,
+        )
     cosigned: list[tuple[int, str]] = []
     unchecked: list[tuple[int, str]] = []
     for row in rows:
@@ -126,6 +137,22 @@ def verify_log(session: Session, anchor: PeerCard | None = None) -> LogVerdict:
         unchecked=tuple(unchecked),
         alarms=alarms,
     )
+
+
+_SIGNED = re.compile(r"tree size (\d+), root ([0-9a-f]{64})")
+
+
+def _missing_checkpoint(session: Session, kept: set[int]) -> tuple[int, int] | None:
+    """(size, seq) of the first ``checkpoint-signed`` event whose checkpoint is not kept:
+    the log itself says which checkpoints were signed, and it verified."""
+    signed = auditlog.select_events(session, events=frozenset({AuditKind.CHECKPOINT_SIGNED}))
+    for event in signed:
+        found = _SIGNED.fullmatch(event.detail or "")
+        if found is None:
+            return (0, event.seq)
+        if int(found[1]) not in kept:  # its root is checked with the row's (below)
+            return (int(found[1]), event.seq)
+    return None
 
 
 def _own_chain(session: Session, anchor: PeerCard | None) -> list[PeerCard] | str:
@@ -379,14 +406,18 @@ def evidence_plan(session: Session, message_id: str, our_agency: str) -> Evidenc
         peer=peer,
         events=frozenset(kind.value for kind in kinds),
     )
-    newest = checkpoints.latest(session)
+    # The newest checkpoint the peer cosigned: a bundle proves nothing without that.
+    newest = checkpoints.latest_cosigned_by(session, peer)
     if newest is None:
-        raise NoEvidence("no checkpoint of the audit log has been signed yet")
+        raise NoEvidence(
+            f"no checkpoint of the audit log has been cosigned by {peer} yet "
+            "(liaison audit checkpoint asks for one)"
+        )
     covered = [event for event in timeline if event.seq <= newest.size]
     if not covered:
         raise NoEvidence(
-            f"the newest checkpoint (size {newest.size}) does not cover the message yet; "
-            "sign one first (liaison audit checkpoint)"
+            f"the newest checkpoint {peer} cosigned (size {newest.size}) does not cover the "
+            "message yet; sign one first (liaison audit checkpoint)"
         )
     tree = StoredTree(session)
     entries = tuple(
@@ -417,7 +448,7 @@ def evidence_plan(session: Session, message_id: str, our_agency: str) -> Evidenc
         log=our_agency,
         message_id=message_id,
         peer=peer,
-        checkpoint=cosigned_note(session, newest),
+        checkpoint=cosigned_note(session, newest, only=peer),
         entries=entries,
         receipt=receipt,
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,10 +30,13 @@ from sqlalchemy.orm import Session
 from liaison.keys.card import PeerCard
 from liaison.keys.checkpoint import (
     Checkpoint,
+    Note,
     NoteLimits,
     NoteSignature,
     add_signatures,
     cosign,
+    ed25519_key_id,
+    mldsa65_key_id,
     origin_of,
     parse_body,
     parse_note,
@@ -61,6 +65,10 @@ log = logging.getLogger(__name__)
 # of at most 64 hashes, with framing.
 MAX_WITNESS_REQUEST = 136 * 1024
 MAX_PROOF_HASHES = 64
+MAX_LOG_SIZE = 2**63 - 1
+# Evidence kept about one peer at most; more (the same refusal again and again) is logged.
+MAX_EVIDENCE_PER_PEER = 100
+REFUSAL_AUDIT_SECONDS = 60.0
 R = peer_pb2.WitnessRefusal
 S = peer_pb2.WitnessStatus
 # Our own notes with every peer's cosignature: more lines than signed-note's 16 (one per
@@ -385,11 +393,16 @@ class Witness:
         peers: PeerDirectory,
         committer: GroupCommitter,
         clock: Callable[[], dt.datetime] = utc_now,
+        on_stored: Callable[[str, int], None] | None = None,
     ) -> None:
         self._keys = keys
         self._peers = peers
         self._committer = committer
         self._clock = clock
+        # Told (peer, bytes) of every note stored for a peer: counted against its quota.
+        self._on_stored = on_stored
+        # When a refusal of each (peer, reason) was last audited (monotonic seconds).
+        self._refusals: dict[tuple[str, str], float] = {}
 
     async def witness(self, peer: str, raw: bytes) -> peer_pb2.WitnessResponse:
         """Answer the pinned peer ``peer``'s ``WitnessRequest`` bytes."""
@@ -400,19 +413,15 @@ class Witness:
             else self._check(peer, raw)
         )
         if isinstance(checked, peer_pb2.WitnessResponse):
-            why = _name(R, checked.refusal, "WITNESS_REFUSAL_")
-            await self._committer.submit(
-                lambda session: checkpoints.refused(
-                    session, peer=peer, why=why, detail="the checkpoint was not cosigned", at=now
-                )
-            )
-            log.warning("refused to cosign a checkpoint of %s: %s", peer, why)
+            await self._refused(peer, _name(R, checked.refusal, "WITNESS_REFUSAL_"), now)
             return checked
         me = self._keys.for_peer(peer)
-        response: peer_pb2.WitnessResponse = await self._committer.submit(
+        response, stored = await self._committer.submit(
             lambda session: self._decide(session, peer, checked, me, now)
         )
-        if response.status == S.WITNESS_STATUS_REFUSED:
+        if stored and self._on_stored is not None:
+            self._on_stored(peer, stored)
+        if response.status == S.WITNESS_STATUS_REFUSED and stored:
             log.error(
                 "SPLIT VIEW: %s presented a checkpoint of size %d inconsistent with the one "
                 "this node cosigned (%s); evidence kept",
@@ -421,6 +430,20 @@ class Witness:
                 _name(R, response.refusal, "WITNESS_REFUSAL_"),
             )
         return response
+
+    async def _refused(self, peer: str, why: str, now: dt.datetime) -> None:
+        """Audit a refused request, at most once a minute for each peer and reason (a peer
+        may send them as fast as the gate lets it); each is logged."""
+        log.warning("refused to cosign a checkpoint of %s: %s", peer, why)
+        moment, last = time.monotonic(), self._refusals.get((peer, why))
+        if last is not None and moment - last < REFUSAL_AUDIT_SECONDS:
+            return
+        self._refusals[(peer, why)] = moment
+        await self._committer.submit(
+            lambda session: checkpoints.refused(
+                session, peer=peer, why=why, detail="the checkpoint was not cosigned", at=now
+            )
+        )
 
     def _check(self, peer: str, raw: bytes) -> _Checked | peer_pb2.WitnessResponse:
         """Parse the request and check the caller's signature; a refusal if it fails."""
@@ -435,11 +458,13 @@ class Witness:
         proof = list(request.consistency_proof)
         if len(proof) > MAX_PROOF_HASHES or any(len(h) != 32 for h in proof):
             return _refusal(R.WITNESS_REFUSAL_MALFORMED)
+        # Sizes are stored as signed 64-bit integers.
+        if stated.size > MAX_LOG_SIZE or request.old_size > MAX_LOG_SIZE:
+            return _refusal(R.WITNESS_REFUSAL_MALFORMED)
         if stated.origin != origin:
             return _refusal(R.WITNESS_REFUSAL_WRONG_ORIGIN)
         trust = self._peers.trust
         cards = [c for c in (trust.peer(peer), trust.previous(peer)) if c is not None]
-        checkpoint: Checkpoint | None = None
         for card in cards:
             try:
                 checkpoint = verify_checkpoint(
@@ -449,12 +474,12 @@ class Witness:
                     ed25519_public=card.signing_key,
                     mldsa65_public=card.mldsa65_key,
                 )
-                break
             except CheckpointError:
                 continue
-        if checkpoint is None:
-            return _refusal(R.WITNESS_REFUSAL_BAD_SIGNATURE)
-        return _Checked(checkpoint, request.checkpoint, proof, request.old_size)
+            # Kept as the card's own lines only: other lines are the caller's to pad with.
+            note = _only_lines_of(request.checkpoint, origin, card)
+            return _Checked(checkpoint, note, proof, request.old_size)
+        return _refusal(R.WITNESS_REFUSAL_BAD_SIGNATURE)
 
     def _decide(
         self,
@@ -463,9 +488,10 @@ class Witness:
         checked: _Checked,
         me: NodeIdentity,
         now: dt.datetime,
-    ) -> peer_pb2.WitnessResponse:
+    ) -> tuple[peer_pb2.WitnessResponse, int]:
         """Against the last checkpoint of ``peer``'s we cosigned, in the write transaction
-        (so two calls at once, or two replicas, decide one after the other)."""
+        (so two calls at once, or two replicas, decide one after the other). Returns the
+        answer and the bytes of notes stored."""
         new = checked.checkpoint
         known = checkpoints.witnessed(session, peer)
         known_size = known.size if known is not None else 0
@@ -476,11 +502,15 @@ class Witness:
                 return self._evidence(
                     session, peer, checked, known.note, R.WITNESS_REFUSAL_INCONSISTENT
                 )
-            return peer_pb2.WitnessResponse(
+            same = peer_pb2.WitnessResponse(
                 status=S.WITNESS_STATUS_COSIGNED, cosignature=known.cosignature
             )
+            return same, 0
         if checked.old_size != known_size:
-            return peer_pb2.WitnessResponse(status=S.WITNESS_STATUS_CONFLICT, known_size=known_size)
+            conflict = peer_pb2.WitnessResponse(
+                status=S.WITNESS_STATUS_CONFLICT, known_size=known_size
+            )
+            return conflict, 0
         if known is not None and not verify_consistency(
             known.size, new.size, known.root, new.root, checked.proof
         ):
@@ -503,7 +533,8 @@ class Witness:
             cosignature=line,
             at=now,
         )
-        return peer_pb2.WitnessResponse(status=S.WITNESS_STATUS_COSIGNED, cosignature=line)
+        cosigned = peer_pb2.WitnessResponse(status=S.WITNESS_STATUS_COSIGNED, cosignature=line)
+        return cosigned, len(checked.note) + len(line)
 
     def _evidence(
         self,
@@ -512,10 +543,13 @@ class Witness:
         checked: _Checked,
         cosigned_note: bytes,
         refusal: peer_pb2.WitnessRefusal.ValueType,
-    ) -> peer_pb2.WitnessResponse:
+    ) -> tuple[peer_pb2.WitnessResponse, int]:
+        """Refuse, and keep both notes as evidence unless the same evidence is kept already
+        (or this peer has ``MAX_EVIDENCE_PER_PEER`` pieces: one is proof enough)."""
         why = _name(R, refusal, "WITNESS_REFUSAL_")
-        checkpoints.keep_evidence(
+        stored = checkpoints.keep_evidence(
             session,
+            limit=MAX_EVIDENCE_PER_PEER,
             peer=peer,
             why=why,
             cosigned_note=cosigned_note,
@@ -526,7 +560,17 @@ class Witness:
             f"root {checked.checkpoint.root.hex()}",
             at=self._clock(),
         )
-        return _refusal(refusal)
+        return _refusal(refusal), stored
+
+
+def _only_lines_of(note: bytes, name: str, card: PeerCard) -> bytes:
+    """``note`` with only the signature lines of ``card``'s keys under ``name``."""
+    keys = {ed25519_key_id(name, card.signing_key)}
+    if card.mldsa65_key is not None:
+        keys.add(mldsa65_key_id(name, card.mldsa65_key))
+    parsed = parse_note(note)
+    kept = tuple(s for s in parsed.signatures if s.name == name and s.key_id in keys)
+    return Note(parsed.body, kept).text()
 
 
 def _refusal(refusal: peer_pb2.WitnessRefusal.ValueType) -> peer_pb2.WitnessResponse:

@@ -116,7 +116,9 @@ class Node:
             limits=limits,
             channel=self.delivery.open_channel,
         )
-        self.witness = Witness(keys=self.keys, peers=self.peers, committer=self.committer)
+        self.witness = Witness(
+            keys=self.keys, peers=self.peers, committer=self.committer, on_stored=self.gate.stored
+        )
         self.notices = Notices(
             self.keys,
             self.peers,

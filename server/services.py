@@ -89,7 +89,8 @@ class PeerExchangeServicer:
         )
 
     async def Deliver(self, _requests: object, context: Context) -> peer_pb2.DeliverResponse:
-        async def deliver(peer: PeerCard, raw: bytes) -> peer_pb2.DeliverResponse:
+        async def deliver(peer: PeerCard, request: list[bytes]) -> peer_pb2.DeliverResponse:
+            raw = request.pop()  # the only reference: a 16 MiB request is not kept twice
             try:
                 envelope = peer_pb2.DeliverRequest.FromString(raw).envelope
             except DecodeError:
@@ -103,17 +104,17 @@ class PeerExchangeServicer:
         return await self._admitted(context, "DeliverRequest", deliver)
 
     async def Witness(self, _requests: object, context: Context) -> peer_pb2.WitnessResponse:
-        async def witness(peer: PeerCard, raw: bytes) -> peer_pb2.WitnessResponse:
-            return await self._witness.witness(peer.agency_id, raw)
+        async def witness(peer: PeerCard, request: list[bytes]) -> peer_pb2.WitnessResponse:
+            return await self._witness.witness(peer.agency_id, request.pop())
 
         return await self._admitted(context, "WitnessRequest", witness)
 
     async def ProveInclusion(
         self, _requests: object, context: Context
     ) -> peer_pb2.InclusionResponse:
-        async def prove(peer: PeerCard, raw: bytes) -> peer_pb2.InclusionResponse:
+        async def prove(peer: PeerCard, raw: list[bytes]) -> peer_pb2.InclusionResponse:
             try:
-                request = peer_pb2.InclusionRequest.FromString(raw)
+                request = peer_pb2.InclusionRequest.FromString(raw.pop())
             except DecodeError:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "not an InclusionRequest")
             answer = await self._prove(peer.agency_id, request)
@@ -128,10 +129,11 @@ class PeerExchangeServicer:
         self,
         context: Context,
         what: str,
-        serve: Callable[[PeerCard, bytes], Awaitable[T]],
+        serve: Callable[[PeerCard, list[bytes]], Awaitable[T]],
     ) -> T:
         """Identify the pinned peer, admit the call through the gate, read the request's
-        bytes, and ``serve`` them; a refusal is the gRPC error the gate names."""
+        bytes, and ``serve`` them (in a list it takes them out of, so that no frame here
+        keeps them alive); a refusal is the gRPC error the gate names."""
         peer = self._gate.identify(_peer_certificate_sha256(context))
         try:
             if peer is None:
@@ -144,7 +146,9 @@ class PeerExchangeServicer:
                 raw = await admitted.read(context.read, _request_size)
                 if not isinstance(raw, bytes):
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"no {what} sent")
-                return await serve(peer, raw)
+                request = [raw]
+                del raw
+                return await serve(peer, request)
         except Refused as refused:
             code = (
                 grpc.StatusCode.UNAUTHENTICATED

@@ -279,7 +279,13 @@ def _cosignature_changed(db: sqlite3.Connection, tmp_path: Path) -> None:
     db.execute("UPDATE checkpoint_cosignatures SET line = ?", (flipped.encode(),))
 
 
+def _checkpoint_deleted(db: sqlite3.Connection, tmp_path: Path) -> None:
+    db.execute("DELETE FROM checkpoint_cosignatures")
+    db.execute("DELETE FROM audit_checkpoints")
+
+
 CHECKPOINT_TAMPERING: dict[str, tuple[Callable[[sqlite3.Connection, Path], None], str]] = {
+    "the checkpoints deleted": (_checkpoint_deleted, "is not kept (deleted)"),
     "a forged checkpoint": (_forged_checkpoint, "is not signed by a card of ours"),
     "the log rolled back": (_rolled_back, "the log was rolled back"),
     "a checkpoint's root changed": (_root_changed, "names a root the log does not have"),

@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 
 from liaison.keys.checkpoint import (
     Checkpoint,
+    NoteSignature,
     cosign,
     origin_of,
     parse_body,
@@ -494,3 +495,47 @@ def test_our_note_holds_more_cosignatures_than_a_foreign_note_may(tmp_path: Path
         assert len(parse_note(one.cosigned).signatures) == 2
     finally:
         store.close()
+
+
+def test_a_peer_cannot_fill_the_witness_disk(witness: Witnessed) -> None:
+    """The review's flood: the same rollback again and again, each note padded with junk
+    signature lines. One piece of evidence is kept, once audited; notes are kept with the
+    peer's own signature lines only."""
+    junk = [NoteSignature(f"junk-{n}", bytes(4), b"\xff" * 3000).line() for n in range(10)]
+
+    def padded(size: int) -> peer_pb2.WitnessRequest:
+        request = witness.log.request(10, size)
+        request.checkpoint = request.checkpoint + b"".join(junk)
+        return request
+
+    before = witness.view.last_audit_seq()
+    for _ in range(5):
+        answer = witness.ask(padded(8))
+        assert (answer.status, answer.refusal) == (
+            S.WITNESS_STATUS_REFUSED,
+            R.WITNESS_REFUSAL_ROLLBACK,
+        )
+    alarms = [e for e in witness.view.audit_since(before) if e.event == "split-view-detected"]
+    assert len(alarms) == 1
+    with witness.view.store.read() as session:
+        kept = session.scalars(select(WitnessEvidence)).one()
+    assert len(parse_note(kept.presented_note).signatures) == 1
+    assert len(kept.presented_note) < 400
+    # A growing log padded the same way is cosigned and kept without the padding.
+    witness.log.leaves += _leaves("later", 3)
+    request = witness.log.request(10, 13)
+    request.checkpoint = request.checkpoint + b"".join(junk)
+    assert witness.ask(request).status == S.WITNESS_STATUS_COSIGNED
+    assert len(parse_note(_witnessed(witness.view, A_ID).note).signatures) == 1
+
+
+def test_sizes_past_a_signed_64_bit_integer_are_malformed(witness: Witnessed) -> None:
+    """They were INTERNAL errors that lost the alarm (the review's finding)."""
+    witness.log.leaves += _leaves("later", 2)
+    request = witness.log.request(10, 12)
+    request.old_size = 2**63
+    answer = witness.ask(request)
+    assert (answer.status, answer.refusal) == (
+        S.WITNESS_STATUS_REFUSED,
+        R.WITNESS_REFUSAL_MALFORMED,
+    )

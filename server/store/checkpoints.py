@@ -32,6 +32,17 @@ def latest(session: Session) -> AuditCheckpoint | None:
     ).first()
 
 
+def latest_cosigned_by(session: Session, peer: str) -> AuditCheckpoint | None:
+    """Our newest checkpoint that ``peer`` cosigned."""
+    return session.scalars(
+        select(AuditCheckpoint)
+        .join(CheckpointCosignature, CheckpointCosignature.size == AuditCheckpoint.size)
+        .where(CheckpointCosignature.peer == peer)
+        .order_by(AuditCheckpoint.size.desc())
+        .limit(1)
+    ).first()
+
+
 def covering(session: Session, size: int) -> AuditCheckpoint | None:
     """Our newest checkpoint, if it covers the first ``size`` entries."""
     newest = latest(session)
@@ -203,9 +214,16 @@ def keep_evidence(
     proof: bytes,
     detail: str,
     at: dt.datetime,
-) -> None:
+    limit: int,
+) -> int:
     """Keep two signed checkpoints of ``peer`` that contradict each other, and raise the
-    alarm in our own log."""
+    alarm in our own log; not again for a note already kept, nor beyond ``limit`` pieces
+    for one peer. Returns the bytes stored (0 if nothing was)."""
+    kept = session.scalars(
+        select(WitnessEvidence.presented_note).where(WitnessEvidence.peer == peer)
+    ).all()
+    if presented_note in kept or len(kept) >= limit:
+        return 0
     session.add(
         WitnessEvidence(
             peer=peer,
@@ -220,6 +238,7 @@ def keep_evidence(
     audit.append(
         session, AuditKind.SPLIT_VIEW_DETECTED, at=at, peer=peer, reason=why, detail=detail
     )
+    return len(cosigned_note) + len(presented_note) + len(proof)
 
 
 def evidence(session: Session, peer: str | None = None) -> list[WitnessEvidence]:

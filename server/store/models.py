@@ -6,6 +6,7 @@ import datetime as dt
 import enum
 
 from sqlalchemy import (
+    BigInteger,
     DateTime,
     ForeignKey,
     Index,
@@ -280,7 +281,7 @@ class AuditCheckpoint(Base):
 
     __tablename__ = "audit_checkpoints"
 
-    size: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     root: Mapped[bytes] = mapped_column(LargeBinary)
     note: Mapped[bytes] = mapped_column(LargeBinary)
     signed_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
@@ -292,12 +293,12 @@ class CheckpointCosignature(Base):
     __tablename__ = "checkpoint_cosignatures"
 
     size: Mapped[int] = mapped_column(
-        Integer, ForeignKey("audit_checkpoints.size"), primary_key=True, autoincrement=False
+        BigInteger, ForeignKey("audit_checkpoints.size"), primary_key=True, autoincrement=False
     )
     peer: Mapped[str] = mapped_column(String(128), primary_key=True)
     line: Mapped[bytes] = mapped_column(LargeBinary)
     # The cosignature's own timestamp (seconds since the epoch, as the witness signed it).
-    timestamp: Mapped[int] = mapped_column(Integer)
+    timestamp: Mapped[int] = mapped_column(BigInteger)
     received_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
 
 
@@ -308,7 +309,7 @@ class PeerCheckpoint(Base):
     __tablename__ = "peer_checkpoints"
 
     peer: Mapped[str] = mapped_column(String(128), primary_key=True)
-    size: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     root: Mapped[bytes] = mapped_column(LargeBinary)
     note: Mapped[bytes] = mapped_column(LargeBinary)
     cosignature: Mapped[bytes] = mapped_column(LargeBinary)
@@ -329,7 +330,7 @@ class WitnessEvidence(Base):
     cosigned_note: Mapped[bytes] = mapped_column(LargeBinary)
     presented_note: Mapped[bytes] = mapped_column(LargeBinary)
     # The consistency proof it gave, from old_size: the 32-byte hashes concatenated.
-    old_size: Mapped[int] = mapped_column(Integer)
+    old_size: Mapped[int] = mapped_column(BigInteger)
     proof: Mapped[bytes] = mapped_column(LargeBinary)
     detected_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from liaison.keys.merkle import leaf_hash
 from liaison.server.store.models import UtcDateTime
 
 revision = "0008"
@@ -36,7 +37,7 @@ _TABLES = (
 def upgrade() -> None:
     op.create_table(
         "audit_checkpoints",
-        sa.Column("size", sa.Integer(), primary_key=True, autoincrement=False),
+        sa.Column("size", sa.BigInteger(), primary_key=True, autoincrement=False),
         sa.Column("root", sa.LargeBinary(), nullable=False),
         sa.Column("note", sa.LargeBinary(), nullable=False),
         sa.Column("signed_at", UtcDateTime(), nullable=False),
@@ -45,20 +46,20 @@ def upgrade() -> None:
         "checkpoint_cosignatures",
         sa.Column(
             "size",
-            sa.Integer(),
+            sa.BigInteger(),
             sa.ForeignKey("audit_checkpoints.size"),
             primary_key=True,
             autoincrement=False,
         ),
         sa.Column("peer", sa.String(128), primary_key=True),
         sa.Column("line", sa.LargeBinary(), nullable=False),
-        sa.Column("timestamp", sa.Integer(), nullable=False),
+        sa.Column("timestamp", sa.BigInteger(), nullable=False),
         sa.Column("received_at", UtcDateTime(), nullable=False),
     )
     op.create_table(
         "peer_checkpoints",
         sa.Column("peer", sa.String(128), primary_key=True),
-        sa.Column("size", sa.Integer(), primary_key=True, autoincrement=False),
+        sa.Column("size", sa.BigInteger(), primary_key=True, autoincrement=False),
         sa.Column("root", sa.LargeBinary(), nullable=False),
         sa.Column("note", sa.LargeBinary(), nullable=False),
         sa.Column("cosignature", sa.LargeBinary(), nullable=False),
@@ -71,7 +72,7 @@ def upgrade() -> None:
         sa.Column("refusal", sa.String(32), nullable=False),
         sa.Column("cosigned_note", sa.LargeBinary(), nullable=False),
         sa.Column("presented_note", sa.LargeBinary(), nullable=False),
-        sa.Column("old_size", sa.Integer(), nullable=False),
+        sa.Column("old_size", sa.BigInteger(), nullable=False),
         sa.Column("proof", sa.LargeBinary(), nullable=False),
         sa.Column("detected_at", UtcDateTime(), nullable=False),
     )
@@ -98,3 +99,15 @@ def upgrade() -> None:
 def downgrade() -> None:
     for table in reversed(_TABLES):
         op.drop_table(table)
+    # Revision 0007 stores the leaf hashes: put them back.
+    bind = op.get_bind()
+    entries = sa.table("audit_entries", sa.column("seq", sa.Integer()), sa.column("entry"))
+    nodes = sa.table(
+        "audit_tree",
+        sa.column("level", sa.Integer()),
+        sa.column("idx", sa.Integer()),
+        sa.column("hash", sa.LargeBinary()),
+    )
+    rows = bind.execute(sa.select(entries.c.seq, entries.c.entry).order_by(entries.c.seq))
+    for seq, entry in rows:
+        bind.execute(sa.insert(nodes).values(level=0, idx=seq - 1, hash=leaf_hash(entry)))
