@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from liaison.client import audit_cli, render
+from liaison.client import audit_cli, render, users_cli
 from liaison.client.api import SendResult, state_name
 from liaison.client.attachments import save_attachments
 from liaison.client.cli_common import api_client as _client
@@ -1040,6 +1040,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     p.set_defaults(run=cmd_peers_has_our_card)
 
     audit_cli.add_commands(commands, common, as_json, api)
+    users_cli.add_commands(commands, common, as_json)
 
     p = commands.add_parser("serve", parents=[common], help="run the node")
     p.set_defaults(run=cmd_serve)

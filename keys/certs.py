@@ -53,7 +53,11 @@ def _name(common_name: str, organisation: str = "Liaison Exchange") -> x509.Name
 
 
 def _builder(
-    subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey, now: dt.datetime
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    now: dt.datetime,
+    until: dt.datetime | None = None,
 ) -> x509.CertificateBuilder:
     return (
         x509.CertificateBuilder()
@@ -62,7 +66,7 @@ def _builder(
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + CERT_LIFETIME)
+        .not_valid_after(until or now + CERT_LIFETIME)
     )
 
 
@@ -125,9 +129,12 @@ def issue_api_server_certificate(ca: IssuedCertificate, host: str) -> IssuedCert
     return _issue(ca, "local API", names, ExtendedKeyUsageOID.SERVER_AUTH)
 
 
-def issue_api_client_certificate(ca: IssuedCertificate, identity: str) -> IssuedCertificate:
-    """A client credential for the local API; ``identity`` becomes the subject CN."""
-    return _issue(ca, identity, [], ExtendedKeyUsageOID.CLIENT_AUTH)
+def issue_api_client_certificate(
+    ca: IssuedCertificate, identity: str, expires_at: dt.datetime | None = None
+) -> IssuedCertificate:
+    """A client credential for the local API; ``identity`` becomes the subject CN. It is
+    valid until ``expires_at`` (by default the usual certificate lifetime)."""
+    return _issue(ca, identity, [], ExtendedKeyUsageOID.CLIENT_AUTH, expires_at)
 
 
 def _issue(
@@ -135,11 +142,12 @@ def _issue(
     common_name: str,
     names: list[x509.GeneralName],
     usage: x509.ObjectIdentifier,
+    expires_at: dt.datetime | None = None,
 ) -> IssuedCertificate:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     builder = (
-        _builder(_name(common_name), ca.certificate.subject, key.public_key(), now)
+        _builder(_name(common_name), ca.certificate.subject, key.public_key(), now, expires_at)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     )

@@ -62,6 +62,7 @@ from liaison.keys.sealed import (
 )
 from liaison.keys.storage import STORAGE_KEY_FILE, STORAGE_KEY_KIND, STORAGE_ROLE, StorageKey
 from liaison.server.config import CONFIG_FILE, ConfigError, NodeConfig, load_config
+from liaison.server.store import users
 from liaison.server.store.audit import AuditKind, append
 from liaison.server.store.store import Store, sqlite_url
 
@@ -325,6 +326,7 @@ def init_home(
     store = home.open_store(config)
     now = dt.datetime.now(dt.UTC)
     try:
+        register_admin(home, store, now=now)
         with store.write() as session:
             append(
                 session,
@@ -345,6 +347,31 @@ def init_home(
     finally:
         store.close()
     return home
+
+
+def register_admin(home: NodeHome, store: Store, *, now: dt.datetime) -> bool:
+    """Register the home's ``admin`` credential if no credential is registered yet (a new
+    home, or one made before named identities). True if it did."""
+    with store.read() as session:
+        if users.registered(session):
+            return False
+    certificate = x509.load_pem_x509_certificate(
+        (home.credential_dir(ADMIN) / "client.crt").read_bytes()
+    )
+    fingerprint = certificate_sha256(certificate.public_bytes(serialization.Encoding.DER))
+    with store.write() as session:
+        if users.registered(session):
+            return False
+        users.add(
+            session,
+            name=ADMIN,
+            role=ADMIN,  # the role of the same name (server/access.py)
+            certificate_sha256=fingerprint,
+            expires_at=certificate.not_valid_after_utc,
+            actor="node",
+            now=now,
+        )
+    return True
 
 
 def storage_key_entry(key: StorageKey) -> NewKey:
@@ -417,14 +444,19 @@ def _init_api(
     server = issue_api_server_certificate(ca, host)
     (home.api_dir / "ca.crt").write_bytes(ca.certificate_pem())
     (home.api_dir / "server.crt").write_bytes(server.certificate_pem())
-    port = api_listen.rpartition(":")[2]
-    target = api_listen if host not in ("0.0.0.0", "::", "[::]") else f"127.0.0.1:{port}"  # noqa: S104
-    issue_client_credential(home, ADMIN, ca, target, log2_n=credential_log2_n)
+    issue_client_credential(home, ADMIN, ca, api_target(api_listen), log2_n=credential_log2_n)
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     return [
         _api_key(API_CA, ca, "ECDSA P-256 key of the local API's certificate authority", now),
         _api_key(API_SERVER, server, "ECDSA P-256 TLS key of the local API", now),
     ]
+
+
+def api_target(api_listen: str) -> str:
+    """The address a client dials for an API that listens on ``api_listen`` (loopback
+    when it listens on every address)."""
+    host, _, port = api_listen.rpartition(":")
+    return api_listen if host not in ("0.0.0.0", "::", "[::]") else f"127.0.0.1:{port}"  # noqa: S104
 
 
 def _api_key(role: str, issued: IssuedCertificate, kind: str, now: dt.datetime) -> NewKey:

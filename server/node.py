@@ -29,6 +29,7 @@ from grpc_reflection.v1alpha import reflection
 
 from liaison.keys.identity import NodeIdentity
 from liaison.keys.storage import Row, StorageKey, Summary, seal_content_at_rest
+from liaison.server.access import AccessControl
 from liaison.server.checkpoints import Checkpointer, ProofDenied, Witness, prove_inclusion
 from liaison.server.committer import GroupCommitter
 from liaison.server.config import ConfigError, Limits, NodeConfig
@@ -36,7 +37,7 @@ from liaison.server.delivery import Delivery
 from liaison.server.exchange import Receiver, utc_now
 from liaison.server.feed import AuditFeed
 from liaison.server.gate import Limit, PeerGate
-from liaison.server.home import HomeLock, NodeHome
+from liaison.server.home import HomeLock, NodeHome, register_admin
 from liaison.server.interceptors import ErrorInterceptor
 from liaison.server.notices import Notices
 from liaison.server.own_keys import OwnKeys
@@ -116,6 +117,9 @@ class Node:
             limits=limits,
             channel=self.delivery.open_channel,
         )
+        # The local API's identities: an older home's admin credential is registered now.
+        register_admin(home, self.store, now=utc_now())
+        self.access = AccessControl(self.store, self.committer)
         self.witness = Witness(
             keys=self.keys, peers=self.peers, committer=self.committer, on_stored=self.gate.stored
         )
@@ -181,7 +185,7 @@ class Node:
             interceptors=[ErrorInterceptor()], options=_api_listener_options(limits)
         )
         node_pb2_grpc.add_NodeServiceServicer_to_server(
-            NodeServicer(self.notices, self.checkpointer), api_server
+            NodeServicer(self.notices, self.checkpointer, self.access), api_server
         )
         node_service = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
         self._add_health(api_server, node_service)

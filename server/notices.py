@@ -803,6 +803,8 @@ class Notices:
             raise NotFound(f"no message {message_id}")
         message, receipt = found
         notice = await asyncio.to_thread(self._open, message)
+        if opened_by is not None and notice is not None:
+            await self._opened(message, opened_by)
         if opened_by is not None and notice is not None and _unread(message):
             await self._first_read(message, opened_by)
             found = await asyncio.to_thread(self.store.message, message_id)
@@ -852,6 +854,22 @@ class Notices:
             raise StoredContentError(
                 f"the stored notice {message.message_id} opens but does not parse"
             ) from None
+
+    async def _opened(self, message: Message, actor: str) -> None:
+        """Every time an identity is given a notice's body: who, when, which (audited)."""
+        outbound = message.direction == Direction.OUTBOUND.value
+        at = self.clock()
+        await self.committer.submit(
+            lambda session: audit.append(
+                session,
+                AuditKind.OPENED,
+                at=at,
+                actor=actor,
+                message_id=message.message_id,
+                peer=message.recipient if outbound else message.sender,
+                detail=f"{message.direction} notice's body given to {actor}",
+            )
+        )
 
     async def _first_read(self, message: Message, actor: str) -> None:
         """An operator opened a received notice for the first time: READ, and tell the sender."""

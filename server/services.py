@@ -15,6 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from liaison.keys.card import PeerCard
 from liaison.keys.certs import pem_to_der
 from liaison.keys.storage import StoredContentError
+from liaison.server.access import AccessControl, sees_content
 from liaison.server.checkpoints import Checkpointer, ProofDenied, Witness
 from liaison.server.errors import NotFound, RequestError
 from liaison.server.exchange import Receiver
@@ -40,11 +41,6 @@ T = TypeVar("T")
 def _peer_certificate_sha256(context: Context) -> str | None:
     pems = list(context.auth_context().get("x509_pem_cert", []))
     return hashlib.sha256(pem_to_der(pems[0])).hexdigest() if pems else None
-
-
-def _caller(context: Context) -> str:
-    names = list(context.auth_context().get("x509_common_name", []))
-    return names[0].decode() if names else "unknown"
 
 
 class PeerExchangeServicer:
@@ -168,19 +164,21 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     is ``INVALID_ARGUMENT`` and ``NotFound`` is ``NOT_FOUND`` (the error
     interceptor maps everything else)."""
 
-    def __init__(self, notices: Notices, checkpointer: Checkpointer) -> None:
+    def __init__(self, notices: Notices, checkpointer: Checkpointer, access: AccessControl) -> None:
         self._notices = notices
         self._checkpointer = checkpointer
+        self._access = access
 
     async def SendNotice(
         self, request: node_pb2.SendNoticeRequest, context: Context
     ) -> node_pb2.SendNoticeResponse:
+        caller = await self._access.require(context, "SendNotice")
         sent = await _answer(
             context,
             self._notices.send(
                 list(request.recipients) or request.recipient,
                 request.notice,
-                actor=_caller(context),
+                actor=caller.name,
                 ttl_seconds=request.ttl_seconds,
                 wait_seconds=request.wait_seconds,
                 idempotency_key=request.idempotency_key,
@@ -191,13 +189,14 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     async def Acknowledge(
         self, request: node_pb2.AcknowledgeRequest, context: Context
     ) -> node_pb2.SendNoticeResponse:
+        caller = await self._access.require(context, "Acknowledge")
         sent = await _answer(
             context,
             self._notices.acknowledge(
                 request.message_id,
                 request.status,
                 request.comment,
-                actor=_caller(context),
+                actor=caller.name,
                 idempotency_key=request.idempotency_key,
             ),
         )
@@ -206,12 +205,13 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     async def Reply(
         self, request: node_pb2.ReplyRequest, context: Context
     ) -> node_pb2.SendNoticeResponse:
+        caller = await self._access.require(context, "Reply")
         sent = await _answer(
             context,
             self._notices.reply(
                 request.message_id,
                 request.notice,
-                actor=_caller(context),
+                actor=caller.name,
                 ttl_seconds=request.ttl_seconds,
                 idempotency_key=request.idempotency_key,
             ),
@@ -221,22 +221,21 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     async def Cancel(
         self, request: node_pb2.GetMessageRequest, context: Context
     ) -> node_pb2.SendNoticeResponse:
-        done = await _answer(
-            context, self._notices.cancel(request.message_id, actor=_caller(context))
-        )
+        caller = await self._access.require(context, "Cancel")
+        done = await _answer(context, self._notices.cancel(request.message_id, actor=caller.name))
         return _sent(done)
 
     async def Retry(
         self, request: node_pb2.GetMessageRequest, context: Context
     ) -> node_pb2.SendNoticeResponse:
-        done = await _answer(
-            context, self._notices.retry(request.message_id, actor=_caller(context))
-        )
+        caller = await self._access.require(context, "Retry")
+        done = await _answer(context, self._notices.retry(request.message_id, actor=caller.name))
         return _sent(done)
 
     async def Watch(
         self, request: node_pb2.WatchRequest, context: Context
     ) -> AsyncIterator[node_pb2.WatchEvent]:
+        await self._access.require(context, "Watch")
         events = self._notices.watch(request.after, list(request.events))
         try:
             async for event in events:
@@ -255,6 +254,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     async def SignCheckpoint(
         self, request: node_pb2.SignCheckpointRequest, context: Context
     ) -> node_pb2.CheckpointResponse:
+        await self._access.require(context, "SignCheckpoint")
         newest = await self._checkpointer.round(force=True)
         if newest is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the audit log is empty")
@@ -270,23 +270,26 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     async def GetThread(
         self, request: node_pb2.GetMessageRequest, context: Context
     ) -> node_pb2.ThreadResponse:
+        caller = await self._access.require(context, "GetThread")
         rows = await _answer(context, self._notices.thread(request.message_id))
-        return node_pb2.ThreadResponse(messages=[_summary(row) for row in rows])
+        shown = sees_content(caller)
+        return node_pb2.ThreadResponse(messages=[_summary(row, shown) for row in rows])
 
     async def ListMessages(
         self, request: node_pb2.ListMessagesRequest, context: Context
     ) -> node_pb2.ListMessagesResponse:
+        caller = await self._access.require(context, "ListMessages")
         page = await _answer(context, self._notices.list(request))
+        shown = sees_content(caller)
         return node_pb2.ListMessagesResponse(
-            messages=[_summary(row) for row in page.rows], next_cursor=page.next_cursor
+            messages=[_summary(row, shown) for row in page.rows], next_cursor=page.next_cursor
         )
 
     async def GetMessage(
         self, request: node_pb2.GetMessageRequest, context: Context
     ) -> node_pb2.MessageDetail:
-        view = await _answer(
-            context, self._notices.get(request.message_id, opened_by=_caller(context))
-        )
+        caller = await self._access.require(context, "GetMessage")
+        view = await _answer(context, self._notices.get(request.message_id, opened_by=caller.name))
         # A destroyed content leaves `notice` unset; the timeline ends in content-destroyed.
         detail = node_pb2.MessageDetail(
             summary=_summary(view.summary),
@@ -302,6 +305,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     async def GetStatus(
         self, request: node_pb2.GetStatusRequest, context: Context
     ) -> node_pb2.MessageStatus:
+        await self._access.require(context, "GetStatus")
         view = await _answer(
             context, self._notices.status(request.message_id, wait_seconds=request.wait_seconds)
         )
@@ -354,7 +358,8 @@ def _timestamp(moment: dt.datetime) -> Timestamp:
     return stamp
 
 
-def _summary(row: MessageSummaryRow) -> node_pb2.MessageSummary:
+def _summary(row: MessageSummaryRow, content: bool = True) -> node_pb2.MessageSummary:
+    """The wire summary; without ``content`` (an auditor's), the subject stays out."""
     return node_pb2.MessageSummary(
         message_id=row.message_id,
         direction=_DIRECTIONS[Direction(row.direction)],
@@ -364,7 +369,7 @@ def _summary(row: MessageSummaryRow) -> node_pb2.MessageSummary:
         priority=row.priority,  # type: ignore[arg-type]
         handling=row.handling,  # type: ignore[arg-type]
         case_reference=row.case_reference,
-        subject=row.subject,
+        subject=row.subject if content else "",
         created_at=_timestamp(row.created_at),
         updated_at=_timestamp(row.updated_at),
         content_type=row.content_type,

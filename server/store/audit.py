@@ -81,6 +81,11 @@ class AuditKind(enum.StrEnum):
     CHECKPOINT_COSIGNED = "checkpoint-cosigned"
     CHECKPOINT_REFUSED = "checkpoint-refused"
     SPLIT_VIEW_DETECTED = "split-view-detected"
+    # Local API identities (liaison users); a notice's body returned to one of them.
+    USER_ADDED = "user-added"
+    USER_ROTATED = "user-rotated"
+    USER_REVOKED = "user-revoked"
+    OPENED = "opened"
 
 
 # Events that only record checkpointing itself: on their own they are no reason to sign

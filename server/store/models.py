@@ -345,3 +345,30 @@ class OwnCard(Base):
     sequence: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     signed_card: Mapped[bytes] = mapped_column(LargeBinary)
     card_update: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+
+
+class ApiUser(Base):
+    """A named identity of the local API and its role (``liaison users``)."""
+
+    __tablename__ = "api_users"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # operator, system, auditor or admin (server/access.py).
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    revoke_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+class ApiCertificate(Base):
+    """A client certificate issued to an identity, by its SHA-256 (hex). Only an unrevoked
+    certificate of an active identity gets a call through."""
+
+    __tablename__ = "api_certificates"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user: Mapped[str] = mapped_column(String(64), ForeignKey("api_users.name"), index=True)
+    issued_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
