@@ -95,7 +95,7 @@ class LiaisonClient:
     @classmethod
     def from_credential_dir(
         cls,
-        folder: Path,
+        folder: str | Path,
         passphrase: Passphrase | str | None = None,
         *,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
@@ -107,19 +107,20 @@ class LiaisonClient:
         not open.
         """
         unlocker = Unlocker(_passphrase(passphrase))
-        return cls(ClientCredential.load(folder, unlocker), timeout=timeout)
+        return cls(ClientCredential.load(Path(folder).expanduser(), unlocker), timeout=timeout)
 
     @classmethod
     def from_home(
         cls,
-        home: Path,
+        home: str | Path,
         identity: str = "admin",
         passphrase: Passphrase | str | None = None,
         *,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
     ) -> LiaisonClient:
         """Use the credential ``init`` issued into ``home/credentials/<identity>``."""
-        return cls.from_credential_dir(home / "credentials" / identity, passphrase, timeout=timeout)
+        folder = Path(home).expanduser() / "credentials" / identity
+        return cls.from_credential_dir(folder, passphrase, timeout=timeout)
 
     def __enter__(self) -> LiaisonClient:
         return self

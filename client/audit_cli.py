@@ -28,7 +28,7 @@ import grpc
 from sqlalchemy.orm import Session
 
 from liaison.client import render
-from liaison.client.cli_common import api_client, home_path, print_json, unlocked_home
+from liaison.client.cli_common import api_client, count, home_path, print_json, unlocked_home
 from liaison.client.errors import NotVerified, UsageError
 from liaison.client.report import (
     ReportCheckpoint,
@@ -692,7 +692,7 @@ def add_commands(
 
     p = audit.add_parser("log", parents=[common, as_json, database], help="the events, filtered")
     _filters(p)
-    p.add_argument("--limit", type=int, default=0, help="at most this many events")
+    p.add_argument("--limit", type=count(0, 10_000_000), default=0, help="at most this many events")
     p.set_defaults(run=cmd_log)
 
     p = audit.add_parser(

@@ -20,6 +20,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 import argparse
 import asyncio
 import datetime as dt
+import difflib
 import hashlib
 import logging
 import mimetypes
@@ -27,7 +28,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -35,6 +36,7 @@ from liaison.client import audit_cli, render, users_cli
 from liaison.client.api import SendResult, state_name
 from liaison.client.attachments import save_attachments
 from liaison.client.cli_common import api_client as _client
+from liaison.client.cli_common import count
 from liaison.client.cli_common import home_path as _home
 from liaison.client.cli_common import print_json as _print_json
 from liaison.client.cli_common import unlocked_home as _unlocked_home
@@ -819,7 +821,9 @@ def _when(option: str, text: str) -> dt.datetime:
 
 
 def _listing_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--limit", type=int, default=0, help="messages per page (default 50)")
+    p.add_argument(
+        "--limit", type=count(0, 1_000_000), default=0, help="messages per page (default 50)"
+    )
     p.add_argument("--cursor", default="", help="the next page, as the last one said")
     p.add_argument("--new", action="store_true", help="received and not yet opened")
     p.add_argument(
@@ -905,6 +909,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # Parser ---------------------------------------------------------------------------
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line on standard error and exit 2 (subcommands inherit it)."""
+
+    def error(self, message: str) -> NoReturn:
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice is not None:
+            offered = re.findall(r"'([^']*)'", choice[2])
+            close = difflib.get_close_matches(choice[1], offered, n=1)
+            message = f"{render.safe(choice[1])!r} is not one of {', '.join(offered)}"
+            if close:
+                message += f"; did you mean {close[0]!r}?"
+        self.exit(2, f"{self.prog}: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list of commands
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", help="node home folder (default: $LIAISON_HOME or ~/.liaison)")
@@ -918,11 +936,12 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     api = argparse.ArgumentParser(add_help=False, parents=[common])
     api.add_argument("--identity", default="admin", help="local API credential to use")
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="liaison",
         description="Liaison Exchange: sealed case notices between agencies.",
         epilog="Exit codes: 0 success, 1 other error, 2 usage or configuration error, "
-        "3 node unreachable, 4 request refused by the node, 5 message not found.",
+        "3 node unreachable, 4 request refused by the node, 5 message not found, "
+        "6 not delivered, 7 an audit log or evidence does not verify.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -1059,7 +1078,12 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
         help="recipient agency id; repeat for several (one envelope each, one notice id)",
     )
     _notice_options(p)
-    p.add_argument("--wait", type=int, default=10, help="seconds to wait for delivery (0: none)")
+    p.add_argument(
+        "--wait",
+        type=count(0, 86_400),
+        default=10,
+        help="seconds to wait for delivery (0: none)",
+    )
     p.set_defaults(run=cmd_send)
 
     p = commands.add_parser(
@@ -1098,7 +1122,9 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
         parents=[api, as_json],
         help="print message events as they happen (resume with --after SEQ)",
     )
-    p.add_argument("--after", type=int, default=0, help="events after this sequence number")
+    p.add_argument(
+        "--after", type=count(0, 2**63 - 1), default=0, help="events after this sequence number"
+    )
     p.add_argument(
         "--event", action="append", default=[], help="only this kind, e.g. received (repeat)"
     )
@@ -1137,12 +1163,14 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     sub = attachment.add_subparsers(dest="attachment_command", required=True, metavar="COMMAND")
     p = sub.add_parser("save", parents=[api], help="write attachment N of a notice into a folder")
     p.add_argument("message_id")
-    p.add_argument("number", type=int, help="1 for the first attachment")
+    p.add_argument("number", type=count(1, 10_000), help="1 for the first attachment")
     p.add_argument("--to", default=".", help="folder to write into (default: here)")
     p.set_defaults(run=cmd_attachment_save)
     p = commands.add_parser("status", parents=[api, as_json], help="state and timeline")
     p.add_argument("message_id")
-    p.add_argument("--wait", type=int, default=0, help="seconds to wait for a final state")
+    p.add_argument(
+        "--wait", type=count(0, 86_400), default=0, help="seconds to wait for a final state"
+    )
     p.set_defaults(run=cmd_status)
 
     p = commands.add_parser("demo", help="two nodes on loopback exchange notices")
@@ -1166,7 +1194,9 @@ def _notice_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attach", action="append", default=[], help="file to attach")
     p.add_argument("--unit", help="originating unit")
     p.add_argument("--officer", help="originating officer")
-    p.add_argument("--ttl", type=int, default=0, help="envelope lifetime in seconds")
+    p.add_argument(
+        "--ttl", type=count(0, 366 * 86_400), default=0, help="envelope lifetime in seconds"
+    )
 
 
 def _kdf_cost(text: str) -> int:

@@ -34,3 +34,20 @@ def unlocked_home(args: argparse.Namespace) -> NodeHome:
     """The home, with the passphrase of its keys (asked for now, before any work)."""
     secret = passphrase(args.passphrase_file, what="the node's keys")
     return NodeHome.unlocked(home_path(args), secret)
+
+
+def count(low: int, high: int) -> Any:
+    """An argparse type: a whole number from ``low`` to ``high``; anything else is a usage
+    error of one line (exit 2), never a traceback."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
+        return value
+
+    parse.__name__ = "number"
+    return parse

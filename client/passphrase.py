@@ -32,7 +32,7 @@ def passphrase(file: str | None, *, what: str) -> Passphrase:
     if sys.stdin.isatty():
         return Passphrase(_ask(f"Passphrase of {what}: "))
     raise UsageError(
-        f"{what} are sealed under a passphrase: set {PASSPHRASE_VARIABLE} or use "
+        f"the passphrase of {what} is needed: set {PASSPHRASE_VARIABLE} or use "
         "--passphrase-file (there is no terminal to ask on)"
     )
 
