@@ -924,16 +924,16 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list of commands
-    common = argparse.ArgumentParser(add_help=False)
+    common = OneLineParser(add_help=False)
     common.add_argument("--home", help="node home folder (default: $LIAISON_HOME or ~/.liaison)")
     common.add_argument(
         "--passphrase-file",
         help="file holding the passphrase of the keys (mode 0600; default: "
         f"${PASSPHRASE_VARIABLE}, else asked on the terminal)",
     )
-    as_json = argparse.ArgumentParser(add_help=False)
+    as_json = OneLineParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON")
-    api = argparse.ArgumentParser(add_help=False, parents=[common])
+    api = OneLineParser(add_help=False, parents=[common])
     api.add_argument("--identity", default="admin", help="local API credential to use")
 
     parser = OneLineParser(
