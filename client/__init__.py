@@ -15,7 +15,11 @@ if TYPE_CHECKING:
         ClientError,
         MessageNotFound,
         NodeUnavailable,
+        NotFound,
+        PermissionDenied,
         RequestRejected,
+        ResourceExhausted,
+        Unavailable,
         UsageError,
     )
 
@@ -28,6 +32,10 @@ _HOMES = {
     "NodeUnavailable": "liaison.client.errors",
     "RequestRejected": "liaison.client.errors",
     "UsageError": "liaison.client.errors",
+    "PermissionDenied": "liaison.client.errors",
+    "ResourceExhausted": "liaison.client.errors",
+    "NotFound": "liaison.client.errors",
+    "Unavailable": "liaison.client.errors",
 }
 
 __all__ = [
@@ -35,8 +43,12 @@ __all__ = [
     "LiaisonClient",
     "MessageNotFound",
     "NodeUnavailable",
+    "NotFound",
+    "PermissionDenied",
     "RequestRejected",
+    "ResourceExhausted",
     "SendResult",
+    "Unavailable",
     "UsageError",
     "state_name",
 ]

@@ -14,7 +14,14 @@ from typing import Any, TypeVar
 import grpc
 
 from liaison.client.attachments import AttachmentError, save_attachments
-from liaison.client.errors import ClientError, MessageNotFound, NodeUnavailable, RequestRejected
+from liaison.client.errors import (
+    ClientError,
+    MessageNotFound,
+    NodeUnavailable,
+    PermissionDenied,
+    RequestRejected,
+    ResourceExhausted,
+)
 from liaison.keys.credentials import API_SERVER_NAME, ClientCredential
 from liaison.keys.errors import KeyStoreError
 from liaison.keys.sealed import PASSPHRASE_VARIABLE, Passphrase, Unlocker
@@ -398,7 +405,9 @@ def _translate(error: grpc.RpcError) -> ClientError:
     if code == grpc.StatusCode.NOT_FOUND:
         return MessageNotFound(details)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return RequestRejected(f"the request is too large ({code.name}): {details}")
+        return ResourceExhausted(f"the request is too large ({code.name}): {details}")
+    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+        return PermissionDenied(f"refused by the node ({code.name}): {details}")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         # UNAVAILABLE is also the node's answer while its storage is unavailable.
         return NodeUnavailable(

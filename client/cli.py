@@ -941,7 +941,8 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
         description="Liaison Exchange: sealed case notices between agencies.",
         epilog="Exit codes: 0 success, 1 other error, 2 usage or configuration error, "
         "3 node unreachable, 4 request refused by the node, 5 message not found, "
-        "6 not delivered, 7 an audit log or evidence does not verify.",
+        "6 not delivered, 7 an audit log or evidence does not verify, 8 refused for "
+        "this identity.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -44,3 +44,20 @@ class NotVerified(ClientError):
     """An audit log (or other evidence) does not verify."""
 
     exit_code = 7
+
+
+class PermissionDenied(ClientError):
+    """The node refused the call for this identity: its role may not make it
+    (``PERMISSION_DENIED``, the message names the role needed), or its credential is
+    revoked, replaced, expired or not registered (``UNAUTHENTICATED``)."""
+
+    exit_code = 8
+
+
+class ResourceExhausted(RequestRejected):
+    """The request is larger than the node accepts, or the node is at a limit."""
+
+
+# The names an integrator looks for first.
+NotFound = MessageNotFound
+Unavailable = NodeUnavailable

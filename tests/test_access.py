@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import func, select
 
+from liaison.client import LiaisonClient, PermissionDenied
 from liaison.client.cli import main
 from liaison.keys.certs import IssuedCertificate, issue_api_client_certificate
 from liaison.keys.credentials import ClientCredential
@@ -337,3 +338,30 @@ def test_bad_user_requests_are_one_line_and_change_nothing(
     assert problem in err
     assert err.count("\n") == 1
     assert len(_events(node)) == len(before)
+
+
+def test_the_library_and_the_cli_name_a_refusal(
+    node: Node, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PermissionDenied in the library, exit 8 and one line in the CLI."""
+    folder = node.home.path / "credentials" / "inspector"
+    with (
+        LiaisonClient.from_credential_dir(folder, CREDENTIAL_PASSPHRASE) as client,
+        pytest.raises(PermissionDenied, match="GetMessage needs the role"),
+    ):
+        client.get_message(node.received)
+    code, out, err = run(
+        capsys,
+        "show",
+        node.received,
+        "--home",
+        str(node.home.path),
+        "--identity",
+        "inspector",
+        "--passphrase-file",
+        str(node.secret_file),
+    )
+    assert code == 8
+    assert out == ""
+    assert err.count("\n") == 1
+    assert "needs the role" in err
