@@ -1,11 +1,14 @@
 """The ``liaison`` command.
 
 Operator commands (send, inbox, show, status) talk to the running node
-through its local API with the credential ``init`` issued; only init, card,
-peers and serve read the node's home directly.
+through its local API with a named credential (``--identity``, ``admin`` by
+default); init, keys, card, peers, users, audit and serve read the node's home
+directly.
 
 Exit codes: 0 success, 1 other error, 2 usage or configuration error,
-3 node unreachable, 4 request refused by the node, 5 message not found.
+3 node unreachable, 4 request refused by the node, 5 message not found,
+6 not delivered, 7 an audit log or evidence does not verify, 8 refused for this
+identity.
 """
 
 from __future__ import annotations
