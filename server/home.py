@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import os
+import shutil
 import socket
 import stat
 from dataclasses import dataclass, field
@@ -23,6 +24,9 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from liaison.keys.card import parse_card
 from liaison.keys.certs import (
@@ -297,6 +301,84 @@ def init_home(
             f"{path} already holds a node or part of one ({', '.join(leftovers)}); "
             "refusing to overwrite it"
         )
+    if database_url:
+        check_database_url(database_url)
+    existed = path.exists()
+    try:
+        _create_home(
+            home,
+            agency_id=agency_id,
+            name=name,
+            endpoint=endpoint,
+            peer_listen=peer_listen,
+            api_listen=api_listen,
+            database_url=database_url,
+            kdf_log2_n=kdf_log2_n,
+            credential_log2_n=credential_log2_n,
+            mldsa65=mldsa65,
+        )
+    except BaseException:
+        _remove_partial_home(path, existed=existed)
+        raise
+    return home
+
+
+def check_database_url(url: str) -> None:
+    """Refuse (``ConfigError``) a database URL that is malformed, of another kind than
+    SQLite or PostgreSQL, whose driver is not installed, or that does not connect."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError("--database-url is not a database URL") from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ConfigError(
+            f"--database-url: {parsed.get_backend_name()} is not supported (SQLite or PostgreSQL)"
+        )
+    try:
+        engine = create_engine(parsed)
+    except ImportError as error:
+        raise ConfigError(f"--database-url: its driver is not installed ({error.name})") from None
+    try:
+        with engine.connect():
+            pass
+    except SQLAlchemyError as error:
+        first = str(error.orig if hasattr(error, "orig") else error).strip().splitlines()
+        raise ConfigError(
+            f"--database-url: cannot connect ({first[0] if first else type(error).__name__})"
+        ) from None
+    finally:
+        engine.dispose()
+
+
+def _remove_partial_home(path: Path, *, existed: bool) -> None:
+    """After a failed ``init``: what it wrote goes (the folder too, if it made it)."""
+    if not existed:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for name in (CONFIG_FILE, "keys", "api", "credentials", DATABASE_FILE):
+        target = path / name
+        if target.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            target.unlink(missing_ok=True)
+    for suffix in ("-wal", "-shm"):
+        (path / f"{DATABASE_FILE}{suffix}").unlink(missing_ok=True)
+
+
+def _create_home(
+    home: NodeHome,
+    *,
+    agency_id: str,
+    name: str,
+    endpoint: str,
+    peer_listen: str | None,
+    api_listen: str,
+    database_url: str,
+    kdf_log2_n: int,
+    credential_log2_n: int,
+    mldsa65: bool,
+) -> None:
+    path = home.path
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     # The home holds keys and notices: only its owner may enter, even if it existed.
     path.chmod(0o700)
@@ -346,7 +428,6 @@ def init_home(
                 )
     finally:
         store.close()
-    return home
 
 
 def register_admin(home: NodeHome, store: Store, *, now: dt.datetime) -> bool:

@@ -10,6 +10,9 @@ import pytest
 
 from liaison.client import LiaisonClient
 from liaison.client.cli import main
+from liaison.server import home as home_module
+from liaison.server.config import ConfigError
+from tests.cli_homes import run_init
 
 MESSAGE = "01a22659-f963-7031-83e4-fa878c5b384f"
 
@@ -49,3 +52,44 @@ def test_the_library_takes_a_path_as_text(tmp_path: Path) -> None:
         LiaisonClient.from_home(str(tmp_path), passphrase="x")
     assert not isinstance(missing.value, TypeError)
     assert "credential" in str(missing.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("postgresql://nobody@127.0.0.1:1/none", "--database-url"),
+        ("mysql://somewhere/db", "not supported"),
+        ("not a url", "not a database URL"),
+    ],
+)
+def test_init_checks_the_database_first_and_leaves_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str, problem: str
+) -> None:
+    """The issue: `init --database-url postgresql://…` crashed and left a half-made home
+    that the next `init` refused."""
+    home = tmp_path / "home"
+    code, _, err = run_init(capsys, home, "MA.DGSN.CCPI", extra=("--database-url", url))
+    assert code == 2
+    assert problem in err
+    assert err.count("\n") == 1
+    assert not home.exists()
+
+
+def test_a_failed_init_leaves_nothing_behind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_args: object, **_kwargs: object) -> bool:
+        raise ConfigError("the disk failed, say")
+
+    monkeypatch.setattr(home_module, "register_admin", broken)
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("mine", encoding="utf-8")
+    for folder in (tmp_path / "new", existing):
+        code, _, err = run_init(capsys, folder, "MA.DGSN.CCPI")
+        assert code == 2
+        assert "the disk failed" in err
+    assert not (tmp_path / "new").exists()
+    assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]
+    monkeypatch.undo()
+    assert run_init(capsys, existing, "MA.DGSN.CCPI")[0] == 0
