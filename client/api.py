@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import uuid
@@ -25,6 +26,7 @@ from liaison.client.errors import (
 from liaison.keys.credentials import API_SERVER_NAME, ClientCredential
 from liaison.keys.errors import KeyStoreError
 from liaison.keys.sealed import PASSPHRASE_VARIABLE, Passphrase, Unlocker
+from liaison.server.config import ConfigError, api_target, load_config
 from liaison.v1 import node_pb2, node_pb2_grpc, notice_pb2
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
@@ -126,8 +128,16 @@ class LiaisonClient:
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
     ) -> LiaisonClient:
         """Use the credential ``init`` issued into ``home/credentials/<identity>``."""
-        folder = Path(home).expanduser() / "credentials" / identity
-        return cls.from_credential_dir(folder, passphrase, timeout=timeout)
+        home = Path(home).expanduser()
+        unlocker = Unlocker(_passphrase(passphrase))
+        credential = ClientCredential.load(home / "credentials" / identity, unlocker)
+        # Beside the home, its config says where the API listens now (its port may have
+        # changed since the credential was issued).
+        try:
+            target = api_target(load_config(home).api_listen)
+        except ConfigError:
+            target = credential.target
+        return cls(dataclasses.replace(credential, target=target), timeout=timeout)
 
     def __enter__(self) -> LiaisonClient:
         return self

@@ -121,6 +121,13 @@ class NodeConfig:
         return "\n".join(lines) + "\n"
 
 
+def api_target(api_listen: str) -> str:
+    """The address a client dials for an API that listens on ``api_listen`` (loopback
+    when it listens on every address)."""
+    host, _, port = api_listen.rpartition(":")
+    return api_listen if host not in ("0.0.0.0", "::", "[::]") else f"127.0.0.1:{port}"  # noqa: S104
+
+
 def _quote(text: str) -> str:
     escaped = text.replace("\\", "\\\\").replace('"', '\\"')
     if any(ord(c) < 0x20 for c in escaped):

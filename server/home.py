@@ -65,7 +65,7 @@ from liaison.keys.sealed import (
     Unlocker,
 )
 from liaison.keys.storage import STORAGE_KEY_FILE, STORAGE_KEY_KIND, STORAGE_ROLE, StorageKey
-from liaison.server.config import CONFIG_FILE, ConfigError, NodeConfig, load_config
+from liaison.server.config import CONFIG_FILE, ConfigError, NodeConfig, api_target, load_config
 from liaison.server.store import users
 from liaison.server.store.audit import AuditKind, append
 from liaison.server.store.store import Store, sqlite_url
@@ -531,13 +531,6 @@ def _init_api(
         _api_key(API_CA, ca, "ECDSA P-256 key of the local API's certificate authority", now),
         _api_key(API_SERVER, server, "ECDSA P-256 TLS key of the local API", now),
     ]
-
-
-def api_target(api_listen: str) -> str:
-    """The address a client dials for an API that listens on ``api_listen`` (loopback
-    when it listens on every address)."""
-    host, _, port = api_listen.rpartition(":")
-    return api_listen if host not in ("0.0.0.0", "::", "[::]") else f"127.0.0.1:{port}"  # noqa: S104
 
 
 def _api_key(role: str, issued: IssuedCertificate, kind: str, now: dt.datetime) -> NewKey:

@@ -803,8 +803,6 @@ class Notices:
             raise NotFound(f"no message {message_id}")
         message, receipt = found
         notice = await asyncio.to_thread(self._open, message)
-        if opened_by is not None and notice is not None:
-            await self._opened(message, opened_by)
         if opened_by is not None and notice is not None and _unread(message):
             await self._first_read(message, opened_by)
             found = await asyncio.to_thread(self.store.message, message_id)
@@ -855,8 +853,9 @@ class Notices:
                 f"the stored notice {message.message_id} opens but does not parse"
             ) from None
 
-    async def _opened(self, message: Message, actor: str) -> None:
-        """Every time an identity is given a notice's body: who, when, which (audited)."""
+    async def opened(self, message: Message, actor: str) -> None:
+        """Record that ``actor`` is given a notice's body: who, when, which. The caller
+        awaits it before the body leaves (no body without its audit event)."""
         outbound = message.direction == Direction.OUTBOUND.value
         at = self.clock()
         await self.committer.submit(

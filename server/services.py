@@ -300,6 +300,8 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         if view.receipt is not None:
             signed = envelope_pb2.SignedReceipt.FromString(view.receipt.signed_receipt)
             detail.receipt.ParseFromString(signed.receipt)
+        if view.notice is not None:
+            await _answer(context, self._notices.opened(view.message, caller.name))
         return detail
 
     async def GetStatus(

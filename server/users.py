@@ -23,7 +23,8 @@ from liaison.keys.credentials import ClientCredential
 from liaison.keys.identity import load_private_key
 from liaison.keys.sealed import CREDENTIAL_LOG2_N, Unlocker
 from liaison.server.access import Role
-from liaison.server.home import API_CA, NodeHome, api_target
+from liaison.server.config import api_target
+from liaison.server.home import API_CA, NodeHome
 from liaison.server.store import users
 from liaison.server.store.store import Store
 

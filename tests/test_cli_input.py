@@ -11,8 +11,9 @@ import pytest
 from liaison.client import LiaisonClient
 from liaison.client.cli import main
 from liaison.server import home as home_module
-from liaison.server.config import ConfigError
+from liaison.server.config import CONFIG_FILE, ConfigError
 from tests.cli_homes import run_init
+from tests.conftest import RunningNode, free_port, make_home
 
 MESSAGE = "01a22659-f963-7031-83e4-fa878c5b384f"
 
@@ -93,3 +94,19 @@ def test_a_failed_init_leaves_nothing_behind(
     assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]
     monkeypatch.undo()
     assert run_init(capsys, existing, "MA.DGSN.CCPI")[0] == 0
+
+
+def test_a_changed_api_port_is_found_from_the_home(tmp_path: Path) -> None:
+    """The issue: after `listen.api` changed in config.toml, credentials/admin/target still
+    named the old port, and neither the CLI nor the library reached the node."""
+    home = make_home(tmp_path, "MA.DGSN.CCPI")
+    config = home.path / CONFIG_FILE
+    old = home.config().api_listen
+    new = f"127.0.0.1:{free_port()}"
+    config.write_text(config.read_text(encoding="utf-8").replace(old, new), encoding="utf-8")
+    node = RunningNode(home).start()
+    try:
+        with LiaisonClient.from_home(str(home.path)) as client:
+            assert client.list_page().messages == []
+    finally:
+        node.stop()
