@@ -104,6 +104,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         kdf_log2_n=args.kdf_cost,
         credential_log2_n=max(MIN_KDF_COST, args.kdf_cost - 1),
         mldsa65=args.mldsa65,
+        api_public=args.api_public,
+        api_names=tuple(args.api_name),
     )
     card = home.identity().card
     print(f"Initialised node {card.agency_id} in {home.path}")
@@ -957,6 +959,18 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     p.add_argument(
         "--api",
         help="HOST:PORT of the local API (default 127.0.0.1:7700, or a free port if that is taken)",
+    )
+    p.add_argument(
+        "--api-public",
+        action="store_true",
+        help="allow the local API on an address other than loopback (reachable beyond "
+        "this machine)",
+    )
+    p.add_argument(
+        "--api-name",
+        action="append",
+        default=[],
+        help="a host name clients dial the local API by (its certificate names it); repeat",
     )
     p.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite in the home)")
     p.add_argument(

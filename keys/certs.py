@@ -117,14 +117,20 @@ def local_certificate_authority(agency_id: str) -> IssuedCertificate:
     return IssuedCertificate(key, cert)
 
 
-def issue_api_server_certificate(ca: IssuedCertificate, host: str) -> IssuedCertificate:
-    """The local API listener's certificate, valid for ``host``, ``localhost`` and loopback."""
+def issue_api_server_certificate(
+    ca: IssuedCertificate, host: str, extra_names: tuple[str, ...] = ()
+) -> IssuedCertificate:
+    """The local API listener's certificate, valid for ``host`` (unless it is a wildcard
+    address), ``localhost``, loopback, and the host names clients dial (``extra_names``)."""
     names: list[x509.GeneralName] = [x509.DNSName("localhost")]
     try:
-        names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        address = ipaddress.ip_address(host.strip("[]"))
+        if not address.is_unspecified:
+            names.append(x509.IPAddress(address))
     except ValueError:
         if host != "localhost":
             names.append(x509.DNSName(host))
+    names += [x509.DNSName(name) for name in extra_names if name != "localhost"]
     names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
     return _issue(ca, "local API", names, ExtendedKeyUsageOID.SERVER_AUTH)
 

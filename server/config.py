@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -94,6 +95,8 @@ class NodeConfig:
     # Tell a peer when an operator first opens its notice (a READ acknowledgement). Some
     # agencies will not disclose reads: then READ stays local.
     disclose_reads: bool = True
+    # The local API on an address other than loopback is served only if said here.
+    api_public: bool = False
 
     def to_toml(self) -> str:
         lines = [
@@ -106,6 +109,8 @@ class NodeConfig:
             "[listen]",
             f"peer = {_quote(self.peer_listen)}",
             f"api = {_quote(self.api_listen)}",
+            "# The local API beyond this machine (an address other than loopback): say so.",
+            f"api_public = {'true' if self.api_public else 'false'}",
             "",
             "[database]",
             "# Empty: SQLite in the node's home.",
@@ -161,12 +166,35 @@ def load_config(home: Path) -> NodeConfig:
             database_url=_str(data.get("database", {}), "url", default=""),
             limits=_limits(data.get("limits", {})),
             disclose_reads=_bool(data.get("policy", {}), "disclose_reads", default=True),
+            api_public=_bool(listen, "api_public", default=False),
         )
     except KeyError as exc:
         raise ConfigError(f"{path}: missing setting {exc}") from exc
     if not is_agency_id(config.agency_id):
         raise ConfigError(f"{path}: invalid agency id {config.agency_id!r}")
+    check_api_listen(config.api_listen, public=config.api_public, setting=f"{path}: listen.api")
     return config
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_api_listen(api_listen: str, *, public: bool, setting: str) -> None:
+    """Refuse (``ConfigError``) a local API beyond this machine that nobody asked for."""
+    host = api_listen.rpartition(":")[0]
+    if not public and not is_loopback(host):
+        raise ConfigError(
+            f"{setting} {api_listen} is not a loopback address: the local API would be "
+            "reachable beyond this machine; if that is meant, say so (init --api-public, or "
+            "api_public = true under [listen])"
+        )
 
 
 def _str(table: dict[str, Any], key: str, default: str | None = None) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import os
+import re
 import shutil
 import socket
 import stat
@@ -65,7 +66,14 @@ from liaison.keys.sealed import (
     Unlocker,
 )
 from liaison.keys.storage import STORAGE_KEY_FILE, STORAGE_KEY_KIND, STORAGE_ROLE, StorageKey
-from liaison.server.config import CONFIG_FILE, ConfigError, NodeConfig, api_target, load_config
+from liaison.server.config import (
+    CONFIG_FILE,
+    ConfigError,
+    NodeConfig,
+    api_target,
+    check_api_listen,
+    load_config,
+)
 from liaison.server.store import users
 from liaison.server.store.audit import AuditKind, append
 from liaison.server.store.store import Store, sqlite_url
@@ -265,6 +273,8 @@ def init_home(
     kdf_log2_n: int = NODE_KEYS_LOG2_N,
     credential_log2_n: int = CREDENTIAL_LOG2_N,
     mldsa65: bool = False,
+    api_public: bool = False,
+    api_names: tuple[str, ...] = (),
 ) -> NodeHome:
     """Create a new node home with fresh keys, credentials and an empty database.
 
@@ -282,6 +292,10 @@ def init_home(
     _check_endpoint("--endpoint", endpoint)
     api_listen = api_listen or default_api_listen()
     _check_endpoint("--api", api_listen)
+    check_api_listen(api_listen, public=api_public, setting="--api")
+    for host in api_names:
+        if not _HOST_NAME.fullmatch(host):
+            raise ConfigError(f"--api-name {host!r} is not a host name")
     if peer_listen is not None:
         _check_endpoint("--listen", peer_listen)
     home = NodeHome.unlocked(path, passphrase)
@@ -316,6 +330,8 @@ def init_home(
             kdf_log2_n=kdf_log2_n,
             credential_log2_n=credential_log2_n,
             mldsa65=mldsa65,
+            api_public=api_public,
+            api_names=api_names,
         )
     except BaseException:
         _remove_partial_home(path, existed=existed)
@@ -377,13 +393,15 @@ def _create_home(
     kdf_log2_n: int,
     credential_log2_n: int,
     mldsa65: bool,
+    api_public: bool,
+    api_names: tuple[str, ...],
 ) -> None:
     path = home.path
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     # The home holds keys and notices: only its owner may enter, even if it existed.
     path.chmod(0o700)
     identity = generate_identity(agency_id, name, endpoint, mldsa65=mldsa65)
-    api_keys = _init_api(home, agency_id, api_listen, credential_log2_n)
+    api_keys = _init_api(home, agency_id, api_listen, credential_log2_n, api_names)
     assert home.unlocker is not None
     new_keys = [*identity_keys(identity), *api_keys, storage_key_entry(StorageKey.generate())]
     home.keys.create(
@@ -400,6 +418,7 @@ def _create_home(
         api_listen=api_listen,
         created_at=identity.created_at,
         database_url=database_url,
+        api_public=api_public,
     )
     write_private_file(path / CONFIG_FILE, config.to_toml().encode())
     if not database_url:
@@ -504,6 +523,11 @@ def default_api_listen() -> str:
     raise ConfigError("no free port on 127.0.0.1 for the local API; give one with --api")
 
 
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+
+
 def _check_endpoint(option: str, value: str) -> None:
     host, _, port = value.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -516,13 +540,17 @@ def _bind_all(endpoint: str) -> str:
 
 
 def _init_api(
-    home: NodeHome, agency_id: str, api_listen: str, credential_log2_n: int
+    home: NodeHome,
+    agency_id: str,
+    api_listen: str,
+    credential_log2_n: int,
+    api_names: tuple[str, ...] = (),
 ) -> list[NewKey]:
     """The local API's certificates and the admin credential; returns the keys to seal."""
     home.api_dir.mkdir(mode=0o700, parents=True)
     ca = local_certificate_authority(agency_id)
     host = api_listen.rpartition(":")[0] or "127.0.0.1"
-    server = issue_api_server_certificate(ca, host)
+    server = issue_api_server_certificate(ca, host, api_names)
     (home.api_dir / "ca.crt").write_bytes(ca.certificate_pem())
     (home.api_dir / "server.crt").write_bytes(server.certificate_pem())
     issue_client_credential(home, ADMIN, ca, api_target(api_listen), log2_n=credential_log2_n)

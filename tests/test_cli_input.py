@@ -7,12 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from liaison.client import LiaisonClient
 from liaison.client.cli import main
 from liaison.server import home as home_module
 from liaison.server.config import CONFIG_FILE, ConfigError
-from tests.cli_homes import run_init
+from tests.cli_homes import run, run_init
 from tests.conftest import RunningNode, free_port, make_home
 
 MESSAGE = "01a22659-f963-7031-83e4-fa878c5b384f"
@@ -110,3 +111,33 @@ def test_a_changed_api_port_is_found_from_the_home(tmp_path: Path) -> None:
             assert client.list_page().messages == []
     finally:
         node.stop()
+
+
+def test_the_local_api_stays_on_this_machine_unless_said_otherwise(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--api 0.0.0.0:…` is refused unless meant (--api-public), and then the API's
+    certificate names the host names clients dial; a config edited to a public address
+    without saying so stops the node with one line."""
+    port = free_port()
+    code, _, err = run_init(
+        capsys, tmp_path / "a", "MA.DGSN.CCPI", extra=("--api", f"0.0.0.0:{port}")
+    )
+    assert code == 2
+    assert "not a loopback address" in err
+    assert not (tmp_path / "a").exists()
+    extra = ("--api", f"0.0.0.0:{port}", "--api-public", "--api-name", "liaison.ccpi.example")
+    assert run_init(capsys, tmp_path / "b", "MA.DGSN.CCPI", extra=extra)[0] == 0
+    certificate = x509.load_pem_x509_certificate(
+        (tmp_path / "b" / "api" / "server.crt").read_bytes()
+    )
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "liaison.ccpi.example" in names.get_values_for_type(x509.DNSName)
+    home = make_home(tmp_path / "c", "MA.DGSN.CCPI")
+    config = home.path / CONFIG_FILE
+    text = config.read_text(encoding="utf-8").replace(home.config().api_listen, f"0.0.0.0:{port}")
+    config.write_text(text, encoding="utf-8")
+    code, _, err = run(capsys, "serve", "--home", str(home.path))
+    assert code == 2
+    assert "api_public = true" in err
+    assert err.count("\n") == 1
