@@ -421,7 +421,8 @@ def _translate(error: grpc.RpcError) -> ClientError:
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         # UNAVAILABLE is also the node's answer while its storage is unavailable.
         return NodeUnavailable(
-            f"the node's local API is unreachable or unavailable ({code.name}): {details}"
+            f"the node's local API is unreachable or unavailable ({code.name}): {details}; "
+            "is `liaison serve` running for this home?"
         )
     if code == grpc.StatusCode.INTERNAL:
         return ClientError(f"the node failed ({code.name}): {details}")

@@ -25,6 +25,7 @@ import asyncio
 import datetime as dt
 import difflib
 import hashlib
+import importlib.metadata
 import logging
 import mimetypes
 import re
@@ -914,6 +915,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # Parser ---------------------------------------------------------------------------
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("liaison-exchange")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
 class OneLineParser(argparse.ArgumentParser):
     """A usage error is one line on standard error and exit 2 (subcommands inherit it)."""
 
@@ -949,6 +957,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
         "6 not delivered, 7 an audit log or evidence does not verify, 8 refused for "
         "this identity.",
     )
+    parser.add_argument("--version", action="version", version=f"liaison {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("init", parents=[common], help="create a node home")

@@ -141,3 +141,10 @@ def test_the_local_api_stays_on_this_machine_unless_said_otherwise(
     assert code == 2
     assert "api_public = true" in err
     assert err.count("\n") == 1
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as ended:
+        main(["--version"])
+    assert ended.value.code == 0
+    assert capsys.readouterr().out.startswith("liaison ")
