@@ -26,6 +26,7 @@ import datetime as dt
 import difflib
 import hashlib
 import importlib.metadata
+import json
 import logging
 import mimetypes
 import re
@@ -925,6 +926,9 @@ def _version() -> str:
 class OneLineParser(argparse.ArgumentParser):
     """A usage error is one line on standard error and exit 2 (subcommands inherit it)."""
 
+    # With --json anywhere on the command line, a usage error is JSON too.
+    json_errors = False
+
     def error(self, message: str) -> NoReturn:
         choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
         if choice is not None:
@@ -933,6 +937,12 @@ class OneLineParser(argparse.ArgumentParser):
             message = f"{render.safe(choice[1])!r} is not one of {', '.join(offered)}"
             if close:
                 message += f"; did you mean {close[0]!r}?"
+        if OneLineParser.json_errors:
+            line = json.dumps(
+                {"error": f"{self.prog}: {message}", "exit_code": 2, "kind": "UsageError"},
+                ensure_ascii=True,
+            )
+            self.exit(2, line + "\n")
         self.exit(2, f"{self.prog}: {message} (see: {self.prog} --help)\n")
 
 
@@ -1237,20 +1247,32 @@ def _kdf_cost(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    OneLineParser.json_errors = "--json" in words
+    args = parser.parse_args(words)
     try:
         return int(args.run(args))
     except ClientError as error:
-        print(f"liaison: {error}", file=sys.stderr)
-        return error.exit_code
+        return _failed(args, str(error), error.exit_code, type(error).__name__)
     except (ConfigError, KeysError) as error:
-        print(f"liaison: {error}", file=sys.stderr)
-        return UsageError.exit_code
+        return _failed(args, str(error), UsageError.exit_code, type(error).__name__)
     except (ServerError, StoreError) as error:
-        print(f"liaison: {error}", file=sys.stderr)
-        return ClientError.exit_code
+        return _failed(args, str(error), ClientError.exit_code, type(error).__name__)
     except KeyboardInterrupt:
         return 130
+
+
+def _failed(args: argparse.Namespace, message: str, code: int, kind: str) -> int:
+    """One line on standard error: text, or with --json a JSON object with the code."""
+    if getattr(args, "json", False):
+        print(
+            json.dumps({"error": message, "exit_code": code, "kind": kind}, ensure_ascii=True),
+            file=sys.stderr,
+        )
+    else:
+        print(f"liaison: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ call takes a path as text or as a Path."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,20 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert ended.value.code == 0
     assert capsys.readouterr().out.startswith("liaison ")
+
+
+def test_with_json_an_error_is_json_with_its_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "peers", "list", "--home", str(tmp_path / "none"), "--json")
+    assert code == 2
+    assert out == ""
+    problem = json.loads(err)
+    assert problem["exit_code"] == 2
+    assert "not a node home" in problem["error"]
+    with pytest.raises(SystemExit) as ended:
+        main(["inbox", "--json", "--limit", "-1"])
+    assert ended.value.code == 2
+    usage = json.loads(capsys.readouterr().err)
+    assert usage["kind"] == "UsageError"
+    assert "between 0 and" in usage["error"]
