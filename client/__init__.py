@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from liaison.client.api import LiaisonClient, SendResult, state_name
+    from liaison.client.api import LiaisonClient, SendResult
     from liaison.client.errors import (
         ClientError,
         MessageNotFound,
@@ -22,11 +22,12 @@ if TYPE_CHECKING:
         Unavailable,
         UsageError,
     )
+    from liaison.client.render import state_name
 
 _HOMES = {
     "LiaisonClient": "liaison.client.api",
     "SendResult": "liaison.client.api",
-    "state_name": "liaison.client.api",
+    "state_name": "liaison.client.render",
     "ClientError": "liaison.client.errors",
     "MessageNotFound": "liaison.client.errors",
     "NodeUnavailable": "liaison.client.errors",

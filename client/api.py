@@ -23,6 +23,7 @@ from liaison.client.errors import (
     RequestRejected,
     ResourceExhausted,
 )
+from liaison.client.render import state_name
 from liaison.keys.credentials import API_SERVER_NAME, ClientCredential
 from liaison.keys.errors import KeyStoreError
 from liaison.keys.sealed import PASSPHRASE_VARIABLE, Passphrase, Unlocker
@@ -70,11 +71,6 @@ class RecipientResult:
     message_id: str
     state: str
     reason: str
-
-
-def state_name(state: node_pb2.MessageState.ValueType) -> str:
-    """``MESSAGE_STATE_DELIVERED`` -> ``delivered``."""
-    return node_pb2.MessageState.Name(state).removeprefix("MESSAGE_STATE_").lower()
 
 
 class LiaisonClient:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from liaison.client import render
-from liaison.client.api import LiaisonClient
 from liaison.client.passphrase import passphrase
-from liaison.server.home import NodeHome
+
+if TYPE_CHECKING:  # the CLI starts without gRPC or the server: they load when used
+    from liaison.client.api import LiaisonClient
+    from liaison.server.home import NodeHome
 
 DEFAULT_HOME = Path("~/.liaison")
 
@@ -26,12 +30,16 @@ def print_json(value: Any) -> None:
 
 def api_client(args: argparse.Namespace) -> LiaisonClient:
     """The local API, with the credential ``--identity`` (its key's passphrase asked)."""
+    from liaison.client.api import LiaisonClient  # noqa: PLC0415 - loaded when used
+
     secret = passphrase(args.passphrase_file, what="the credential's key")
     return LiaisonClient.from_home(home_path(args), identity=args.identity, passphrase=secret)
 
 
 def unlocked_home(args: argparse.Namespace) -> NodeHome:
     """The home, with the passphrase of its keys (asked for now, before any work)."""
+    from liaison.server.home import NodeHome  # noqa: PLC0415 - loaded when used
+
     secret = passphrase(args.passphrase_file, what="the node's keys")
     return NodeHome.unlocked(home_path(args), secret)
 
@@ -51,3 +59,14 @@ def count(low: int, high: int) -> Any:
 
     parse.__name__ = "number"
     return parse
+
+
+def lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """A command that imports its module only when it runs: ``liaison --help`` and the
+    parser load neither gRPC nor the server."""
+
+    def run(args: argparse.Namespace) -> int:
+        return int(getattr(importlib.import_module(module), name)(args))
+
+    run.__name__ = name
+    return run

@@ -18,9 +18,8 @@ from typing import Any, TextIO
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from liaison.client.api import state_name
+from liaison.keys.content_types import CARD_UPDATE_CONTENT_TYPE
 from liaison.keys.errors import reason_name
-from liaison.keys.rotation import CARD_UPDATE_CONTENT_TYPE
 from liaison.keys.text import control_characters
 from liaison.v1 import envelope_pb2, node_pb2, notice_pb2
 
@@ -54,6 +53,11 @@ def json_text(value: Any) -> str:
     text = json.dumps(value, indent=2, ensure_ascii=False)
     # Outside strings, JSON text holds only ASCII structure, spaces and line feeds.
     return control_characters(multiline=True).sub(lambda c: f"\\u{ord(c[0]):04x}", text)
+
+
+def state_name(state: node_pb2.MessageState.ValueType) -> str:
+    """``MESSAGE_STATE_DELIVERED`` -> ``delivered``."""
+    return node_pb2.MessageState.Name(state).removeprefix("MESSAGE_STATE_").lower()
 
 
 def enum_label(enum: Any, value: int, prefix: str) -> str:

@@ -24,6 +24,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from liaison.keys.card import PeerCard
+from liaison.keys.content_types import (
+    ACKNOWLEDGEMENT_CONTENT_TYPE,
+    CARD_UPDATE_CONTENT_TYPE,
+    CASE_NOTICE_CONTENT_TYPE,
+    REPLY_CONTENT_TYPE,
+)
 from liaison.keys.errors import CardError, EnvelopeRejected, ReceiptError
 from liaison.keys.identity import NodeIdentity
 from liaison.keys.ids import is_agency_id, is_message_id, new_message_id
@@ -36,14 +42,11 @@ from liaison.keys.labels import (
     signing_input,
 )
 from liaison.keys.notice import (
-    ACKNOWLEDGEMENT_CONTENT_TYPE,
-    CASE_NOTICE_CONTENT_TYPE,
-    REPLY_CONTENT_TYPE,
     acknowledgement_problems,
     notice_problems,
     reply_problems,
 )
-from liaison.keys.rotation import CARD_UPDATE_CONTENT_TYPE, verify_card_update
+from liaison.keys.rotation import verify_card_update
 from liaison.keys.times import (
     datetime_nanos,
     duration_nanos,

@@ -12,7 +12,6 @@ from liaison.keys.text import code_point, first_control_character
 from liaison.keys.times import is_valid_timestamp
 from liaison.v1 import notice_pb2
 
-CASE_NOTICE_CONTENT_TYPE = "application/vnd.liaison.case-notice.v1+proto"
 MAX_SUBJECT_LENGTH = 300
 MAX_CASE_REFERENCE_LENGTH = 100
 # Caps on repeated fields, checked before anything looks at the items: a 16 MiB
@@ -143,8 +142,6 @@ def _one_line_fields(notice: notice_pb2.CaseNotice) -> Iterator[tuple[str, str]]
 
 
 # Business acknowledgements and replies (docs/PROTOCOL.md sections 10.2 and 10.3).
-ACKNOWLEDGEMENT_CONTENT_TYPE = "application/vnd.liaison.acknowledgement.v1+proto"
-REPLY_CONTENT_TYPE = "application/vnd.liaison.reply.v1+proto"
 MAX_COMMENT_LENGTH = 2000
 
 

@@ -19,8 +19,6 @@ from liaison.keys.errors import CardError
 from liaison.keys.labels import CARD_UPDATE_LABEL, CARD_UPDATE_MLDSA65_CONTEXT, signing_input
 from liaison.v1 import envelope_pb2
 
-CARD_UPDATE_CONTENT_TYPE = "application/vnd.liaison.card-update.v1+proto"
-
 
 class CardUpdateError(CardError):
     """A card update that does not verify against the pinned card it claims to replace."""

@@ -19,6 +19,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.orm import Session
 
 from liaison.keys.card import PeerCard
+from liaison.keys.content_types import (
+    ACKNOWLEDGEMENT_CONTENT_TYPE,
+    CASE_NOTICE_CONTENT_TYPE,
+    REPLY_CONTENT_TYPE,
+)
 from liaison.keys.envelope import (
     ED25519_SIGNATURE_LENGTH,
     HPKE_SUITE_OVERHEAD,
@@ -27,9 +32,6 @@ from liaison.keys.envelope import (
 )
 from liaison.keys.ids import is_agency_id, is_message_id
 from liaison.keys.notice import (
-    ACKNOWLEDGEMENT_CONTENT_TYPE,
-    CASE_NOTICE_CONTENT_TYPE,
-    REPLY_CONTENT_TYPE,
     TLP_ORDER,
     acknowledgement_problems,
     notice_problems,

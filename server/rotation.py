@@ -23,6 +23,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
+from liaison.keys.content_types import CARD_UPDATE_CONTENT_TYPE
 from liaison.keys.envelope import seal_content
 from liaison.keys.keyring import (
     KeyRing,
@@ -33,7 +34,6 @@ from liaison.keys.keyring import (
     rotation,
 )
 from liaison.keys.keystore import KeyEntry
-from liaison.keys.rotation import CARD_UPDATE_CONTENT_TYPE
 from liaison.keys.storage import StorageKey
 from liaison.server.config import Limits
 from liaison.server.exchange import card_update_summary, sealed_record

@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import func, select
 
-from liaison.client import LiaisonClient, PermissionDenied
+from liaison.client import LiaisonClient, PermissionDenied, users_cli
 from liaison.client.cli import main
 from liaison.keys.certs import IssuedCertificate, issue_api_client_certificate
 from liaison.keys.credentials import ClientCredential
@@ -365,3 +365,7 @@ def test_the_library_and_the_cli_name_a_refusal(
     assert out == ""
     assert err.count("\n") == 1
     assert "needs the role" in err
+
+
+def test_the_cli_offers_the_roles_the_server_knows() -> None:
+    assert tuple(role.value for role in Role) == users_cli.ROLES

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from liaison.client.audit_cli import _cell
+from liaison.client.audit_commands import _cell
 from liaison.client.cli import main
 from liaison.keys.card import armor_card, dearmor_card, parse_card
 from liaison.keys.checkpoint import Checkpoint, origin_of, sign_checkpoint, verify_checkpoint

@@ -16,16 +16,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from liaison.keys.card import PeerCard, sign_card
+from liaison.keys.content_types import CARD_UPDATE_CONTENT_TYPE
 from liaison.keys.envelope import seal_content
 from liaison.keys.errors import KeyStoreError
 from liaison.keys.identity import NodeIdentity, generate_identity
 from liaison.keys.keyring import KeyRing, Retirement, StaleKeyRing, retirement_change, rotation
-from liaison.keys.rotation import (
-    CARD_UPDATE_CONTENT_TYPE,
-    CardUpdateError,
-    make_card_update,
-    verify_card_update,
-)
+from liaison.keys.rotation import CardUpdateError, make_card_update, verify_card_update
 from liaison.server.store.audit import AuditKind
 from liaison.server.store.store import Store
 from liaison.v1 import envelope_pb2

@@ -5,6 +5,8 @@ call takes a path as text or as a Path."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -166,3 +168,24 @@ def test_with_json_an_error_is_json_with_its_code(
     usage = json.loads(capsys.readouterr().err)
     assert usage["kind"] == "UsageError"
     assert "between 0 and" in usage["error"]
+
+
+def test_help_and_usage_errors_load_neither_grpc_nor_the_server() -> None:
+    """`liaison --help` took 1.6 to 3.2 s because it imported the server. What it imports
+    is checked here (its time is the benchmark's business, not a test's)."""
+    probe = (
+        "import sys\n"
+        "from liaison.client.cli import main\n"
+        "for argv in (['--help'], ['inbox', '--limit', '-1'], ['users', '--help']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = [m for m in ('grpc', 'sqlalchemy', 'alembic', 'liaison.server.node',\n"
+        "         'liaison.server.home', 'liaison.client.api') if m in sys.modules]\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert "HEAVY []" in done.stderr, done.stderr

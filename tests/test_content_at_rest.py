@@ -17,8 +17,8 @@ from alembic import command
 from alembic.config import Config
 
 from liaison.client.errors import ClientError
+from liaison.keys.content_types import CASE_NOTICE_CONTENT_TYPE
 from liaison.keys.keystore import NewKey, NodeKeys
-from liaison.keys.notice import CASE_NOTICE_CONTENT_TYPE
 from liaison.keys.storage import (
     STORAGE_ROLE,
     Row,

@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 from liaison.client.api import LiaisonClient
 from liaison.client.errors import NodeUnavailable
-from liaison.keys.notice import (
+from liaison.keys.content_types import (
     ACKNOWLEDGEMENT_CONTENT_TYPE,
     CASE_NOTICE_CONTENT_TYPE,
     REPLY_CONTENT_TYPE,

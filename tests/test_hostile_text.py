@@ -26,8 +26,9 @@ from liaison.client import render
 from liaison.client.cli import main
 from liaison.client.errors import RequestRejected
 from liaison.keys.card import armor_card, parse_card, sign_card
+from liaison.keys.content_types import CASE_NOTICE_CONTENT_TYPE
 from liaison.keys.ids import new_message_id
-from liaison.keys.notice import CASE_NOTICE_CONTENT_TYPE, notice_problems
+from liaison.keys.notice import notice_problems
 from liaison.keys.text import first_control_character
 from liaison.server.home import NodeHome
 from liaison.server.store import audit

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from liaison.client.errors import RequestRejected
+from liaison.keys.content_types import ACKNOWLEDGEMENT_CONTENT_TYPE, REPLY_CONTENT_TYPE
 from liaison.keys.envelope import seal_content
-from liaison.keys.notice import ACKNOWLEDGEMENT_CONTENT_TYPE, REPLY_CONTENT_TYPE
 from liaison.server.config import CONFIG_FILE
 from liaison.server.home import NodeHome
 from liaison.v1 import envelope_pb2, node_pb2, notice_pb2

@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
+from liaison.keys.content_types import CARD_UPDATE_CONTENT_TYPE, CASE_NOTICE_CONTENT_TYPE
 from liaison.keys.envelope import seal_notice
 from liaison.keys.keystore import DESTROYED, RETIRING, KeyChange, OpenedKeys
-from liaison.keys.notice import CASE_NOTICE_CONTENT_TYPE
-from liaison.keys.rotation import CARD_UPDATE_CONTENT_TYPE
 from liaison.keys.sealed import Passphrase
 from liaison.server.home import NodeHome
 from liaison.server.rotation import Rotated, rotate_keys

@@ -9,7 +9,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
-from liaison.keys.rotation import CARD_UPDATE_CONTENT_TYPE
+from liaison.keys.content_types import CARD_UPDATE_CONTENT_TYPE
 from liaison.server.store import audit, cards, lifecycle
 from liaison.server.store.audit import AuditKind
 from liaison.server.store.models import (

@@ -34,11 +34,11 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa, mlkem
 
 from liaison.keys import labels
 from liaison.keys.certs import IssuedCertificate
+from liaison.keys.content_types import ACKNOWLEDGEMENT_CONTENT_TYPE, CARD_UPDATE_CONTENT_TYPE
 from liaison.keys.envelope import issue_receipt
 from liaison.keys.identity import NodeIdentity
 from liaison.keys.ids import mldsa65_key_id
-from liaison.keys.notice import ACKNOWLEDGEMENT_CONTENT_TYPE
-from liaison.keys.rotation import CARD_UPDATE_CONTENT_TYPE, make_card_update
+from liaison.keys.rotation import make_card_update
 from liaison.v1 import envelope_pb2, notice_pb2
 from tests.forge import Forge, assemble
 from tests.notices import complete, sample_notice
