@@ -389,6 +389,13 @@ def _notice_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source-reliability", help=f"one of {', '.join(RELIABILITY)} (default x)")
     p.add_argument("--information", help=f"one of {', '.join(ASSESSMENT)} (default 4)")
     p.add_argument("--reference", action="append", default=[], help="earlier message id")
+    p.add_argument(
+        "--reader",
+        action="append",
+        default=[],
+        help="TLP:RED: an identity at the receiving node who may read it (at least one; "
+        "repeat)",
+    )
     p.add_argument("--attach", action="append", default=[], help="file to attach")
     p.add_argument("--unit", help="originating unit")
     p.add_argument("--officer", help="originating officer")

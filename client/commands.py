@@ -546,6 +546,7 @@ def build_notice(args: argparse.Namespace, *, reply: bool = False) -> notice_pb2
         subject=text("subject", "subject"),
         body=_read_text(args.body_file) if args.body_file else text("body_file", "body"),
         references=[*given.references, *args.reference],
+        readers=args.reader,
         originator=notice_pb2.Originator(
             unit=text("unit", "unit", ""), officer=text("officer", "officer", "")
         ),

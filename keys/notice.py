@@ -4,6 +4,7 @@ by the receiver after opening."""
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +22,27 @@ MAX_SUBJECTS = 200
 MAX_ATTACHMENTS = 100
 MAX_IDENTIFIERS = 50
 MAX_NATIONALITIES = 10
+
+
+# A local API identity's name (server/users.py issues only such names).
+IDENTITY_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+MAX_READERS = 32
+
+
+def _reader_problems(notice: notice_pb2.CaseNotice) -> list[str]:
+    """TLP:RED names its readers (at least one); no other handling names any."""
+    problems = []
+    red = notice.handling == notice_pb2.TLP_RED
+    if red and not notice.readers:
+        problems.append("a TLP:RED notice names at least one reader")
+    if notice.readers and not red:
+        problems.append("only a TLP:RED notice names readers")
+    for index, reader in enumerate(notice.readers, 1):
+        if not IDENTITY_NAME.fullmatch(reader):
+            problems.append(f"reader {index} is not an identity name")
+    if notice.sent_by and not IDENTITY_NAME.fullmatch(notice.sent_by):
+        problems.append("sent_by is not an identity name")
+    return problems
 
 
 def notice_problems(notice: notice_pb2.CaseNotice) -> list[str]:
@@ -59,6 +81,7 @@ def notice_problems(notice: notice_pb2.CaseNotice) -> list[str]:
     for index, reference in enumerate(notice.references, 1):
         if not is_message_id(reference):
             problems.append(f"reference {index} is not a message id")
+    problems += _reader_problems(notice)
     for index, attachment in enumerate(notice.attachments, 1):
         if not attachment.name:
             problems.append(f"attachment {index} has no name")
@@ -80,6 +103,7 @@ def _count_problems(notice: notice_pb2.CaseNotice) -> list[str]:
         ("references", len(notice.references), MAX_REFERENCES),
         ("subjects", len(notice.subjects), MAX_SUBJECTS),
         ("attachments", len(notice.attachments), MAX_ATTACHMENTS),
+        ("readers", len(notice.readers), MAX_READERS),
     ]
     for index, subject in enumerate(notice.subjects, 1):
         counts.append((f"subject {index} identifiers", len(subject.identifiers), MAX_IDENTIFIERS))

@@ -15,6 +15,11 @@ class NotFound(ServerError):
     """The request names a message this node does not hold."""
 
 
+class Withheld(ServerError):
+    """The caller's identity may not have what it asked for (a TLP:RED body it is not a
+    reader of); the refusal is audited."""
+
+
 def one_line(error: BaseException) -> str:
     """An exception as one log line: its class and the first line of its message
     (a database error's message goes on with the SQL statement)."""

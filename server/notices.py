@@ -50,7 +50,7 @@ from liaison.keys.times import is_valid_timestamp
 from liaison.server.committer import GroupCommitter
 from liaison.server.config import Limits
 from liaison.server.delivery import Delivery
-from liaison.server.errors import NotFound, RequestError
+from liaison.server.errors import NotFound, RequestError, Withheld
 from liaison.server.exchange import Clock, acknowledgement_summary, sealed_record, utc_now
 from liaison.server.feed import AuditFeed
 from liaison.server.own_keys import OwnKeys
@@ -187,7 +187,7 @@ class Notices:
         cards = [await self._recipient(name) for name in recipients]
         own = self.keys.current.agency_id
         now = self.clock()
-        notice = _complete(notice, own, now)
+        notice = _complete(notice, own, now, sent_by=actor)
         if notice.originator.agency_id != own:
             raise RequestError("the originator must be this node's agency")
         problems = notice_problems(notice)
@@ -392,7 +392,7 @@ class Notices:
             raise RequestError("the message answered has no notice to answer (destroyed?)")
         now = self.clock()
         own = self.keys.current.agency_id
-        notice = _complete(_carried_over(notice, answered), own, now)
+        notice = _complete(_carried_over(notice, answered), own, now, sent_by=actor)
         if _looser(notice.handling, answered.handling):
             raise RequestError(
                 "a reply may keep or tighten the handling of the message it answers, "
@@ -805,6 +805,8 @@ class Notices:
             raise NotFound(f"no message {message_id}")
         message, receipt = found
         notice = await asyncio.to_thread(self._open, message)
+        if opened_by is not None and notice is not None:
+            await self._check_red(message, notice, opened_by)
         if opened_by is not None and notice is not None and _unread(message):
             await self._first_read(message, opened_by)
             found = await asyncio.to_thread(self.store.message, message_id)
@@ -854,6 +856,34 @@ class Notices:
             raise StoredContentError(
                 f"the stored notice {message.message_id} opens but does not parse"
             ) from None
+
+    async def _check_red(
+        self, message: Message, notice: notice_pb2.CaseNotice, caller: str
+    ) -> None:
+        """A TLP:RED body goes only to a reader the notice names (received) or to the
+        identity that sent it (sent); anyone else is refused, and that is audited."""
+        if notice.handling != notice_pb2.TLP_RED:
+            return
+        inbound = message.direction == Direction.INBOUND.value
+        if (caller in notice.readers) if inbound else (caller == notice.sent_by):
+            return
+        at = self.clock()
+        await self.committer.submit(
+            lambda session: audit.append(
+                session,
+                AuditKind.ACCESS_DENIED,
+                at=at,
+                actor=caller,
+                message_id=message.message_id,
+                peer=message.sender if inbound else message.recipient,
+                detail="TLP:RED body withheld: "
+                + ("not a reader it names" if inbound else "not the identity that sent it"),
+            )
+        )
+        raise Withheld(
+            f"message {message.message_id} is TLP:RED and {caller} is not "
+            + ("one of the readers it names" if inbound else "the identity that sent it")
+        )
 
     async def opened(self, message: Message, actor: str) -> None:
         """Record that ``actor`` is given a notice's body: who, when, which. The caller
@@ -975,6 +1005,9 @@ def _carried_over(
         reply.subject = (subject if subject.startswith("Re: ") else f"Re: {subject}")[:MAX_SUBJECT]
     if not reply.HasField("evaluation"):
         reply.evaluation.CopyFrom(answered.evaluation)
+    if reply.handling == notice_pb2.TLP_RED and not reply.readers and answered.sent_by:
+        # Back to whoever sent what is answered: the one identity there who may read it.
+        reply.readers.append(answered.sent_by)
     return reply
 
 
@@ -1057,11 +1090,13 @@ def _varint_size(value: int) -> int:
 
 
 def _complete(
-    notice: notice_pb2.CaseNotice, agency_id: str, now: dt.datetime
+    notice: notice_pb2.CaseNotice, agency_id: str, now: dt.datetime, *, sent_by: str
 ) -> notice_pb2.CaseNotice:
-    """A copy with the originator agency and creation time filled in where unset."""
+    """A copy with the originator agency and creation time filled in where unset, and
+    stamped with the identity that sends it (whatever the caller wrote there)."""
     completed = notice_pb2.CaseNotice()
     completed.CopyFrom(notice)
+    completed.sent_by = sent_by
     if not completed.originator.agency_id:
         completed.originator.agency_id = agency_id
     if not completed.HasField("created_at"):

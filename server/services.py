@@ -17,13 +17,13 @@ from liaison.keys.certs import pem_to_der
 from liaison.keys.storage import StoredContentError
 from liaison.server.access import AccessControl, sees_content
 from liaison.server.checkpoints import Checkpointer, ProofDenied, Witness
-from liaison.server.errors import NotFound, RequestError
+from liaison.server.errors import NotFound, RequestError, Withheld
 from liaison.server.exchange import Receiver
 from liaison.server.gate import Limit, PeerGate, Refused
 from liaison.server.notices import Notices, RecipientOutcome, SendOutcome
 from liaison.server.store.models import AuditEvent, Direction, MessageState
 from liaison.server.store.records import MessageSummaryRow
-from liaison.v1 import envelope_pb2, node_pb2, node_pb2_grpc, peer_pb2
+from liaison.v1 import envelope_pb2, node_pb2, node_pb2_grpc, notice_pb2, peer_pb2
 
 _STATES = {
     state: node_pb2.MessageState.Value(f"MESSAGE_STATE_{state.name}") for state in MessageState
@@ -349,6 +349,8 @@ async def _answer(context: Context, work: Awaitable[T]) -> T:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
     except NotFound as error:
         await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+    except Withheld as error:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(error))
     except StoredContentError as error:
         await context.abort(grpc.StatusCode.DATA_LOSS, str(error))
     raise AssertionError("abort raises")  # for the type checker
@@ -371,7 +373,8 @@ def _summary(row: MessageSummaryRow, content: bool = True) -> node_pb2.MessageSu
         priority=row.priority,  # type: ignore[arg-type]
         handling=row.handling,  # type: ignore[arg-type]
         case_reference=row.case_reference,
-        subject=row.subject if content else "",
+        # TLP:RED subjects stay out of every listing: the body is for its readers alone.
+        subject=row.subject if content and row.handling != notice_pb2.TLP_RED else "",
         created_at=_timestamp(row.created_at),
         updated_at=_timestamp(row.updated_at),
         content_type=row.content_type,

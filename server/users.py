@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from liaison.keys.certs import IssuedCertificate, certificate_sha256, issue_api_client_certificate
 from liaison.keys.credentials import ClientCredential
 from liaison.keys.identity import load_private_key
+from liaison.keys.notice import IDENTITY_NAME
 from liaison.keys.sealed import CREDENTIAL_LOG2_N, Unlocker
 from liaison.server.access import Role
 from liaison.server.config import api_target
@@ -28,7 +29,6 @@ from liaison.server.home import API_CA, NodeHome
 from liaison.server.store import users
 from liaison.server.store.store import Store
 
-NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 DEFAULT_DAYS = 365
 MAX_DAYS = 5 * 365
 
@@ -60,7 +60,7 @@ def expiry(text: str | None, now: dt.datetime) -> dt.datetime:
 
 
 def check_name(name: str) -> None:
-    if not NAME.fullmatch(name):
+    if not IDENTITY_NAME.fullmatch(name):
         raise UsersError(
             f"invalid user name {name!r}: lower-case letters, digits, '.', '_' and '-', "
             "starting with a letter or digit, at most 64 characters"

@@ -52,6 +52,7 @@ def inbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Inbox]:
                     notice.priority = notice_pb2.PRIORITY_FLASH
                 if number == 3:
                     notice.handling = notice_pb2.TLP_RED
+                    notice.readers.append("admin")
                     notice.subject = "Recruiter moving to Tanger tonight"
                     notice.category = notice_pb2.CATEGORY_VIOLENT_EXTREMISM
                 result = client.send_notice(B_ID, notice, wait_seconds=60)

@@ -408,6 +408,8 @@ class CaseNotice(_message.Message):
     REFERENCES_FIELD_NUMBER: _builtins.int
     ORIGINATOR_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    READERS_FIELD_NUMBER: _builtins.int
+    SENT_BY_FIELD_NUMBER: _builtins.int
     case_reference: _builtins.str
     category: Global___Category.ValueType
     priority: Global___Priority.ValueType
@@ -415,6 +417,10 @@ class CaseNotice(_message.Message):
     subject: _builtins.str
     """One-line subject of the notice (the title)."""
     body: _builtins.str
+    sent_by: _builtins.str
+    """The identity of the sending node that sent it, stamped by that node: the only one
+    there who may read back a TLP:RED notice, and the reader a reply to it names.
+    """
     @_builtins.property
     def evaluation(self) -> Global___Evaluation: ...
     @_builtins.property
@@ -431,6 +437,13 @@ class CaseNotice(_message.Message):
     def originator(self) -> Global___Originator: ...
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def readers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """TLP:RED only, and then at least one: the identities (local API user names, e.g.
+        "amrani") of the receiving node who may read the body. Nobody else there may, not
+        even an admin. See docs/PROTOCOL.md section 10.1.
+        """
+
     def __init__(
         self,
         *,
@@ -446,10 +459,12 @@ class CaseNotice(_message.Message):
         references: _abc.Iterable[_builtins.str] | None = ...,
         originator: Global___Originator | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        readers: _abc.Iterable[_builtins.str] | None = ...,
+        sent_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "evaluation", b"evaluation", "originator", b"originator"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments", "body", b"body", "case_reference", b"case_reference", "category", b"category", "created_at", b"created_at", "evaluation", b"evaluation", "handling", b"handling", "originator", b"originator", "priority", b"priority", "references", b"references", "subject", b"subject", "subjects", b"subjects"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments", "body", b"body", "case_reference", b"case_reference", "category", b"category", "created_at", b"created_at", "evaluation", b"evaluation", "handling", b"handling", "originator", b"originator", "priority", b"priority", "readers", b"readers", "references", b"references", "sent_by", b"sent_by", "subject", b"subject", "subjects", b"subjects"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
