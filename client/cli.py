@@ -393,8 +393,7 @@ def _notice_options(p: argparse.ArgumentParser) -> None:
         "--reader",
         action="append",
         default=[],
-        help="TLP:RED: an identity at the receiving node who may read it (at least one; "
-        "repeat)",
+        help="TLP:RED: an identity at the receiving node who may read it (at least one; repeat)",
     )
     p.add_argument("--attach", action="append", default=[], help="file to attach")
     p.add_argument("--unit", help="originating unit")
