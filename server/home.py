@@ -25,7 +25,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
@@ -318,6 +318,13 @@ def init_home(
     if database_url:
         check_database_url(database_url)
     existed = path.exists()
+    if existed and not path.is_dir():
+        raise ConfigError(f"{path} is a file, not a folder")
+    if not existed:
+        try:
+            path.mkdir(mode=0o700, parents=True)
+        except FileExistsError:  # another init made it a moment ago: it is not ours
+            raise ConfigError(f"{path} appeared while init ran; nothing was changed") from None
     try:
         _create_home(
             home,
@@ -341,22 +348,30 @@ def init_home(
 
 def check_database_url(url: str) -> None:
     """Refuse (``ConfigError``) a database URL that is malformed, of another kind than
-    SQLite or PostgreSQL, whose driver is not installed, or that does not connect."""
+    SQLite or PostgreSQL (or of an asynchronous driver), in memory, whose driver is not
+    installed, that does not connect, or whose database holds a node's tables already.
+    A SQLite file that does not exist yet is not created here."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         raise ConfigError("--database-url is not a database URL") from None
-    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
-        raise ConfigError(
-            f"--database-url: {parsed.get_backend_name()} is not supported (SQLite or PostgreSQL)"
-        )
+    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigError(f"--database-url: {backend} is not supported (SQLite or PostgreSQL)")
+    if "async" in driver:
+        raise ConfigError(f"--database-url: the driver {driver} is asynchronous; use psycopg")
+    if backend == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            raise ConfigError("--database-url: an in-memory database would not outlive init")
+        if not Path(parsed.database).exists():
+            return
     try:
         engine = create_engine(parsed)
     except ImportError as error:
         raise ConfigError(f"--database-url: its driver is not installed ({error.name})") from None
     try:
-        with engine.connect():
-            pass
+        with engine.connect() as connection:
+            taken = inspect(connection).has_table("alembic_version")
     except SQLAlchemyError as error:
         first = str(error.orig if hasattr(error, "orig") else error).strip().splitlines()
         raise ConfigError(
@@ -364,6 +379,10 @@ def check_database_url(url: str) -> None:
         ) from None
     finally:
         engine.dispose()
+    if taken:
+        raise ConfigError(
+            "--database-url: that database holds a node's tables already; give an empty one"
+        )
 
 
 def _remove_partial_home(path: Path, *, existed: bool) -> None:
@@ -450,17 +469,20 @@ def _create_home(
 
 
 def register_admin(home: NodeHome, store: Store, *, now: dt.datetime) -> bool:
-    """Register the home's ``admin`` credential if no credential is registered yet (a new
-    home, or one made before named identities). True if it did."""
+    """Register the home's ``admin`` credential (a new home, or one made before named
+    identities) unless an ``admin`` identity exists already (registered, rotated or
+    revoked: a revoked admin is not brought back) or the home holds no admin credential
+    any more. True if it registered it."""
+    path = home.credential_dir(ADMIN) / "client.crt"
+    if not path.is_file():
+        return False
     with store.read() as session:
-        if users.registered(session):
+        if users.exists(session, ADMIN):
             return False
-    certificate = x509.load_pem_x509_certificate(
-        (home.credential_dir(ADMIN) / "client.crt").read_bytes()
-    )
+    certificate = x509.load_pem_x509_certificate(path.read_bytes())
     fingerprint = certificate_sha256(certificate.public_bytes(serialization.Encoding.DER))
     with store.write() as session:
-        if users.registered(session):
+        if users.exists(session, ADMIN):
             return False
         users.add(
             session,

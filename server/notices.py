@@ -7,6 +7,7 @@ import builtins
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import logging
 import re
@@ -306,6 +307,10 @@ class Notices:
             earlier = await self._earlier(actor, idempotency_key, request_sha256)
             if earlier is not None:
                 return await self._outcome(earlier, 0)
+        # A RED notice is acknowledged only by a reader it names.
+        answered = await asyncio.to_thread(self._open, original)
+        if answered is not None:
+            await self._check_red(original, answered, actor)
         state = lifecycle.ACK_STATES[status]
         if lifecycle.INBOUND_RANK[state.value] <= lifecycle.INBOUND_RANK.get(original.state, 0):
             raise RequestError(
@@ -390,6 +395,8 @@ class Notices:
         answered = await asyncio.to_thread(self._open, original)
         if answered is None:
             raise RequestError("the message answered has no notice to answer (destroyed?)")
+        # A RED notice is answered only by a reader it names: a reply carries its subject.
+        await self._check_red(original, answered, actor)
         now = self.clock()
         own = self.keys.current.agency_id
         notice = _complete(_carried_over(notice, answered), own, now, sent_by=actor)
@@ -682,7 +689,7 @@ class Notices:
             self.delivery.unwatch(message_id, settled)
         return view
 
-    async def list(self, request: node_pb2.ListMessagesRequest) -> Page:
+    async def list(self, request: node_pb2.ListMessagesRequest, *, subjects: bool = True) -> Page:
         """One page of message summaries matching ``request``'s filters.
 
         Flash and urgent first, then the newest (or by time only, ``newest_first``).
@@ -692,7 +699,14 @@ class Notices:
         filter that is malformed or over its limit.
         """
         query, cursor, limit, case_reference, text = self._query(request)
-        return await asyncio.to_thread(self._page, query, cursor, limit, case_reference, text)
+        return await asyncio.to_thread(
+            functools.partial(self._page, subjects=subjects),
+            query,
+            cursor,
+            limit,
+            case_reference,
+            text,
+        )
 
     def _query(
         self, request: node_pb2.ListMessagesRequest
@@ -752,8 +766,14 @@ class Notices:
         limit: int,
         case_reference: str,
         text: str,
+        *,
+        subjects: bool = True,
     ) -> Page:
-        """Scan in batches until ``limit`` rows match (and one more shows that more do)."""
+        """Scan in batches until ``limit`` rows match (and one more shows that more do).
+
+        Without ``subjects`` (a caller who may not see them) the text matches case
+        references only; a TLP:RED subject is never matched: a yes or no on a substring,
+        asked often enough, would spell out what the listing hides."""
         found: builtins.list[MessageSummaryRow] = []
         scanned = 0
         batch = limit + 1 if not (case_reference or text) else max(4 * limit, 200)
@@ -761,7 +781,7 @@ class Notices:
             rows = self.store.page(query, cursor, batch)
             for row in rows:
                 opened = self._opened_summary(row)
-                if _matches(opened, case_reference, text):
+                if _matches(opened, case_reference, text, subjects=subjects):
                     if len(found) == limit:
                         return Page(found, _cursor_text(found[-1]))
                     found.append(opened)
@@ -1040,11 +1060,14 @@ def _parse_cursor(text: str) -> ListCursor:
     return ListCursor(int(match[1]), int(match[2]))
 
 
-def _matches(row: MessageSummaryRow, case_reference: str, text: str) -> bool:
+def _matches(
+    row: MessageSummaryRow, case_reference: str, text: str, *, subjects: bool = True
+) -> bool:
     """The sealed-field filters, on a row whose summary is opened."""
     if case_reference and row.case_reference != case_reference:
         return False
-    return not text or text in row.subject.casefold() or text in row.case_reference.casefold()
+    in_subject = subjects and row.handling != notice_pb2.TLP_RED and text in row.subject.casefold()
+    return not text or in_subject or text in row.case_reference.casefold()
 
 
 IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,64}")

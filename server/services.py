@@ -239,6 +239,8 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         events = self._notices.watch(request.after, list(request.events))
         try:
             async for event in events:
+                # A stream lasts; the credential may not: revoked or expired, it ends here.
+                await self._access.require(context, "Watch")
                 yield node_pb2.WatchEvent(
                     seq=event.seq,
                     at=_timestamp(event.at),
@@ -279,7 +281,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         self, request: node_pb2.ListMessagesRequest, context: Context
     ) -> node_pb2.ListMessagesResponse:
         caller = await self._access.require(context, "ListMessages")
-        page = await _answer(context, self._notices.list(request))
+        page = await _answer(context, self._notices.list(request, subjects=sees_content(caller)))
         shown = sees_content(caller)
         return node_pb2.ListMessagesResponse(
             messages=[_summary(row, shown) for row in page.rows], next_cursor=page.next_cursor

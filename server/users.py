@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,9 +102,10 @@ def add_user(
                 now=now,
             )
     except users.UserError as error:
-        shutil.rmtree(staged)
+        shutil.rmtree(staged.parent)
         raise UsersError(str(error)) from None
     staged.rename(folder)
+    staged.parent.rmdir()
     return Issued(name, role, folder, issued, expires_at)
 
 
@@ -134,7 +136,7 @@ def rotate_user(
             )
             role = next(u.role for u in users.listed(session) if u.name == name)
     except users.UserError as error:
-        shutil.rmtree(staged)
+        shutil.rmtree(staged.parent)
         raise UsersError(str(error)) from None
     folder = home.credential_dir(name)
     if folder.exists():
@@ -145,6 +147,7 @@ def rotate_user(
         shutil.rmtree(old)
     else:
         staged.rename(folder)
+    staged.parent.rmdir()
     return Issued(name, role, folder, issued, expires_at)
 
 
@@ -170,8 +173,8 @@ def _stage(
     ca = IssuedCertificate(ca_key, x509.load_pem_x509_certificate(ca_pem))
     issued = issue_api_client_certificate(ca, name, expires_at)
     (home.path / "credentials").mkdir(mode=0o700, exist_ok=True)
-    staged = home.credential_dir(name).with_name(f".{name}.new")
-    shutil.rmtree(staged, ignore_errors=True)
+    # A folder of its own: two `users add` at once never share (or delete) a staging place.
+    staged = Path(tempfile.mkdtemp(dir=home.path / "credentials", prefix=f".{name}.")) / name
     ClientCredential(
         ca_certificate=ca_pem,
         certificate=issued.certificate_pem(),

@@ -369,3 +369,41 @@ def test_the_library_and_the_cli_name_a_refusal(
 
 def test_the_cli_offers_the_roles_the_server_knows() -> None:
     assert tuple(role.value for role in Role) == users_cli.ROLES
+
+
+def test_an_auditor_cannot_search_subjects(node: Node) -> None:
+    """A yes or no on a substring, asked often enough, spells out a hidden subject."""
+    word = sample_notice().subject.split()[0].lower()
+    channel, stub = node.stub("inspector")
+    try:
+        page = stub.ListMessages(node_pb2.ListMessagesRequest(text=word), timeout=30)
+    finally:
+        channel.close()
+    assert list(page.messages) == []
+    channel, stub = node.stub("ops")
+    try:
+        page = stub.ListMessages(node_pb2.ListMessagesRequest(text=word), timeout=30)
+    finally:
+        channel.close()
+    assert any(m.message_id == node.received for m in page.messages)
+
+
+def test_a_revoked_identity_loses_its_open_watch_stream(
+    node: Node, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = ("--home", str(node.home.path))
+    secret = ("--new-passphrase-file", str(node.secret_file))
+    assert run(capsys, "users", "add", "watcher", "--role", "system", *home, *secret)[0] == 0
+    channel, stub = node.stub("watcher")
+    try:
+        last = node.b.node.store.last_audit_seq()
+        stream = stub.Watch(node_pb2.WatchRequest(after=last), timeout=60)
+        assert run(capsys, "users", "revoke", "watcher", "--reason", "moved", *home)[0] == 0
+        with node.a.client() as client:
+            client.send_notice(B_ID, sample_notice("AFTER-REVOKE"), wait_seconds=60)
+        with pytest.raises(grpc.RpcError) as ended:
+            next(iter(stream))
+    finally:
+        channel.close()
+    assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "revoked" in (ended.value.details() or "")

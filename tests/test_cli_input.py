@@ -4,7 +4,9 @@ call takes a path as text or as a Path."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,8 @@ from liaison.client import LiaisonClient
 from liaison.client.cli import main
 from liaison.server import home as home_module
 from liaison.server.config import CONFIG_FILE, ConfigError
+from liaison.server.store import users
+from liaison.server.store.store import Store
 from tests.cli_homes import run, run_init
 from tests.conftest import RunningNode, free_port, make_home
 
@@ -189,3 +193,74 @@ def test_help_and_usage_errors_load_neither_grpc_nor_the_server() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
     )
     assert "HEAVY []" in done.stderr, done.stderr
+
+
+def test_an_older_home_keeps_its_admin_when_a_user_came_first(tmp_path: Path) -> None:
+    """The review's finding: on a home made before named identities, a `users add` before
+    the first start left admin unregistered, and locked out."""
+    home = make_home(tmp_path, "MA.DGSN.CCPI")
+    with sqlite3.connect(home.path / "node.db") as db:  # as before identities existed
+        db.execute("DELETE FROM api_certificates")
+        db.execute("DELETE FROM api_users")
+    store = Store(home.database_url())
+    try:
+        with store.write() as session:
+            users.add(
+                session,
+                name="alice",
+                role="operator",
+                certificate_sha256="0" * 64,
+                expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(days=1),
+                actor="admin",
+                now=dt.datetime.now(dt.UTC),
+            )
+    finally:
+        store.close()
+    node = RunningNode(home).start()
+    try:
+        with LiaisonClient.from_home(home.path) as client:
+            assert client.list_page().messages == []
+    finally:
+        node.stop()
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("sqlite://", "in-memory"),
+        ("postgresql://u:secret@h:abc/db", "not a database URL"),
+        ("postgresql+asyncpg://u@h/db", "asynchronous"),
+    ],
+)
+def test_init_refuses_a_database_it_cannot_keep(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str, problem: str
+) -> None:
+    code, _, err = run_init(
+        capsys, tmp_path / "home", "MA.DGSN.CCPI", extra=("--database-url", url)
+    )
+    assert code == 2
+    assert problem in err
+    assert "secret" not in err
+    assert not (tmp_path / "home").exists()
+
+
+def test_init_refuses_a_database_that_holds_a_node(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = make_home(tmp_path, "MA.DGSN.CCPI")
+    url = f"sqlite:///{first.path / 'node.db'}"
+    code, _, err = run_init(
+        capsys, tmp_path / "second", "DE.BPOL.LO-RABAT", extra=("--database-url", url)
+    )
+    assert code == 2
+    assert "holds a node's tables" in err
+    assert not (tmp_path / "second").exists()
+
+
+def test_init_on_a_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "a-file"
+    target.write_text("mine", encoding="utf-8")
+    code, _, err = run_init(capsys, target, "MA.DGSN.CCPI")
+    assert code == 2
+    assert "is a file, not a folder" in err
+    assert target.read_text(encoding="utf-8") == "mine"

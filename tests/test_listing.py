@@ -87,8 +87,12 @@ def test_filters(inbox: Inbox) -> None:
         assert [m.message_id for m in red] == [inbox.red]
         by_case = client.list_messages(INBOUND, case_reference="CCPI-003")
         assert [m.message_id for m in by_case] == [inbox.red]
-        found = client.list_messages(INBOUND, text="tanger TONIGHT")
+        # Text is matched in case references, and in subjects except a TLP:RED one.
+        found = client.list_messages(INBOUND, text="ccpi-003")
         assert [m.message_id for m in found] == [inbox.red]
+        assert client.list_messages(INBOUND, text="tanger TONIGHT") == []
+        routine = client.list_messages(INBOUND, text="ROUTINE report 7", limit=COUNT)
+        assert [m.subject for m in routine] == ["Routine report 7"]
         extremism = client.list_messages(INBOUND, category=notice_pb2.CATEGORY_VIOLENT_EXTREMISM)
         assert [m.message_id for m in extremism] == [inbox.red]
         flash = client.list_messages(INBOUND, priority=notice_pb2.PRIORITY_FLASH)
@@ -135,7 +139,7 @@ def test_the_cli_pages_filters_and_searches(
     code, out, err = run(capsys, "inbox", "--limit", "5", "--cursor", cursor, *home)
     assert code == 0
     assert len(out.splitlines()) == 5
-    code, out, err = run(capsys, "search", "tonight", *home)
+    code, out, err = run(capsys, "search", "CCPI-003", *home)
     assert (code, err) == (0, "")
     assert inbox.red in out
     assert "TLP:RED" in out

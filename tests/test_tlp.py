@@ -199,9 +199,7 @@ def test_readers_are_checked_before_anything_is_sealed(
 
 
 def _outbound(pair: Pair) -> int:
-    with pair.a.node.store.read() as session:
-        query = select(func.count()).select_from(Message).where(Message.direction == "outbound")
-        return int(session.scalar(query) or 0)
+    return _outbound_of(pair.a)
 
 
 def test_the_cli_sends_red_with_its_readers(
@@ -241,3 +239,46 @@ def test_the_cli_sends_red_with_its_readers(
     )
     assert isinstance(detail, node_pb2.MessageDetail)
     assert sorted(detail.notice.readers) == ["analyst", "ops"]
+
+
+def test_a_non_reader_can_neither_answer_nor_search_a_red_notice(pair: Pair) -> None:
+    """The review's finding: a reply carried the RED subject to whoever wrote it, and a
+    text search answered yes or no on the hidden subject."""
+    a, b = pair.a.home, pair.b.home
+    notice = _red(["ops"])
+    notice.subject = "Operation Nightjar moves tonight"
+    sent = pair.call(
+        a,
+        "admin",
+        "SendNotice",
+        node_pb2.SendNoticeRequest(recipient=B_ID, notice=notice, wait_seconds=60),
+    )
+    assert isinstance(sent, node_pb2.SendNoticeResponse)
+    before = _outbound_of(pair.b)
+    for method, request in (
+        (
+            "Reply",
+            node_pb2.ReplyRequest(
+                message_id=sent.message_id, notice=notice_pb2.CaseNotice(body="x")
+            ),
+        ),
+        (
+            "Acknowledge",
+            node_pb2.AcknowledgeRequest(
+                message_id=sent.message_id, status=notice_pb2.ACK_STATUS_ACKNOWLEDGED
+            ),
+        ),
+    ):
+        error = _refused(lambda m=method, r=request: pair.call(b, "analyst", m, r))
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert _outbound_of(pair.b) == before
+    for name in ("analyst", "ops"):
+        page = pair.call(b, name, "ListMessages", node_pb2.ListMessagesRequest(text="nightjar"))
+        assert isinstance(page, node_pb2.ListMessagesResponse)
+        assert [m.message_id for m in page.messages] == []
+
+
+def _outbound_of(node: RunningNode) -> int:
+    with node.node.store.read() as session:
+        query = select(func.count()).select_from(Message).where(Message.direction == "outbound")
+        return int(session.scalar(query) or 0)

@@ -167,9 +167,9 @@ def listed(session: Session) -> list[UserRow]:
     return rows
 
 
-def registered(session: Session) -> bool:
-    """Whether any certificate is registered (an older home has none until it starts)."""
-    return session.scalars(select(ApiCertificate.sha256).limit(1)).first() is not None
+def exists(session: Session, name: str) -> bool:
+    """Whether an identity ``name`` was ever registered (revoked ones too)."""
+    return session.get(ApiUser, name) is not None
 
 
 def _active(session: Session, name: str) -> ApiUser:

@@ -453,7 +453,9 @@ class ListMessagesRequest(_message.Message):
     handling: _notice_pb2.Tlp.ValueType
     priority: _notice_pb2.Priority.ValueType
     text: _builtins.str
-    """Case-insensitive text in the subject or the case reference."""
+    """Case-insensitive text in the subject or the case reference. A TLP:RED subject is never
+    matched, nor any subject for a caller that may not see subjects (an auditor).
+    """
     newest_first: _builtins.bool
     """By default flash and urgent first, then the newest; with newest_first by time only."""
     @_builtins.property
