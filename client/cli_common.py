@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from liaison.client import render
+from liaison.client.errors import UsageError
 from liaison.client.passphrase import passphrase
+from liaison.keys.notice import IDENTITY_NAME
 
 if TYPE_CHECKING:  # the CLI starts without gRPC or the server: they load when used
     from liaison.client.api import LiaisonClient
@@ -32,6 +34,11 @@ def api_client(args: argparse.Namespace) -> LiaisonClient:
     """The local API, with the credential ``--identity`` (its key's passphrase asked)."""
     from liaison.client.api import LiaisonClient  # noqa: PLC0415 - loaded when used
 
+    if not IDENTITY_NAME.fullmatch(args.identity):
+        raise UsageError(
+            f"--identity {render.safe(args.identity)!r} is not an identity name "
+            "(lower-case letters, digits, '.', '_' and '-')"
+        )
     secret = passphrase(args.passphrase_file, what="the credential's key")
     return LiaisonClient.from_home(home_path(args), identity=args.identity, passphrase=secret)
 

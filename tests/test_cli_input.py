@@ -41,6 +41,16 @@ BAD = [
 ]
 
 
+@pytest.mark.parametrize("identity", ["../admin", "Admin", "x y"])
+def test_an_identity_that_is_no_name_is_one_line(
+    identity: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "inbox", "--identity", identity)
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1
+    assert "is not an identity name" in err
+
+
 @pytest.mark.parametrize(("argv", "problem"), BAD)
 def test_a_bad_argument_is_one_line_and_exit_2(
     argv: tuple[str, ...], problem: str, capsys: pytest.CaptureFixture[str]
