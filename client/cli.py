@@ -235,6 +235,25 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     p.add_argument("agency_id", metavar="AGENCY-ID")
     p.set_defaults(run=lazy(COMMANDS, "cmd_peers_has_our_card"))
 
+    config = commands.add_parser("config", help="the node's settings (config.toml)")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
+    p = config_commands.add_parser(
+        "show", parents=[common, as_json], help="every setting (a database password masked)"
+    )
+    p.set_defaults(run=lazy(COMMANDS, "cmd_config_show"))
+    p = config_commands.add_parser(
+        "check", parents=[common, as_json], help="read config.toml as the node will"
+    )
+    p.set_defaults(run=lazy(COMMANDS, "cmd_config_check"))
+    p = config_commands.add_parser(
+        "set",
+        parents=[common, as_json],
+        help="change one setting (listen.api, listen.peer, database.url, limits.NAME, …)",
+    )
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("value", metavar="VALUE")
+    p.set_defaults(run=lazy(COMMANDS, "cmd_config_set"))
+
     audit_cli.add_commands(commands, common, as_json, api)
     users_cli.add_commands(commands, common, as_json)
 

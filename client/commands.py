@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from liaison.client import render
 from liaison.client.api import SendResult
@@ -42,9 +44,18 @@ from liaison.keys.card import PeerCard, armor_card, dearmor_card, parse_card
 from liaison.keys.ids import is_agency_id
 from liaison.keys.keyring import ROTATABLE
 from liaison.keys.sealed import PASSPHRASE_VARIABLE
+from liaison.server.config import (
+    CONFIG_FILE,
+    NodeConfig,
+    api_target,
+    load_config,
+    with_setting,
+    write_config,
+)
 from liaison.server.home import NodeHome, change_passphrase, init_home, seal_unsealed_home
 from liaison.server.node import serve
 from liaison.server.rotation import rotate_keys
+from liaison.server.store.audit import AuditKind, append
 from liaison.server.store.store import (
     PinConflict,
     PinnedPeer,
@@ -847,3 +858,83 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # Parser ---------------------------------------------------------------------------
+
+
+# config ------------------------------------------------------------------------------
+
+
+def _settings(config: NodeConfig) -> dict[str, Any]:
+    """Every setting by its key; a database password is masked."""
+    url = config.database_url
+    if url:
+        try:
+            url = make_url(url).render_as_string(hide_password=True)
+        except (ArgumentError, ValueError):
+            url = "(malformed)"
+    settings: dict[str, Any] = {
+        "node.agency_id": config.agency_id,
+        "node.name": config.name,
+        "node.endpoint": config.endpoint,
+        "listen.peer": config.peer_listen,
+        "listen.api": config.api_listen,
+        "listen.api_public": config.api_public,
+        "database.url": url,
+        "policy.disclose_reads": config.disclose_reads,
+    }
+    for name, value in vars(config.limits).items():
+        settings[f"limits.{name}"] = value
+    return settings
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    settings = _settings(load_config(_home(args)))
+    if args.json:
+        _print_json(settings)
+        return 0
+    for key, value in settings.items():
+        print(f"{key} = {render.safe(str(value))}")
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    """Read and check config.toml as the node will; exit 2 naming the first problem."""
+    config = load_config(_home(args))
+    if args.json:
+        _print_json({"valid": True, "agency_id": config.agency_id})
+    else:
+        print(f"{_home(args) / CONFIG_FILE} is valid")
+    return 0
+
+
+def cmd_config_set(args: argparse.Namespace) -> int:
+    """Change one setting; a new local API address is written into every credential."""
+    home = _home(args)
+    before = load_config(home)
+    after = with_setting(before, args.key, args.value)
+    write_config(home, after)
+    moved: list[str] = []
+    if after.api_listen != before.api_listen:
+        target = api_target(after.api_listen)
+        for folder in sorted((home / "credentials").glob("*/target")):
+            folder.write_text(target + "\n", encoding="utf-8")
+            moved.append(folder.parent.name)
+    store = NodeHome(home).open_store()
+    try:
+        with store.write() as session:
+            append(
+                session,
+                AuditKind.CONFIG_CHANGED,
+                at=dt.datetime.now(dt.UTC),
+                actor="admin",
+                detail=f"{args.key} changed",
+            )
+    finally:
+        store.close()
+    if args.json:
+        _print_json({"key": args.key, "credentials_updated": moved})
+    else:
+        print(f"{args.key} set; it takes effect when the node next starts")
+        if moved:
+            target = api_target(after.api_listen)
+            print(f"credentials now pointing at {target}: {', '.join(moved)}")
+    return 0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import ipaddress
+import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -226,3 +228,73 @@ def _limits(table: dict[str, Any]) -> Limits:
             raise ConfigError(f"limit {name} must be a positive {expected.__name__}")
         values[name] = value
     return Limits(**values)
+
+
+# `liaison config set`: the settings that may change after init. The agency id, name and
+# endpoint are published in the node's card; they change with a new card, not here.
+SETTABLE = (
+    "listen.peer",
+    "listen.api",
+    "listen.api_public",
+    "database.url",
+    "policy.disclose_reads",
+    *(f"limits.{f.name}" for f in fields(Limits)),
+)
+
+
+def with_setting(config: NodeConfig, key: str, text: str) -> NodeConfig:
+    """``config`` with ``key`` set from the text ``text``, checked as ``load_config``
+    checks it; raises ``ConfigError`` naming what is wrong."""
+    if key not in SETTABLE:
+        published = key in ("node.agency_id", "node.name", "node.endpoint")
+        raise ConfigError(
+            f"{key} is published in the node's card and cannot change here"
+            if published
+            else f"{key} is not a setting; one of: {', '.join(SETTABLE[:5])}, limits.NAME"
+        )
+    section, name = key.split(".", 1)
+    if key in ("listen.api_public", "policy.disclose_reads"):
+        if text not in ("true", "false"):
+            raise ConfigError(f"{key} must be true or false")
+        flag = text == "true"
+        if key == "listen.api_public":
+            changed = dataclasses.replace(config, api_public=flag)
+        else:
+            changed = dataclasses.replace(config, disclose_reads=flag)
+    elif section == "listen":
+        host, _, port = text.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{key} must be HOST:PORT with a port from 1 to 65535")
+        if name == "api":
+            changed = dataclasses.replace(config, api_listen=text)
+        else:
+            changed = dataclasses.replace(config, peer_listen=text)
+    elif section == "database":
+        changed = dataclasses.replace(config, database_url=text)
+    else:
+        expected = type(getattr(Limits(), name))
+        try:
+            value: Any = expected(text)
+        except ValueError:
+            raise ConfigError(f"{key} must be a positive {expected.__name__}") from None
+        changed = dataclasses.replace(config, limits=_limits({**_given(config), name: value}))
+    check_api_listen(changed.api_listen, public=changed.api_public, setting="listen.api")
+    return changed
+
+
+def _given(config: NodeConfig) -> dict[str, Any]:
+    return {f.name: getattr(config.limits, f.name) for f in fields(Limits)}
+
+
+def write_config(home: Path, config: NodeConfig) -> None:
+    """Replace ``home/config.toml`` (mode 0600) in one rename."""
+    path = home / CONFIG_FILE
+    fresh = path.with_name(CONFIG_FILE + ".new")
+    fresh.unlink(missing_ok=True)
+    fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, config.to_toml().encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fresh.replace(path)

@@ -86,6 +86,8 @@ class AuditKind(enum.StrEnum):
     USER_ROTATED = "user-rotated"
     USER_REVOKED = "user-revoked"
     OPENED = "opened"
+    # A setting of config.toml changed (liaison config set); the key only, never a value.
+    CONFIG_CHANGED = "config-changed"
 
 
 # Events that only record checkpointing itself: on their own they are no reason to sign
