@@ -887,18 +887,12 @@ class Notices:
         inbound = message.direction == Direction.INBOUND.value
         if (caller in notice.readers) if inbound else (caller == notice.sent_by):
             return
-        at = self.clock()
-        await self.committer.submit(
-            lambda session: audit.append(
-                session,
-                AuditKind.ACCESS_DENIED,
-                at=at,
-                actor=caller,
-                message_id=message.message_id,
-                peer=message.sender if inbound else message.recipient,
-                detail="TLP:RED body withheld: "
-                + ("not a reader it names" if inbound else "not the identity that sent it"),
-            )
+        await self._audit_message(
+            message,
+            AuditKind.ACCESS_DENIED,
+            caller,
+            "TLP:RED body withheld: "
+            + ("not a reader it names" if inbound else "not the identity that sent it"),
         )
         raise Withheld(
             f"message {message.message_id} is TLP:RED and {caller} is not "
@@ -908,17 +902,24 @@ class Notices:
     async def opened(self, message: Message, actor: str) -> None:
         """Record that ``actor`` is given a notice's body: who, when, which. The caller
         awaits it before the body leaves (no body without its audit event)."""
+        detail = f"{message.direction} notice's body given to {actor}"
+        await self._audit_message(message, AuditKind.OPENED, actor, detail)
+
+    async def _audit_message(
+        self, message: Message, kind: AuditKind, actor: str, detail: str
+    ) -> None:
+        """One audit event about ``message``, its peer the other agency of it."""
         outbound = message.direction == Direction.OUTBOUND.value
         at = self.clock()
         await self.committer.submit(
             lambda session: audit.append(
                 session,
-                AuditKind.OPENED,
+                kind,
                 at=at,
                 actor=actor,
                 message_id=message.message_id,
                 peer=message.recipient if outbound else message.sender,
-                detail=f"{message.direction} notice's body given to {actor}",
+                detail=detail,
             )
         )
 
