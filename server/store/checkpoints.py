@@ -43,31 +43,22 @@ def latest_cosigned_by(session: Session, peer: str) -> AuditCheckpoint | None:
     ).first()
 
 
-def covering(session: Session, size: int) -> AuditCheckpoint | None:
-    """Our newest checkpoint, if it covers the first ``size`` entries."""
-    newest = latest(session)
-    return newest if newest is not None and newest.size >= size else None
-
-
 def due(session: Session) -> tuple[int, bytes] | None:
     """The log's size and root, if it grew by more than checkpoint bookkeeping since our
     newest checkpoint: a checkpoint is then due."""
     newest = latest(session)
     since = newest.size if newest is not None else 0
-    grew = session.scalar(
-        select(func.count())
-        .select_from(AuditEvent)
+    grew = session.scalars(  # one such event is enough: no count of them all
+        select(AuditEvent.seq)
         .where(AuditEvent.seq > since)
         .where(AuditEvent.event.not_in([kind.value for kind in CHECKPOINT_BOOKKEEPING]))
-    )
-    if not grew:
-        return None
-    tree = StoredTree(session)
-    size = tree.size()
-    return size, tree.root(size)
+        .limit(1)
+    ).first()
+    return size_and_root(session) if grew is not None else None
 
 
 def size_and_root(session: Session) -> tuple[int, bytes]:
+    """The log's size and its root at that size."""
     tree = StoredTree(session)
     size = tree.size()
     return size, tree.root(size)
