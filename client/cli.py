@@ -305,6 +305,30 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     _notice_options(p)
     p.set_defaults(run=lazy(COMMANDS, "cmd_reply"))
 
+    p = commands.add_parser(
+        "forward",
+        parents=[api, as_json],
+        help="forward a received notice to a third agency, if its handling allows",
+        description="The notice goes whole, under its originator's signature, and its "
+        "originator is told. TLP:CLEAR, GREEN and AMBER may go to any pinned agency; "
+        "TLP:AMBER+STRICT and RED only to one the originator named (send --may-forward-to).",
+        epilog="example: liaison forward 0194c3e0-... --to FR.DGPN.SCCOPOL --comment-file note",
+    )
+    p.add_argument("message_id")
+    p.add_argument("--to", required=True, metavar="AGENCY", help="the third agency's id")
+    p.add_argument(
+        "--reader",
+        action="append",
+        default=[],
+        help="TLP:RED: an identity at the third agency who may read it (at least one; repeat)",
+    )
+    p.add_argument("--comment", help="a few words for the recipient (visible in ps)")
+    p.add_argument("--comment-file", help="file holding the comment, or - for standard input")
+    p.add_argument(
+        "--ttl", type=count(0, 366 * 86_400), default=0, help="envelope lifetime in seconds"
+    )
+    p.set_defaults(run=lazy(COMMANDS, "cmd_forward"))
+
     for name, text in (
         ("cancel", "do not send a queued notice"),
         ("retry", "try a queued notice now instead of at its next backoff"),
@@ -413,6 +437,14 @@ def _notice_options(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         help="TLP:RED: an identity at the receiving node who may read it (at least one; repeat)",
+    )
+    p.add_argument(
+        "--may-forward-to",
+        action="append",
+        default=[],
+        metavar="AGENCY",
+        help="consent: the recipient may forward it to this agency (needed for "
+        "TLP:AMBER+STRICT and RED; repeat)",
     )
     p.add_argument("--attach", action="append", default=[], help="file to attach")
     p.add_argument("--unit", help="originating unit")

@@ -557,7 +557,8 @@ def build_notice(args: argparse.Namespace, *, reply: bool = False) -> notice_pb2
         subject=text("subject", "subject"),
         body=_read_text(args.body_file) if args.body_file else text("body_file", "body"),
         references=[*given.references, *args.reference],
-        readers=args.reader,
+        readers=[*given.readers, *args.reader],
+        forwardable_to=[*given.forwardable_to, *map(_agency, args.may_forward_to)],
         originator=notice_pb2.Originator(
             unit=text("unit", "unit", ""), officer=text("officer", "officer", "")
         ),
@@ -667,6 +668,20 @@ def _print_sent(args: argparse.Namespace, result: SendResult) -> None:
         _print_json({"message_id": result.message_id, "state": result.state})
     else:
         print(f"{result.message_id} {result.state}")
+
+
+def cmd_forward(args: argparse.Namespace) -> int:
+    comment = _read_text(args.comment_file) if args.comment_file else (args.comment or "")
+    with _client(args) as client:
+        result = client.forward(
+            args.message_id,
+            _agency(args.to),
+            readers=args.reader,
+            comment=comment,
+            ttl_seconds=args.ttl,
+        )
+    _print_sent(args, result)
+    return 0
 
 
 def cmd_reply(args: argparse.Namespace) -> int:

@@ -16,6 +16,8 @@ shell histories; a case reference or subject does not belong there.
     information = "2"                    # optional, default 4
     references = ["0194…"]               # optional: earlier message ids
     attachments = ["scan.pdf"]           # optional: paths, relative to the file
+    readers = ["amrani"]                 # TLP:RED only: who at the recipient may read it
+    forwardable_to = ["FR.DGPN.SCCOPOL"] # optional: agencies it may be forwarded to
     unit = "CCPI Rabat"                  # optional
     officer = "duty officer"             # optional
 
@@ -44,7 +46,7 @@ _TEXT = (
     "unit",
     "officer",
 )
-_LISTS = ("references", "attachments")
+_LISTS = ("references", "attachments", "readers", "forwardable_to")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class NoticeFile:
     text: dict[str, str] = field(default_factory=dict)
     references: list[str] = field(default_factory=list)
     attachments: list[Path] = field(default_factory=list)
+    readers: list[str] = field(default_factory=list)
+    forwardable_to: list[str] = field(default_factory=list)
 
 
 def load_notice_file(path: str) -> NoticeFile:
@@ -76,6 +80,8 @@ def load_notice_file(path: str) -> NoticeFile:
         text=text,
         references=lists["references"],
         attachments=[base / name for name in lists["attachments"]],
+        readers=lists["readers"],
+        forwardable_to=lists["forwardable_to"],
     )
 
 

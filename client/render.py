@@ -285,6 +285,8 @@ def notice_json(notice: notice_pb2.CaseNotice) -> dict[str, Any]:
             for a in notice.attachments
         ],
         "references": list(notice.references),
+        "readers": list(notice.readers),
+        "forwardable_to": list(notice.forwardable_to),
         "originator": {
             "agency_id": notice.originator.agency_id,
             "unit": notice.originator.unit,
@@ -311,8 +313,43 @@ def detail_json(d: node_pb2.MessageDetail) -> dict[str, Any]:
         "envelope_sha256": d.envelope_sha256,
         "notice": notice_json(d.notice) if d.HasField("notice") else None,
         "receipt": receipt_json(d.receipt) if d.HasField("receipt") else None,
+        "forwarded_from": forwarded_json(d.forwarded_from)
+        if d.HasField("forwarded_from")
+        else None,
         "timeline": timeline_json(d.timeline),
     }
+
+
+def forwarded_json(f: node_pb2.ForwardedFrom) -> dict[str, Any]:
+    return {
+        "originator": f.originator,
+        "original_message_id": f.original_message_id,
+        "original_sent_at": iso(f.original_sent_at),
+        "forwarded_by": f.forwarded_by,
+        "comment": f.comment,
+        "originator_signature_verified": f.originator_signature_verified,
+    }
+
+
+def forwarded_lines(d: node_pb2.MessageDetail) -> list[str]:
+    """Where a forwarded notice comes from, and whether its originator's signature held."""
+    if not d.HasField("forwarded_from"):
+        return []
+    f = d.forwarded_from
+    verdict = (
+        "originator's signature verified"
+        if f.originator_signature_verified
+        else "originator's signature NOT verified here (originator or its key not pinned)"
+    )
+    lines = [
+        f"Forwarded   by {safe(d.summary.peer)} ({safe(f.forwarded_by)}) from "
+        f"{safe(f.originator)}, its message {safe(f.original_message_id)} of "
+        f"{iso(f.original_sent_at)}",
+        f"            {verdict}",
+    ]
+    if f.comment:
+        lines.append(f"            {safe(f.comment)}")
+    return lines
 
 
 def attachment_lines(notice: notice_pb2.CaseNotice) -> list[str]:
@@ -361,6 +398,11 @@ def detail_lines(d: node_pb2.MessageDetail, *, color: bool = False) -> list[str]
     lines += attachment_lines(n)
     for reference in n.references:
         lines.append(f"Refers to   {safe(reference)}")
+    if n.readers:
+        lines.append(f"Readers     {', '.join(safe(r) for r in n.readers)}")
+    if n.forwardable_to:
+        lines.append(f"May go to   {', '.join(safe(a) for a in n.forwardable_to)}")
+    lines += forwarded_lines(d)
     lines += ["", safe(n.body, multiline=True), ""]
     return [*lines, *_evidence_lines(d), banner]
 

@@ -28,9 +28,11 @@ from liaison.keys.content_types import (
     ACKNOWLEDGEMENT_CONTENT_TYPE,
     CARD_UPDATE_CONTENT_TYPE,
     CASE_NOTICE_CONTENT_TYPE,
+    FORWARD_CONTENT_TYPE,
     REPLY_CONTENT_TYPE,
 )
-from liaison.keys.errors import CardError, EnvelopeRejected, ReceiptError
+from liaison.keys.errors import CardError, EnvelopeError, EnvelopeRejected, ReceiptError
+from liaison.keys.forward import ForwardedNotice, may_forward, parse_forward
 from liaison.keys.identity import NodeIdentity
 from liaison.keys.ids import is_agency_id, is_message_id, new_message_id
 from liaison.keys.labels import (
@@ -99,6 +101,8 @@ class CheckedEnvelope:
     # that card's, or in a grace period the card it replaced.
     sender: PeerCard
     signing_key: ed25519.Ed25519PublicKey
+    # The receiver's pins: a forward's originator signature is checked against them.
+    trust: TrustStore | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,8 @@ class OpenedNotice:
     # An acknowledgement; or for a reply, the reply (``notice`` is then its notice).
     acknowledgement: notice_pb2.Acknowledgement | None = None
     reply: notice_pb2.Reply | None = None
+    # A forward (``notice`` is then the forwarded notice with the readers it names here).
+    forwarded: ForwardedNotice | None = None
 
     @property
     def refers_to(self) -> str | None:
@@ -262,6 +268,7 @@ def check_envelope(
         envelope_sha256=hashlib.sha256(envelope).digest(),
         sender=sender,
         signing_key=signing_key,
+        trust=trust,
     )
 
 
@@ -407,6 +414,9 @@ def _open_content(checked: CheckedEnvelope, content: bytes, reject: Reject) -> O
             notice_pb2.Reply, content, reply_problems, R.REJECT_REASON_INVALID_NOTICE, reject
         )
         return OpenedNotice(checked, content, notice=reply.notice, reply=reply)
+    if header.content_type == FORWARD_CONTENT_TYPE:
+        forwarded = _forwarded(checked, content, reject)
+        return OpenedNotice(checked, content, notice=forwarded.shown(), forwarded=forwarded)
     if header.content_type != CASE_NOTICE_CONTENT_TYPE:
         raise reject(
             R.REJECT_REASON_UNSUPPORTED_CONTENT_TYPE,
@@ -420,6 +430,61 @@ def _open_content(checked: CheckedEnvelope, content: bytes, reject: Reject) -> O
     if problems:
         raise reject(R.REJECT_REASON_INVALID_NOTICE, "; ".join(problems))
     return OpenedNotice(checked, content, notice=notice)
+
+
+def _forwarded(checked: CheckedEnvelope, content: bytes, reject: Reject) -> ForwardedNotice:
+    """A forward's checks (section 10.5): its rules, the originator's consent for a
+    notice it controls, and the originator's signature under a key the receiver pins."""
+    header = checked.header
+    try:
+        forward = notice_pb2.Forward.FromString(content)
+    except DecodeError:
+        raise reject(R.REJECT_REASON_INVALID_FORWARD, "Forward does not parse") from None
+    forwarded, problems = parse_forward(forward, forwarder=header.sender)
+    if forwarded is None:
+        raise reject(R.REJECT_REASON_INVALID_FORWARD, "; ".join(problems))
+    if forwarded.originator == header.recipient:
+        raise reject(R.REJECT_REASON_INVALID_FORWARD, "forwards the receiver's own notice")
+    if not may_forward(forwarded.notice, header.recipient):
+        raise reject(
+            R.REJECT_REASON_FORWARD_NOT_ALLOWED,
+            "the originator did not name the receiver in forwardable_to",
+        )
+    key = (
+        checked.trust.signing_key(forwarded.originator, forwarded.header.sender_signing_key_id)
+        if checked.trust is not None
+        else None
+    )
+    if key is not None and not forwarded.signed_by(key):
+        raise reject(R.REJECT_REASON_INVALID_FORWARD, "the originator's signature fails")
+    return forwarded
+
+
+def reopen_signed_content(
+    envelope: bytes, decryption_keys: Mapping[str, hpke.MLKEM768X25519PrivateKey]
+) -> tuple[bytes, bytes, bytes]:
+    """A stored envelope this node received, opened again: its header bytes, content
+    bytes and inner signature, exactly as the sender sealed them (what a forward carries).
+
+    Raises ``EnvelopeError`` if the envelope does not parse or its key is gone (a
+    decryption key is destroyed after a rotation once all sealed to it has expired).
+    """
+    try:
+        sealed = envelope_pb2.SealedEnvelope.FromString(envelope)
+        header = envelope_pb2.EnvelopeHeader.FromString(sealed.header)
+    except DecodeError:
+        raise EnvelopeError("the stored envelope does not parse") from None
+    key = decryption_keys.get(header.recipient_encryption_key_id)
+    if key is None:
+        raise EnvelopeError(
+            "the stored envelope was sealed to a decryption key this node has destroyed"
+        )
+    try:
+        plaintext = HPKE_SUITE.decrypt(sealed.ciphertext, key, info=hpke_info(sealed.header))
+        signed = envelope_pb2.SignedContent.FromString(plaintext)
+    except (InvalidTag, ValueError, DecodeError):
+        raise EnvelopeError("the stored envelope does not open") from None
+    return sealed.header, signed.content, signed.signature
 
 
 Parsed = TypeVar("Parsed", bound=ProtoMessage)

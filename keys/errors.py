@@ -21,6 +21,10 @@ class ReceiptError(KeysError):
     """A signed receipt fails verification or does not match the delivered envelope."""
 
 
+class EnvelopeError(KeysError):
+    """A stored envelope cannot be opened again (e.g. to forward what it carries)."""
+
+
 class EnvelopeRejected(KeysError):
     """The receiver refuses an envelope; ``reason`` is the wire reason code.
 

@@ -27,6 +27,7 @@ MAX_NATIONALITIES = 10
 # A local API identity's name (server/users.py issues only such names).
 IDENTITY_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 MAX_READERS = 32
+MAX_FORWARDABLE_TO = 32
 
 
 def _reader_problems(notice: notice_pb2.CaseNotice) -> list[str]:
@@ -42,6 +43,9 @@ def _reader_problems(notice: notice_pb2.CaseNotice) -> list[str]:
             problems.append(f"reader {index} is not an identity name")
     if notice.sent_by and not IDENTITY_NAME.fullmatch(notice.sent_by):
         problems.append("sent_by is not an identity name")
+    for index, agency in enumerate(notice.forwardable_to, 1):
+        if not is_agency_id(agency):
+            problems.append(f"forwardable_to {index} is not an agency id")
     return problems
 
 
@@ -104,6 +108,7 @@ def _count_problems(notice: notice_pb2.CaseNotice) -> list[str]:
         ("subjects", len(notice.subjects), MAX_SUBJECTS),
         ("attachments", len(notice.attachments), MAX_ATTACHMENTS),
         ("readers", len(notice.readers), MAX_READERS),
+        ("forwardable_to", len(notice.forwardable_to), MAX_FORWARDABLE_TO),
     ]
     for index, subject in enumerate(notice.subjects, 1):
         counts.append((f"subject {index} identifiers", len(subject.identifiers), MAX_IDENTIFIERS))
@@ -183,6 +188,11 @@ def acknowledgement_problems(ack: notice_pb2.Acknowledgement) -> list[str]:
         problems.append(f"comment contains control character {code_point(control)}")
     if not ack.HasField("at") or not is_valid_timestamp(ack.at):
         problems.append("time is missing or not a valid Timestamp")
+    if ack.status == notice_pb2.ACK_STATUS_FORWARDED:
+        if not is_agency_id(ack.forwarded_to) or not is_message_id(ack.forward_id):
+            problems.append("a forward's acknowledgement names an agency id and a message id")
+    elif ack.forwarded_to or ack.forward_id:
+        problems.append("only a forward's acknowledgement names where it was forwarded")
     return problems
 
 

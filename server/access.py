@@ -60,6 +60,8 @@ POLICY: dict[str, frozenset[Role]] = {
     "Cancel": _WORKERS,
     "Retry": _WORKERS,
     "GetMessage": _WORKERS,
+    "GetAttachment": _WORKERS,
+    "Forward": _WORKERS,
     "ListMessages": _READERS,
     "GetStatus": _READERS,
     "GetThread": _READERS,

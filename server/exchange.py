@@ -128,8 +128,11 @@ def _summary_of(opened: OpenedNotice) -> Summary | None:
     """The listing summary of content that is not a plain notice (None: the notice's own)."""
     if opened.card_update is not None:
         return card_update_summary(opened.card_update)
-    if opened.acknowledgement is not None:
-        return acknowledgement_summary(lifecycle.ACK_STATES[opened.acknowledgement.status].value)
+    ack = opened.acknowledgement
+    if ack is not None and ack.status == notice_pb2.ACK_STATUS_FORWARDED:
+        return acknowledgement_summary(f"forwarded to {ack.forwarded_to}")
+    if ack is not None:
+        return acknowledgement_summary(lifecycle.ACK_STATES[ack.status].value)
     return None
 
 
@@ -228,7 +231,16 @@ class Receiver:
         def accept(session: Session) -> inbox.StoredReceipt | None:
             earlier = inbox.accept(session, record, sign_receipt=sign_receipt, received_at=now)
             if earlier is None and answered is not None:
-                if ack is not None:
+                if ack is not None and ack.status == notice_pb2.ACK_STATUS_FORWARDED:
+                    lifecycle.forwarded_by_peer(
+                        session,
+                        answered,
+                        peer=header.sender,
+                        to=ack.forwarded_to,
+                        forward_id=ack.forward_id,
+                        at=now,
+                    )
+                elif ack is not None:
                     lifecycle.acknowledged_by_peer(
                         session,
                         answered,

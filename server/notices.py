@@ -23,14 +23,18 @@ from liaison.keys.card import PeerCard
 from liaison.keys.content_types import (
     ACKNOWLEDGEMENT_CONTENT_TYPE,
     CASE_NOTICE_CONTENT_TYPE,
+    FORWARD_CONTENT_TYPE,
     REPLY_CONTENT_TYPE,
 )
 from liaison.keys.envelope import (
     ED25519_SIGNATURE_LENGTH,
     HPKE_SUITE_OVERHEAD,
     SealedMessage,
+    reopen_signed_content,
     seal_content,
 )
+from liaison.keys.errors import EnvelopeError
+from liaison.keys.forward import ForwardedNotice, may_forward, parse_forward
 from liaison.keys.ids import is_agency_id, is_message_id
 from liaison.keys.notice import (
     TLP_ORDER,
@@ -122,6 +126,8 @@ class MessageView:
     timeline: list[AuditEvent]
     notice: notice_pb2.CaseNotice | None
     summary: MessageSummaryRow
+    # A forwarded notice: where it comes from.
+    forwarded_from: node_pb2.ForwardedFrom | None = None
 
 
 @dataclass
@@ -436,6 +442,153 @@ class Notices:
         message_id = await self._queue(record, actor, idempotency_key, request_sha256, also)
         return await self._outcome(message_id, 0)
 
+    async def forward(
+        self,
+        message_id: str,
+        recipient: str,
+        *,
+        actor: str,
+        readers: Sequence[str] = (),
+        comment: str = "",
+        ttl_seconds: int = 0,
+        idempotency_key: str = "",
+    ) -> SendOutcome:
+        """Forward a received case notice to the third agency ``recipient``, whole and
+        under its originator's signature (docs/PROTOCOL.md 10.5), and tell the
+        originator by an acknowledgement queued in the same transaction.
+
+        Refused (``RequestError``, audited) when the notice's handling does not let it
+        go to ``recipient``: TLP:AMBER+STRICT and RED only to an agency its originator
+        named in ``forwardable_to``. Also ``RequestError`` for anything but a case notice
+        received from its originator, a recipient that is the originator, not pinned or
+        revoked, an originator that cannot be told, or an envelope that no longer opens;
+        ``NotFound``; ``Withheld`` for a TLP:RED notice ``actor`` may not read.
+        """
+        _check_message_id(message_id)
+        original = await self._received(message_id)
+        if original.content_type != CASE_NOTICE_CONTENT_TYPE:
+            raise RequestError(
+                "only a case notice received from its originator can be forwarded; ask the "
+                "originator of a reply or a forwarded notice to send it"
+            )
+        if not is_agency_id(recipient):
+            raise RequestError(f"the recipient is not an agency id ({AGENCY_ID_FORM})")
+        if recipient == original.sender:
+            raise RequestError(f"{recipient} sent this notice: it holds it already")
+        request_sha256 = ""
+        if idempotency_key:
+            _check_idempotency_key(idempotency_key)
+            asked = node_pb2.ForwardRequest(
+                message_id=message_id, recipient=recipient, readers=readers, comment=comment
+            )
+            request_sha256 = _request_digest(f"forward:{recipient}", asked, ttl_seconds)
+            earlier = await self._earlier(actor, idempotency_key, request_sha256)
+            if earlier is not None:
+                return await self._outcome(earlier, 0)
+        notice = await asyncio.to_thread(self._open, original)
+        if notice is None:
+            raise RequestError("the notice's content was destroyed: nothing to forward")
+        await self._check_red(original, notice, actor)
+        await self._check_forwardable(original, notice, recipient, actor)
+        card = await self._recipient(recipient)
+        try:  # the originator learns of every forward: it must be one we can tell
+            originator = await self._recipient(original.sender)
+        except RequestError as error:
+            raise RequestError(f"not forwarded: its originator cannot be told ({error})") from None
+        try:
+            header_bytes, content, signature = await asyncio.to_thread(
+                reopen_signed_content, original.envelope, self.keys.ring.decryption_keys
+            )
+        except EnvelopeError as error:
+            raise RequestError(f"not forwarded: {error}; ask {original.sender}") from None
+        forward = notice_pb2.Forward(
+            original_header=header_bytes,
+            original_content=content,
+            original_signature=signature,
+            readers=readers,
+            comment=comment,
+            forwarded_by=actor,
+        )
+        forwarded, problems = parse_forward(forward, forwarder=self.keys.current.agency_id)
+        if forwarded is None:
+            raise RequestError("invalid forward: " + "; ".join(problems))
+        ttl = ttl_seconds or self.limits.default_ttl_seconds
+        if ttl > self.limits.max_lifetime_days * 86400:
+            raise RequestError(f"ttl exceeds the limit of {self.limits.max_lifetime_days} days")
+        now = self.clock()
+        record = await asyncio.to_thread(
+            self._seal_other,
+            forward.SerializeToString(),
+            content_type=FORWARD_CONTENT_TYPE,
+            summary=Summary(subject=notice.subject, case_reference=notice.case_reference),
+            card=card,
+            original=original,
+            now=now,
+            notice=forwarded.shown(),
+            ttl=dt.timedelta(seconds=ttl),
+        )
+        telling = await asyncio.to_thread(
+            self._forward_told, original, originator, recipient, record.message_id, now
+        )
+
+        def also(session: Session) -> None:
+            outbox.queue(session, telling, actor=actor)
+            audit.append(
+                session,
+                AuditKind.FORWARDED,
+                at=now,
+                actor=actor,
+                message_id=original.message_id,
+                peer=original.sender,
+                detail=f"to {recipient} as {record.message_id}; originator told by "
+                f"{telling.message_id}",
+            )
+
+        message_id = await self._queue(record, actor, idempotency_key, request_sha256, also)
+        self.delivery.notify(original.sender)
+        return await self._outcome(message_id, 0)
+
+    async def _check_forwardable(
+        self, original: Message, notice: notice_pb2.CaseNotice, recipient: str, actor: str
+    ) -> None:
+        """``RequestError``, audited, unless ``notice``'s handling lets it go to ``recipient``."""
+        if may_forward(notice, recipient):
+            return
+        handling = notice_pb2.Tlp.Name(notice.handling).removeprefix("TLP_")
+        why = (
+            f"TLP:{handling.replace('_', '+')} and its originator {original.sender} did "
+            f"not name {recipient} among the agencies it may go to (forwardable_to)"
+        )
+        await self._audit_message(
+            original, AuditKind.ACCESS_DENIED, actor, f"forward to {recipient} refused: {why}"
+        )
+        raise RequestError(f"not forwarded: the notice is {why}; ask {original.sender}")
+
+    def _forward_told(
+        self,
+        original: Message,
+        originator: PeerCard,
+        recipient: str,
+        forward_id: str,
+        now: dt.datetime,
+    ) -> NoticeRecord:
+        """The acknowledgement that tells a forwarded notice's originator where it went."""
+        told = notice_pb2.Acknowledgement(
+            message_id=original.message_id,
+            status=notice_pb2.ACK_STATUS_FORWARDED,
+            forwarded_to=recipient,
+            forward_id=forward_id,
+        )
+        told.at.FromDatetime(now.replace(microsecond=0))
+        return self._seal_other(
+            told.SerializeToString(),
+            content_type=ACKNOWLEDGEMENT_CONTENT_TYPE,
+            summary=acknowledgement_summary(f"forwarded to {recipient}"),
+            card=originator,
+            original=original,
+            now=now,
+        )
+
     async def cancel(self, message_id: str, *, actor: str) -> SendOutcome:
         """Cancel a queued outbound message: it is not sent. ``RequestError``, ``NotFound``."""
         return await self._operator_step(message_id, cancel=True, actor=actor)
@@ -513,8 +666,10 @@ class Notices:
         message = await asyncio.to_thread(self.store.received_message, message_id)
         if message is None:
             raise NotFound(f"no received message {message_id}")
-        if message.content_type not in (CASE_NOTICE_CONTENT_TYPE, REPLY_CONTENT_TYPE):
-            raise RequestError("only received notices and replies are acknowledged or answered")
+        if message.content_type not in NOTICE_CONTENT_TYPES:
+            raise RequestError(
+                "only received notices, replies and forwards are acknowledged or answered"
+            )
         return message
 
     def _seal_other(
@@ -838,44 +993,84 @@ class Notices:
             summary = summary.opened(notice.subject, notice.case_reference)
         else:  # destroyed (nothing to open), or not a notice: its sealed summary says what
             summary = await asyncio.to_thread(self._opened_summary, summary)
-        return MessageView(message, receipt, timeline, notice, summary)
+        forwarded_from = await asyncio.to_thread(self.forwarded_from, message)
+        return MessageView(message, receipt, timeline, notice, summary, forwarded_from)
 
     def _open(self, message: Message) -> notice_pb2.CaseNotice | None:
         """The stored notice in clear; None if its content was destroyed, or if the
-        message is not a notice (a card update: its summary says what it is)."""
-        if message.content_format == ContentFormat.DESTROYED.value:
+        message is not a notice (a card update: its summary says what it is). A forward
+        gives the forwarded notice, with the readers the forward names here."""
+        content = self._content(message)
+        if content is None:
             return None
-        if message.content_type not in (CASE_NOTICE_CONTENT_TYPE, REPLY_CONTENT_TYPE):
-            return None
-        if message.content_format == ContentFormat.CLEAR.value:
-            content = message.content  # not sealed yet (see Node)
-        elif message.content_format == ContentFormat.SEALED_V1.value:
-            try:
-                content = open_content_at_rest(
-                    self.storage,
-                    content=message.content,
-                    data_key=message.data_key,
-                    storage_key_id=message.storage_key_id,
-                    row=Row(message.direction, message.sender, message.message_id),
-                )
-            except StoredContentError as error:
-                log.error("stored message %s does not open: %s", message.message_id, error)
-                raise StoredContentError(
-                    f"the stored notice {message.message_id} does not open: {error}; the "
-                    "database was altered or damaged (restore it from a backup)"
-                ) from None
-        else:
-            raise StoredContentError(
-                f"the stored notice {message.message_id} has an unknown content format"
-            )
         try:
             if message.content_type == REPLY_CONTENT_TYPE:
                 return notice_pb2.Reply.FromString(content).notice
+            if message.content_type == FORWARD_CONTENT_TYPE:
+                return self._forwarded(message, content).shown()
             return notice_pb2.CaseNotice.FromString(content)
         except DecodeError:
             raise StoredContentError(
                 f"the stored notice {message.message_id} opens but does not parse"
             ) from None
+
+    def _forwarded(self, message: Message, content: bytes) -> ForwardedNotice:
+        forwarder = message.sender if message.direction == Direction.INBOUND.value else None
+        forwarded, _ = parse_forward(
+            notice_pb2.Forward.FromString(content),
+            forwarder=forwarder or self.keys.current.agency_id,
+        )
+        if forwarded is None:
+            raise StoredContentError(f"the stored forward {message.message_id} is not valid")
+        return forwarded
+
+    def _content(self, message: Message) -> bytes | None:
+        """The stored content bytes of a notice, reply or forward, opened at rest."""
+        if message.content_format == ContentFormat.DESTROYED.value:
+            return None
+        if message.content_type not in NOTICE_CONTENT_TYPES:
+            return None
+        if message.content_format == ContentFormat.CLEAR.value:
+            return message.content  # not sealed yet (see Node)
+        if message.content_format != ContentFormat.SEALED_V1.value:
+            raise StoredContentError(
+                f"the stored notice {message.message_id} has an unknown content format"
+            )
+        try:
+            return open_content_at_rest(
+                self.storage,
+                content=message.content,
+                data_key=message.data_key,
+                storage_key_id=message.storage_key_id,
+                row=Row(message.direction, message.sender, message.message_id),
+            )
+        except StoredContentError as error:
+            log.error("stored message %s does not open: %s", message.message_id, error)
+            raise StoredContentError(
+                f"the stored notice {message.message_id} does not open: {error}; the "
+                "database was altered or damaged (restore it from a backup)"
+            ) from None
+
+    def forwarded_from(self, message: Message) -> node_pb2.ForwardedFrom | None:
+        """Where a forwarded notice comes from, its originator's signature checked against
+        the pins as they are now; None for any other message."""
+        if message.content_type != FORWARD_CONTENT_TYPE:
+            return None
+        content = self._content(message)
+        if content is None:
+            return None
+        forwarded = self._forwarded(message, content)
+        key = self.peers.trust.signing_key(
+            forwarded.originator, forwarded.header.sender_signing_key_id
+        )
+        return node_pb2.ForwardedFrom(
+            originator=forwarded.originator,
+            original_message_id=forwarded.header.message_id,
+            original_sent_at=forwarded.header.created_at,
+            forwarded_by=forwarded.forward.forwarded_by,
+            comment=forwarded.forward.comment,
+            originator_signature_verified=key is not None and forwarded.signed_by(key),
+        )
 
     async def _check_red(
         self, message: Message, notice: notice_pb2.CaseNotice, caller: str
@@ -899,10 +1094,11 @@ class Notices:
             + ("one of the readers it names" if inbound else "the identity that sent it")
         )
 
-    async def opened(self, message: Message, actor: str) -> None:
-        """Record that ``actor`` is given a notice's body: who, when, which. The caller
-        awaits it before the body leaves (no body without its audit event)."""
-        detail = f"{message.direction} notice's body given to {actor}"
+    async def opened(self, message: Message, actor: str, *, what: str = "body") -> None:
+        """Record that ``actor`` is given a notice's body (or ``what`` else of it): who,
+        when, which. The caller awaits it before it leaves (nothing without its audit
+        event)."""
+        detail = f"{message.direction} notice's {what} given to {actor}"
         await self._audit_message(message, AuditKind.OPENED, actor, detail)
 
     async def _audit_message(
@@ -960,6 +1156,10 @@ class Notices:
         return wait_seconds
 
 
+# What holds a case notice: a notice, a reply, a forward.
+NOTICE_CONTENT_TYPES = frozenset(
+    {CASE_NOTICE_CONTENT_TYPE, REPLY_CONTENT_TYPE, FORWARD_CONTENT_TYPE}
+)
 # What an operator may say of a received message (READ is the node's own notification).
 OPERATOR_ACK_STATUSES = frozenset(
     {
@@ -975,7 +1175,7 @@ def _unread(message: Message) -> bool:
     return (
         message.direction == Direction.INBOUND.value
         and message.state == MessageState.RECEIVED.value
-        and message.content_type in (CASE_NOTICE_CONTENT_TYPE, REPLY_CONTENT_TYPE)
+        and message.content_type in NOTICE_CONTENT_TYPES
     )
 
 

@@ -36,6 +36,8 @@ _DIRECTIONS = {
 
 Context = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
+# GetAttachment streams an attachment in parts of this size.
+ATTACHMENT_CHUNK_BYTES = 1024 * 1024
 
 
 def _peer_certificate_sha256(context: Context) -> str | None:
@@ -218,6 +220,24 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         )
         return _sent(sent)
 
+    async def Forward(
+        self, request: node_pb2.ForwardRequest, context: Context
+    ) -> node_pb2.SendNoticeResponse:
+        caller = await self._access.require(context, "Forward")
+        sent = await _answer(
+            context,
+            self._notices.forward(
+                request.message_id,
+                request.recipient,
+                actor=caller.name,
+                readers=list(request.readers),
+                comment=request.comment,
+                ttl_seconds=request.ttl_seconds,
+                idempotency_key=request.idempotency_key,
+            ),
+        )
+        return _sent(sent)
+
     async def Cancel(
         self, request: node_pb2.GetMessageRequest, context: Context
     ) -> node_pb2.SendNoticeResponse:
@@ -299,12 +319,47 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             envelope_sha256=view.message.envelope_sha256,
             timeline=[_event(e) for e in view.timeline],
         )
+        if view.notice is not None:
+            detail.attachment_sizes.extend(len(a.content) for a in view.notice.attachments)
+            if request.without_attachment_content:
+                for attachment in detail.notice.attachments:
+                    attachment.ClearField("content")
+        if view.forwarded_from is not None:
+            detail.forwarded_from.CopyFrom(view.forwarded_from)
         if view.receipt is not None:
             signed = envelope_pb2.SignedReceipt.FromString(view.receipt.signed_receipt)
             detail.receipt.ParseFromString(signed.receipt)
         if view.notice is not None:
             await _answer(context, self._notices.opened(view.message, caller.name))
         return detail
+
+    async def GetAttachment(
+        self, request: node_pb2.GetAttachmentRequest, context: Context
+    ) -> AsyncIterator[node_pb2.AttachmentChunk]:
+        caller = await self._access.require(context, "GetAttachment")
+        view = await _answer(context, self._notices.get(request.message_id, opened_by=caller.name))
+        attachments = view.notice.attachments if view.notice is not None else []
+        if not 1 <= request.index <= len(attachments):
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"message {view.message.message_id} has no attachment {request.index} "
+                f"(it has {len(attachments)})",
+            )
+        attachment = attachments[request.index - 1]
+        await _answer(
+            context,
+            self._notices.opened(view.message, caller.name, what=f"attachment {request.index}"),
+        )
+        content = attachment.content
+        yield node_pb2.AttachmentChunk(
+            name=attachment.name,
+            media_type=attachment.media_type,
+            size=len(content),
+            sha256=attachment.sha256,
+            data=content[:ATTACHMENT_CHUNK_BYTES],
+        )
+        for start in range(ATTACHMENT_CHUNK_BYTES, len(content), ATTACHMENT_CHUNK_BYTES):
+            yield node_pb2.AttachmentChunk(data=content[start : start + ATTACHMENT_CHUNK_BYTES])
 
     async def GetStatus(
         self, request: node_pb2.GetStatusRequest, context: Context

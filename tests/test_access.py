@@ -132,6 +132,12 @@ def _requests(node: Node) -> dict[str, Callable[[node_pb2_grpc.NodeServiceStub],
         "Retry": lambda s: s.Retry(node_pb2.GetMessageRequest(message_id=message), timeout=30),
         "Watch": lambda s: next(iter(s.Watch(node_pb2.WatchRequest(), timeout=30))),
         "SignCheckpoint": lambda s: s.SignCheckpoint(node_pb2.SignCheckpointRequest(), timeout=30),
+        "GetAttachment": lambda s: next(
+            iter(s.GetAttachment(node_pb2.GetAttachmentRequest(message_id=message, index=1)))
+        ),
+        "Forward": lambda s: s.Forward(
+            node_pb2.ForwardRequest(message_id=message, recipient=A_ID), timeout=30
+        ),
     }
 
 

@@ -67,6 +67,10 @@ class AuditKind(enum.StrEnum):
     ACKNOWLEDGED = "acknowledged"
     REPLIED = "replied"
     READ = "read"
+    # Our operator forwarded a received notice to a third agency; a peer told us that it
+    # forwarded ours (its acknowledgement names the agency and the forward).
+    FORWARDED = "forwarded"
+    FORWARDED_BY_PEER = "forwarded-by-peer"
     # A pinned peer's call refused by a limit, or a call with an unpinned certificate.
     PEER_REFUSED = "peer-refused"
     # A peer asked for something it may not have (an inclusion proof of an entry that is
@@ -85,6 +89,8 @@ class AuditKind(enum.StrEnum):
     USER_ADDED = "user-added"
     USER_ROTATED = "user-rotated"
     USER_REVOKED = "user-revoked"
+    # A credential's key written out as encrypted PKCS#8 (liaison users export-key).
+    CREDENTIAL_KEY_EXPORTED = "credential-key-exported"
     OPENED = "opened"
     # A setting of config.toml changed (liaison config set); the key only, never a value.
     CONFIG_CHANGED = "config-changed"
@@ -122,6 +128,7 @@ OUTBOUND_EVENTS = frozenset(
         AuditKind.CARD_ANNOUNCEMENT_FAILED,
         AuditKind.ACKNOWLEDGED_BY_PEER,
         AuditKind.REPLIED_BY_PEER,
+        AuditKind.FORWARDED_BY_PEER,
     }
 )
 INBOUND_EVENTS = frozenset(
@@ -135,6 +142,7 @@ INBOUND_EVENTS = frozenset(
         AuditKind.READ,
         AuditKind.ACKNOWLEDGED,
         AuditKind.REPLIED,
+        AuditKind.FORWARDED,
     }
 )
 

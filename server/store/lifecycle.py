@@ -100,6 +100,26 @@ def settled(session: Session, message: Message) -> None:
         message.state = message.peer_status
 
 
+def forwarded_by_peer(
+    session: Session,
+    original: Answered,
+    *,
+    peer: str,
+    to: str,
+    forward_id: str,
+    at: dt.datetime,
+) -> None:
+    """The peer forwarded our message to the agency ``to``: on its timeline, state kept."""
+    audit.append(
+        session,
+        AuditKind.FORWARDED_BY_PEER,
+        at=at,
+        message_id=original.message_id,
+        peer=peer,
+        detail=f"to {to} as {forward_id}",
+    )
+
+
 def replied_by_peer(
     session: Session, original: Answered, *, peer: str, reply_id: str, at: dt.datetime
 ) -> None:

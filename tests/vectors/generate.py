@@ -34,8 +34,12 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa, mlkem
 
 from liaison.keys import labels
 from liaison.keys.certs import IssuedCertificate
-from liaison.keys.content_types import ACKNOWLEDGEMENT_CONTENT_TYPE, CARD_UPDATE_CONTENT_TYPE
-from liaison.keys.envelope import issue_receipt
+from liaison.keys.content_types import (
+    ACKNOWLEDGEMENT_CONTENT_TYPE,
+    CARD_UPDATE_CONTENT_TYPE,
+    FORWARD_CONTENT_TYPE,
+)
+from liaison.keys.envelope import issue_receipt, reopen_signed_content, seal_notice
 from liaison.keys.identity import NodeIdentity
 from liaison.keys.ids import mldsa65_key_id
 from liaison.keys.rotation import make_card_update
@@ -376,7 +380,8 @@ def envelope_vectors() -> dict[str, dict[str, Any]]:
         vector: dict[str, Any] = {
             "description": description,
             "receiver": RECEIVER.to_json(),
-            "trusted_senders": [SENDER.public_json()],
+            "trusted_senders": [SENDER.public_json()]
+            + ([OTHER.public_json()] if inputs.get("originator_pinned") else []),
             "authenticated_peer": inputs.get("authenticated_peer", peer),
             "now": _iso(inputs.get("now", NOW)),
             "envelope": base64.b64encode(envelope).decode(),
@@ -549,6 +554,8 @@ def conformance_vectors(base: Forge, accept: Accept, reject: Reject) -> None:
         "INVALID_CARD_UPDATE",
     )
 
+    forward_vectors(base, accept, reject)
+
     header_checks: dict[str, tuple[str, Forge | bytes]] = {
         "3a-message-id-upper-case": (
             "Message id in upper case (not canonical).",
@@ -671,6 +678,62 @@ def conformance_vectors(base: Forge, accept: Accept, reject: Reject) -> None:
         "EXPIRED",
         stored=_stored(same_bytes=True),
         now=NOW + dt.timedelta(hours=2),
+    )
+
+
+def forward_vectors(base: Forge, accept: Accept, reject: Reject) -> None:
+    """Forwards (PROTOCOL.md 10.5): the sender forwards to the receiver a notice that the
+    third agency OTHER wrote and sealed to the sender; the receiver pins OTHER."""
+    sender, other = SENDER.identity(), OTHER.identity()
+
+    def forwarded(handling: int, forwardable_to: tuple[str, ...] = ()) -> notice_pb2.Forward:
+        notice = complete(sample_notice("VEC-FWD"), OTHER.agency_id)
+        notice.handling = handling  # type: ignore[assignment]
+        notice.forwardable_to.extend(forwardable_to)
+        sealed = seal_notice(notice, sender=other, recipient=sender.card, ttl=dt.timedelta(days=1))
+        header, content, signature = reopen_signed_content(
+            sealed.envelope, {sender.card.encryption_key_id: sender.decryption_key}
+        )
+        return notice_pb2.Forward(
+            original_header=header,
+            original_content=content,
+            original_signature=signature,
+            comment="For your case",
+            forwarded_by="duty-officer",
+        )
+
+    def sealed(forward: notice_pb2.Forward, number: int) -> Forge:
+        return base.but(
+            header_fields={"content_type": FORWARD_CONTENT_TYPE},
+            content=forward.SerializeToString(),
+            message_id=f"019ac9f0-8000-7000-8000-00000000f0{number:02d}",
+        )
+
+    good = forwarded(notice_pb2.TLP_AMBER_STRICT, (RECEIVER.agency_id,))
+    accept(
+        "accept-forward",
+        "A TLP:AMBER+STRICT notice of OTHER, forwarded with OTHER's consent and signature.",
+        sealed(good, 1),
+        originator_pinned=True,
+    )
+    forged = notice_pb2.Forward()
+    forged.CopyFrom(good)
+    forged.original_signature = good.original_signature[:-1] + bytes(
+        [good.original_signature[-1] ^ 1]
+    )
+    reject(
+        "reject-invalid-forward",
+        "A forward whose originator signature has one bit flipped (OTHER is pinned).",
+        sealed(forged, 2),
+        "INVALID_FORWARD",
+        originator_pinned=True,
+    )
+    reject(
+        "reject-forward-not-allowed",
+        "A TLP:AMBER+STRICT forward whose originator named no agency in forwardable_to.",
+        sealed(forwarded(notice_pb2.TLP_AMBER_STRICT), 3),
+        "FORWARD_NOT_ALLOWED",
+        originator_pinned=True,
     )
 
 

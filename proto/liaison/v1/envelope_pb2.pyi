@@ -100,6 +100,14 @@ class _RejectReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RejectRe
     """It names a message the receiver did not send (one it received)."""
     REJECT_REASON_INVALID_ACKNOWLEDGEMENT: _RejectReason.ValueType  # 22
     """An acknowledgement that does not parse or breaks its rules."""
+    REJECT_REASON_INVALID_FORWARD: _RejectReason.ValueType  # 23
+    """A forward that does not parse or breaks its rules, or whose originator signature
+    fails under a key the receiver pins.
+    """
+    REJECT_REASON_FORWARD_NOT_ALLOWED: _RejectReason.ValueType  # 24
+    """A forward of a TLP:AMBER+STRICT or TLP:RED notice whose originator did not name the
+    receiver in forwardable_to.
+    """
 
 class RejectReason(_RejectReason, metaclass=_RejectReasonEnumTypeWrapper):
     """Why a receiver refused an envelope. docs/PROTOCOL.md gives the order of the checks."""
@@ -137,6 +145,14 @@ REJECT_REASON_NOT_OUR_MESSAGE: RejectReason.ValueType  # 21
 """It names a message the receiver did not send (one it received)."""
 REJECT_REASON_INVALID_ACKNOWLEDGEMENT: RejectReason.ValueType  # 22
 """An acknowledgement that does not parse or breaks its rules."""
+REJECT_REASON_INVALID_FORWARD: RejectReason.ValueType  # 23
+"""A forward that does not parse or breaks its rules, or whose originator signature
+fails under a key the receiver pins.
+"""
+REJECT_REASON_FORWARD_NOT_ALLOWED: RejectReason.ValueType  # 24
+"""A forward of a TLP:AMBER+STRICT or TLP:RED notice whose originator did not name the
+receiver in forwardable_to.
+"""
 Global___RejectReason: _TypeAlias = RejectReason  # noqa: Y015
 
 @_typing.final

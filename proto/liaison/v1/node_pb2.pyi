@@ -284,6 +284,47 @@ class ReplyRequest(_message.Message):
 Global___ReplyRequest: _TypeAlias = ReplyRequest  # noqa: Y015
 
 @_typing.final
+class ForwardRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    RECIPIENT_FIELD_NUMBER: _builtins.int
+    READERS_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """A case notice this node received from its originator."""
+    recipient: _builtins.str
+    """The third agency: a pinned peer other than the originator."""
+    comment: _builtins.str
+    """Optional words to the recipient (at most 2000 characters)."""
+    ttl_seconds: _builtins.int
+    idempotency_key: _builtins.str
+    """As in SendNoticeRequest."""
+    @_builtins.property
+    def readers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """TLP:RED only, and then at least one: identities of the recipient's node who may read it."""
+
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        recipient: _builtins.str = ...,
+        readers: _abc.Iterable[_builtins.str] | None = ...,
+        comment: _builtins.str = ...,
+        ttl_seconds: _builtins.int = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "idempotency_key", b"idempotency_key", "message_id", b"message_id", "readers", b"readers", "recipient", b"recipient", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForwardRequest: _TypeAlias = ForwardRequest  # noqa: Y015
+
+@_typing.final
 class ThreadResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -583,19 +624,83 @@ class GetMessageRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    WITHOUT_ATTACHMENT_CONTENT_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
+    without_attachment_content: _builtins.bool
+    """GetMessage only: leave every attachment's content empty (its name, media type and
+    SHA-256 stay; MessageDetail.attachment_sizes gives the sizes). Fetch the bytes with
+    GetAttachment.
+    """
     def __init__(
         self,
         *,
         message_id: _builtins.str = ...,
+        without_attachment_content: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "without_attachment_content", b"without_attachment_content"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetMessageRequest: _TypeAlias = GetMessageRequest  # noqa: Y015
+
+@_typing.final
+class GetAttachmentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    index: _builtins.int
+    """Which attachment, from 1."""
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "message_id", b"message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAttachmentRequest: _TypeAlias = GetAttachmentRequest  # noqa: Y015
+
+@_typing.final
+class AttachmentChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MEDIA_TYPE_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The first chunk describes the attachment; every chunk carries a part of its bytes, in
+    order (at most 1 MiB each). The bytes' SHA-256 equals `sha256`: check it at the end.
+    """
+    media_type: _builtins.str
+    size: _builtins.int
+    sha256: _builtins.bytes
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        media_type: _builtins.str = ...,
+        size: _builtins.int = ...,
+        sha256: _builtins.bytes = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "media_type", b"media_type", "name", b"name", "sha256", b"sha256", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttachmentChunk: _TypeAlias = AttachmentChunk  # noqa: Y015
 
 @_typing.final
 class GetStatusRequest(_message.Message):
@@ -697,6 +802,8 @@ class MessageDetail(_message.Message):
     ENVELOPE_SHA256_FIELD_NUMBER: _builtins.int
     RECEIPT_FIELD_NUMBER: _builtins.int
     TIMELINE_FIELD_NUMBER: _builtins.int
+    FORWARDED_FROM_FIELD_NUMBER: _builtins.int
+    ATTACHMENT_SIZES_FIELD_NUMBER: _builtins.int
     envelope_sha256: _builtins.str
     @_builtins.property
     def summary(self) -> Global___MessageSummary: ...
@@ -708,6 +815,14 @@ class MessageDetail(_message.Message):
 
     @_builtins.property
     def timeline(self) -> _containers.RepeatedCompositeFieldContainer[Global___TimelineEvent]: ...
+    @_builtins.property
+    def forwarded_from(self) -> Global___ForwardedFrom:
+        """For a forwarded notice: where it comes from."""
+
+    @_builtins.property
+    def attachment_sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The size in bytes of each attachment of the notice, in order."""
+
     def __init__(
         self,
         *,
@@ -716,11 +831,53 @@ class MessageDetail(_message.Message):
         envelope_sha256: _builtins.str = ...,
         receipt: _envelope_pb2.Receipt | None = ...,
         timeline: _abc.Iterable[Global___TimelineEvent] | None = ...,
+        forwarded_from: Global___ForwardedFrom | None = ...,
+        attachment_sizes: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["notice", b"notice", "receipt", b"receipt", "summary", b"summary"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["forwarded_from", b"forwarded_from", "notice", b"notice", "receipt", b"receipt", "summary", b"summary"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope_sha256", b"envelope_sha256", "notice", b"notice", "receipt", b"receipt", "summary", b"summary", "timeline", b"timeline"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachment_sizes", b"attachment_sizes", "envelope_sha256", b"envelope_sha256", "forwarded_from", b"forwarded_from", "notice", b"notice", "receipt", b"receipt", "summary", b"summary", "timeline", b"timeline"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MessageDetail: _TypeAlias = MessageDetail  # noqa: Y015
+
+@_typing.final
+class ForwardedFrom(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORIGINATOR_FIELD_NUMBER: _builtins.int
+    ORIGINAL_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    ORIGINAL_SENT_AT_FIELD_NUMBER: _builtins.int
+    FORWARDED_BY_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    ORIGINATOR_SIGNATURE_VERIFIED_FIELD_NUMBER: _builtins.int
+    originator: _builtins.str
+    """The agency that wrote and first sent the notice, and its message id there."""
+    original_message_id: _builtins.str
+    forwarded_by: _builtins.str
+    """Who forwarded it: the sending agency is the message's peer; this is its identity."""
+    comment: _builtins.str
+    originator_signature_verified: _builtins.bool
+    """True when the originator's signature verified under a key this node pins (now); false
+    when this node does not pin the originator or no longer knows that key.
+    """
+    @_builtins.property
+    def original_sent_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        originator: _builtins.str = ...,
+        original_message_id: _builtins.str = ...,
+        original_sent_at: _timestamp_pb2.Timestamp | None = ...,
+        forwarded_by: _builtins.str = ...,
+        comment: _builtins.str = ...,
+        originator_signature_verified: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["original_sent_at", b"original_sent_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "forwarded_by", b"forwarded_by", "original_message_id", b"original_message_id", "original_sent_at", b"original_sent_at", "originator", b"originator", "originator_signature_verified", b"originator_signature_verified"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForwardedFrom: _TypeAlias = ForwardedFrom  # noqa: Y015

@@ -49,6 +49,11 @@ class NodeServiceStub:
                 request_serializer=liaison_dot_v1_dot_node__pb2.GetMessageRequest.SerializeToString,
                 response_deserializer=liaison_dot_v1_dot_node__pb2.MessageDetail.FromString,
                 _registered_method=True)
+        self.GetAttachment = channel.unary_stream(
+                '/liaison.v1.NodeService/GetAttachment',
+                request_serializer=liaison_dot_v1_dot_node__pb2.GetAttachmentRequest.SerializeToString,
+                response_deserializer=liaison_dot_v1_dot_node__pb2.AttachmentChunk.FromString,
+                _registered_method=True)
         self.GetStatus = channel.unary_unary(
                 '/liaison.v1.NodeService/GetStatus',
                 request_serializer=liaison_dot_v1_dot_node__pb2.GetStatusRequest.SerializeToString,
@@ -62,6 +67,11 @@ class NodeServiceStub:
         self.Reply = channel.unary_unary(
                 '/liaison.v1.NodeService/Reply',
                 request_serializer=liaison_dot_v1_dot_node__pb2.ReplyRequest.SerializeToString,
+                response_deserializer=liaison_dot_v1_dot_node__pb2.SendNoticeResponse.FromString,
+                _registered_method=True)
+        self.Forward = channel.unary_unary(
+                '/liaison.v1.NodeService/Forward',
+                request_serializer=liaison_dot_v1_dot_node__pb2.ForwardRequest.SerializeToString,
                 response_deserializer=liaison_dot_v1_dot_node__pb2.SendNoticeResponse.FromString,
                 _registered_method=True)
         self.GetThread = channel.unary_unary(
@@ -113,6 +123,14 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAttachment(self, request, context):
+        """One attachment of a notice, streamed: its description first, then its bytes in chunks
+        (GetMessage with without_attachment_content leaves them out).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStatus(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -128,6 +146,14 @@ class NodeServiceServicer:
 
     def Reply(self, request, context):
         """Answer a received message with a notice to its sender.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Forward(self, request, context):
+        """Forward a received case notice, whole and with its originator's signature, to a third
+        agency, if its handling allows; its originator is told by an acknowledgement.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -189,6 +215,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     request_deserializer=liaison_dot_v1_dot_node__pb2.GetMessageRequest.FromString,
                     response_serializer=liaison_dot_v1_dot_node__pb2.MessageDetail.SerializeToString,
             ),
+            'GetAttachment': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetAttachment,
+                    request_deserializer=liaison_dot_v1_dot_node__pb2.GetAttachmentRequest.FromString,
+                    response_serializer=liaison_dot_v1_dot_node__pb2.AttachmentChunk.SerializeToString,
+            ),
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
                     request_deserializer=liaison_dot_v1_dot_node__pb2.GetStatusRequest.FromString,
@@ -202,6 +233,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
             'Reply': grpc.unary_unary_rpc_method_handler(
                     servicer.Reply,
                     request_deserializer=liaison_dot_v1_dot_node__pb2.ReplyRequest.FromString,
+                    response_serializer=liaison_dot_v1_dot_node__pb2.SendNoticeResponse.SerializeToString,
+            ),
+            'Forward': grpc.unary_unary_rpc_method_handler(
+                    servicer.Forward,
+                    request_deserializer=liaison_dot_v1_dot_node__pb2.ForwardRequest.FromString,
                     response_serializer=liaison_dot_v1_dot_node__pb2.SendNoticeResponse.SerializeToString,
             ),
             'GetThread': grpc.unary_unary_rpc_method_handler(
@@ -322,6 +358,33 @@ class NodeService:
             _registered_method=True)
 
     @staticmethod
+    def GetAttachment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/liaison.v1.NodeService/GetAttachment',
+            liaison_dot_v1_dot_node__pb2.GetAttachmentRequest.SerializeToString,
+            liaison_dot_v1_dot_node__pb2.AttachmentChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetStatus(request,
             target,
             options=(),
@@ -391,6 +454,33 @@ class NodeService:
             target,
             '/liaison.v1.NodeService/Reply',
             liaison_dot_v1_dot_node__pb2.ReplyRequest.SerializeToString,
+            liaison_dot_v1_dot_node__pb2.SendNoticeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Forward(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liaison.v1.NodeService/Forward',
+            liaison_dot_v1_dot_node__pb2.ForwardRequest.SerializeToString,
             liaison_dot_v1_dot_node__pb2.SendNoticeResponse.FromString,
             options,
             channel_credentials,

@@ -38,11 +38,19 @@ class NodeServiceStub:
     """Seal a notice to a peer and queue it for delivery."""
     ListMessages: _grpc.UnaryUnaryMultiCallable[_node_pb2.ListMessagesRequest, _node_pb2.ListMessagesResponse]
     GetMessage: _grpc.UnaryUnaryMultiCallable[_node_pb2.GetMessageRequest, _node_pb2.MessageDetail]
+    GetAttachment: _grpc.UnaryStreamMultiCallable[_node_pb2.GetAttachmentRequest, _node_pb2.AttachmentChunk]
+    """One attachment of a notice, streamed: its description first, then its bytes in chunks
+    (GetMessage with without_attachment_content leaves them out).
+    """
     GetStatus: _grpc.UnaryUnaryMultiCallable[_node_pb2.GetStatusRequest, _node_pb2.MessageStatus]
     Acknowledge: _grpc.UnaryUnaryMultiCallable[_node_pb2.AcknowledgeRequest, _node_pb2.SendNoticeResponse]
     """Acknowledge a received message to its sender (acknowledged, action taken, declined)."""
     Reply: _grpc.UnaryUnaryMultiCallable[_node_pb2.ReplyRequest, _node_pb2.SendNoticeResponse]
     """Answer a received message with a notice to its sender."""
+    Forward: _grpc.UnaryUnaryMultiCallable[_node_pb2.ForwardRequest, _node_pb2.SendNoticeResponse]
+    """Forward a received case notice, whole and with its originator's signature, to a third
+    agency, if its handling allows; its originator is told by an acknowledgement.
+    """
     GetThread: _grpc.UnaryUnaryMultiCallable[_node_pb2.GetMessageRequest, _node_pb2.ThreadResponse]
     """A message and every acknowledgement and reply around it, in order."""
     Cancel: _grpc.UnaryUnaryMultiCallable[_node_pb2.GetMessageRequest, _node_pb2.SendNoticeResponse]
@@ -66,11 +74,19 @@ class NodeServiceAsyncStub(NodeServiceStub):
     """Seal a notice to a peer and queue it for delivery."""
     ListMessages: _aio.UnaryUnaryMultiCallable[_node_pb2.ListMessagesRequest, _node_pb2.ListMessagesResponse]  # type: ignore[assignment]
     GetMessage: _aio.UnaryUnaryMultiCallable[_node_pb2.GetMessageRequest, _node_pb2.MessageDetail]  # type: ignore[assignment]
+    GetAttachment: _aio.UnaryStreamMultiCallable[_node_pb2.GetAttachmentRequest, _node_pb2.AttachmentChunk]  # type: ignore[assignment]
+    """One attachment of a notice, streamed: its description first, then its bytes in chunks
+    (GetMessage with without_attachment_content leaves them out).
+    """
     GetStatus: _aio.UnaryUnaryMultiCallable[_node_pb2.GetStatusRequest, _node_pb2.MessageStatus]  # type: ignore[assignment]
     Acknowledge: _aio.UnaryUnaryMultiCallable[_node_pb2.AcknowledgeRequest, _node_pb2.SendNoticeResponse]  # type: ignore[assignment]
     """Acknowledge a received message to its sender (acknowledged, action taken, declined)."""
     Reply: _aio.UnaryUnaryMultiCallable[_node_pb2.ReplyRequest, _node_pb2.SendNoticeResponse]  # type: ignore[assignment]
     """Answer a received message with a notice to its sender."""
+    Forward: _aio.UnaryUnaryMultiCallable[_node_pb2.ForwardRequest, _node_pb2.SendNoticeResponse]  # type: ignore[assignment]
+    """Forward a received case notice, whole and with its originator's signature, to a third
+    agency, if its handling allows; its originator is told by an acknowledgement.
+    """
     GetThread: _aio.UnaryUnaryMultiCallable[_node_pb2.GetMessageRequest, _node_pb2.ThreadResponse]  # type: ignore[assignment]
     """A message and every acknowledgement and reply around it, in order."""
     Cancel: _aio.UnaryUnaryMultiCallable[_node_pb2.GetMessageRequest, _node_pb2.SendNoticeResponse]  # type: ignore[assignment]
@@ -111,6 +127,16 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_node_pb2.MessageDetail, _abc.Awaitable[_node_pb2.MessageDetail]]: ...
 
     @_abc_1.abstractmethod
+    def GetAttachment(
+        self,
+        request: _node_pb2.GetAttachmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_node_pb2.AttachmentChunk], _abc.AsyncIterator[_node_pb2.AttachmentChunk]]:
+        """One attachment of a notice, streamed: its description first, then its bytes in chunks
+        (GetMessage with without_attachment_content leaves them out).
+        """
+
+    @_abc_1.abstractmethod
     def GetStatus(
         self,
         request: _node_pb2.GetStatusRequest,
@@ -132,6 +158,16 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_node_pb2.SendNoticeResponse, _abc.Awaitable[_node_pb2.SendNoticeResponse]]:
         """Answer a received message with a notice to its sender."""
+
+    @_abc_1.abstractmethod
+    def Forward(
+        self,
+        request: _node_pb2.ForwardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.SendNoticeResponse, _abc.Awaitable[_node_pb2.SendNoticeResponse]]:
+        """Forward a received case notice, whole and with its originator's signature, to a third
+        agency, if its handling allows; its originator is told by an acknowledgement.
+        """
 
     @_abc_1.abstractmethod
     def GetThread(

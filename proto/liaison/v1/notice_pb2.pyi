@@ -234,6 +234,8 @@ class _AckStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AckStatus.V
     ACK_STATUS_ACKNOWLEDGED: _AckStatus.ValueType  # 2
     ACK_STATUS_ACTION_TAKEN: _AckStatus.ValueType  # 3
     ACK_STATUS_DECLINED: _AckStatus.ValueType  # 4
+    ACK_STATUS_FORWARDED: _AckStatus.ValueType  # 5
+    """Forwarded to a third agency (sent by the node itself when an operator forwards)."""
 
 class AckStatus(_AckStatus, metaclass=_AckStatusEnumTypeWrapper):
     """What an operator did with a received message (business acknowledgement)."""
@@ -244,6 +246,8 @@ ACK_STATUS_READ: AckStatus.ValueType  # 1
 ACK_STATUS_ACKNOWLEDGED: AckStatus.ValueType  # 2
 ACK_STATUS_ACTION_TAKEN: AckStatus.ValueType  # 3
 ACK_STATUS_DECLINED: AckStatus.ValueType  # 4
+ACK_STATUS_FORWARDED: AckStatus.ValueType  # 5
+"""Forwarded to a third agency (sent by the node itself when an operator forwards)."""
 Global___AckStatus: _TypeAlias = AckStatus  # noqa: Y015
 
 @_typing.final
@@ -410,6 +414,7 @@ class CaseNotice(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     READERS_FIELD_NUMBER: _builtins.int
     SENT_BY_FIELD_NUMBER: _builtins.int
+    FORWARDABLE_TO_FIELD_NUMBER: _builtins.int
     case_reference: _builtins.str
     category: Global___Category.ValueType
     priority: Global___Priority.ValueType
@@ -444,6 +449,13 @@ class CaseNotice(_message.Message):
         even an admin. See docs/PROTOCOL.md section 10.1.
         """
 
+    @_builtins.property
+    def forwardable_to(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The originator's consent to forwarding: agencies (ids) the recipient may forward
+        this notice to. Needed to forward a TLP:AMBER+STRICT or TLP:RED notice at all; a
+        looser one may be forwarded anywhere. See docs/PROTOCOL.md section 10.5.
+        """
+
     def __init__(
         self,
         *,
@@ -461,10 +473,11 @@ class CaseNotice(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         readers: _abc.Iterable[_builtins.str] | None = ...,
         sent_by: _builtins.str = ...,
+        forwardable_to: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "evaluation", b"evaluation", "originator", b"originator"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments", "body", b"body", "case_reference", b"case_reference", "category", b"category", "created_at", b"created_at", "evaluation", b"evaluation", "handling", b"handling", "originator", b"originator", "priority", b"priority", "readers", b"readers", "references", b"references", "sent_by", b"sent_by", "subject", b"subject", "subjects", b"subjects"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments", "body", b"body", "case_reference", b"case_reference", "category", b"category", "created_at", b"created_at", "evaluation", b"evaluation", "forwardable_to", b"forwardable_to", "handling", b"handling", "originator", b"originator", "priority", b"priority", "readers", b"readers", "references", b"references", "sent_by", b"sent_by", "subject", b"subject", "subjects", b"subjects"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -482,11 +495,18 @@ class Acknowledgement(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     COMMENT_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
+    FORWARDED_TO_FIELD_NUMBER: _builtins.int
+    FORWARD_ID_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """The acknowledged message: one the recipient of this acknowledgement sent to its sender."""
     status: Global___AckStatus.ValueType
     comment: _builtins.str
     """Optional words of the operator (at most 2000 characters)."""
+    forwarded_to: _builtins.str
+    """ACK_STATUS_FORWARDED only, and then both: the agency the message was forwarded to,
+    and the message id of the forward.
+    """
+    forward_id: _builtins.str
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp:
         """When the operator acted."""
@@ -498,10 +518,12 @@ class Acknowledgement(_message.Message):
         status: Global___AckStatus.ValueType = ...,
         comment: _builtins.str = ...,
         at: _timestamp_pb2.Timestamp | None = ...,
+        forwarded_to: _builtins.str = ...,
+        forward_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "comment", b"comment", "message_id", b"message_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "comment", b"comment", "forward_id", b"forward_id", "forwarded_to", b"forwarded_to", "message_id", b"message_id", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -534,3 +556,52 @@ class Reply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Reply: _TypeAlias = Reply  # noqa: Y015
+
+@_typing.final
+class Forward(_message.Message):
+    """Content of type "application/vnd.liaison.forward.v1+proto": a case notice the sender
+    received from its originator, forwarded whole to a third agency with the originator's
+    signature. See docs/PROTOCOL.md section 10.5.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORIGINAL_HEADER_FIELD_NUMBER: _builtins.int
+    ORIGINAL_CONTENT_FIELD_NUMBER: _builtins.int
+    ORIGINAL_SIGNATURE_FIELD_NUMBER: _builtins.int
+    READERS_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    FORWARDED_BY_FIELD_NUMBER: _builtins.int
+    original_header: _builtins.bytes
+    """The EnvelopeHeader bytes of the originator's envelope, as the forwarder received them."""
+    original_content: _builtins.bytes
+    """The CaseNotice bytes the originator sealed, as the forwarder received them."""
+    original_signature: _builtins.bytes
+    """The originator's inner signature over those two (section 6.4, step 4)."""
+    comment: _builtins.str
+    """Optional words of the forwarding operator (rules of an acknowledgement's comment)."""
+    forwarded_by: _builtins.str
+    """The identity of the forwarding node that forwarded it."""
+    @_builtins.property
+    def readers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """TLP:RED only, and then at least one: identities of the receiving node who may read it
+        (the original's readers name identities of the forwarder's node).
+        """
+
+    def __init__(
+        self,
+        *,
+        original_header: _builtins.bytes = ...,
+        original_content: _builtins.bytes = ...,
+        original_signature: _builtins.bytes = ...,
+        readers: _abc.Iterable[_builtins.str] | None = ...,
+        comment: _builtins.str = ...,
+        forwarded_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "forwarded_by", b"forwarded_by", "original_content", b"original_content", "original_header", b"original_header", "original_signature", b"original_signature", "readers", b"readers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Forward: _TypeAlias = Forward  # noqa: Y015
