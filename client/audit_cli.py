@@ -42,14 +42,20 @@ def add_commands(
         dest="audit_command", required=True, metavar="COMMAND"
     )
     database = argparse.ArgumentParser(add_help=False)
-    database.add_argument("--database", help="a backup copy of node.db to read instead")
+    database.add_argument(
+        "--database", metavar="FILE", help="a backup copy of node.db to read instead"
+    )
 
     p = audit.add_parser(
         "verify",
         parents=[common, as_json, database],
         help="recompute the log, check every checkpoint and cosignature (exit 7 if not)",
     )
-    p.add_argument("--card", help="our card (armored), to anchor the checkpoint signatures")
+    p.add_argument(
+        "--card",
+        metavar="CARD-FILE",
+        help="our card (armored), to anchor the checkpoint signatures",
+    )
     p.set_defaults(run=lazy(COMMANDS, "cmd_verify"))
 
     p = audit.add_parser("log", parents=[common, as_json, database], help="the events, filtered")

@@ -28,7 +28,7 @@ import grpc
 from sqlalchemy.orm import Session
 
 from liaison.client import render
-from liaison.client.cli_common import api_client, home_path, print_json, unlocked_home
+from liaison.client.cli_common import api_client, home_path, paged, print_json, unlocked_home
 from liaison.client.errors import NotVerified, UsageError
 from liaison.client.report import (
     ReportCheckpoint,
@@ -236,17 +236,18 @@ def cmd_log(args: argparse.Namespace) -> int:
     if args.json:
         print_json([_event_json(event) for event in rows])
         return 0
-    for event in rows:
-        parts = [
-            f"{event.seq:>7}",
-            render.iso_datetime(event.at),
-            f"{event.event:<28}",
-            render.safe(event.actor or "-"),
-            render.safe(event.peer or "-"),
-            event.message_id or "-",
-        ]
-        extra = " ".join(x for x in (event.reason, event.detail) if x)
-        print("  ".join(parts) + (f"  {render.safe(extra)}" if extra else ""))
+    with paged(args):
+        for event in rows:
+            parts = [
+                f"{event.seq:>7}",
+                render.iso_datetime(event.at),
+                f"{event.event:<28}",
+                render.safe(event.actor or "-"),
+                render.safe(event.peer or "-"),
+                event.message_id or "-",
+            ]
+            extra = " ".join(x for x in (event.reason, event.detail) if x)
+            print("  ".join(parts) + (f"  {render.safe(extra)}" if extra else ""))
     print(f"{len(rows)} events", file=sys.stderr)
     return 0
 

@@ -25,6 +25,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 import argparse
 import difflib
 import json
+import logging
 import re
 import sys
 from collections.abc import Sequence
@@ -40,7 +41,7 @@ from liaison.client.choices import (
     RELIABILITY,
     TLPS,
 )
-from liaison.client.cli_common import count, lazy
+from liaison.client.cli_common import count, lazy, log_level
 from liaison.client.errors import ClientError, UsageError
 from liaison.client.passphrase import NEW_PASSPHRASE_VARIABLE
 from liaison.keys.sealed import MIN_LOG2_N, NODE_KEYS_LOG2_N, PASSPHRASE_VARIABLE
@@ -88,14 +89,14 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list of commands
     common = OneLineParser(add_help=False)
-    common.add_argument("--home", help="node home folder (default: $LIAISON_HOME or ~/.liaison)")
+    common.add_argument("--home", default=argparse.SUPPRESS, help=HOME_HELP)
     common.add_argument(
         "--passphrase-file",
         help="file holding the passphrase of the keys (mode 0600; default: "
         f"${PASSPHRASE_VARIABLE}, else asked on the terminal)",
     )
     as_json = OneLineParser(add_help=False)
-    as_json.add_argument("--json", action="store_true", help="print JSON")
+    as_json.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=JSON_HELP)
     api = OneLineParser(add_help=False, parents=[common])
     api.add_argument("--identity", default="admin", help="local API credential to use")
 
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
         "this identity.",
     )
     parser.add_argument("--version", action=_Version, nargs=0, help="print the version")
+    _global_options(parser, None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("init", parents=[common], help="create a node home")
@@ -179,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     p = card.add_parser("export", parents=[common, as_json], help="print this node's card")
     p.set_defaults(run=lazy(COMMANDS, "cmd_card_export"))
     p = card.add_parser("show", parents=[as_json], help="verify and describe a card file")
-    p.add_argument("card", help="card file, or - for standard input")
+    p.add_argument("card", metavar="CARD-FILE", help="card file, or - for standard input")
     p.set_defaults(run=lazy(COMMANDS, "cmd_card_show"))
 
     peers = commands.add_parser("peers", help="pinned peers").add_subparsers(
@@ -193,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
         "separate channel: give it with --fingerprint (required unless standard input is a "
         "terminal, where the card is shown and you confirm by typing yes).",
     )
-    p.add_argument("card", help="card file, or - for standard input")
+    p.add_argument("card", metavar="CARD-FILE", help="card file, or - for standard input")
     p.add_argument(
         "--fingerprint",
         help="refuse the card unless it has this fingerprint (spaces, colons, dashes or none)",
@@ -384,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     p = sub.add_parser("save", parents=[api], help="write attachment N of a notice into a folder")
     p.add_argument("message_id")
     p.add_argument("number", type=count(1, 10_000), help="1 for the first attachment")
-    p.add_argument("--to", default=".", help="folder to write into (default: here)")
+    p.add_argument("--to", default=".", metavar="DIR", help="folder to write into (default: here)")
     p.set_defaults(run=lazy(COMMANDS, "cmd_attachment_save"))
     p = commands.add_parser("status", parents=[api, as_json], help="state and timeline")
     p.add_argument("message_id")
@@ -394,9 +396,65 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     p.set_defaults(run=lazy(COMMANDS, "cmd_status"))
 
     p = commands.add_parser("demo", help="two nodes on loopback exchange notices")
-    p.add_argument("--keep", help="keep the demo's node homes in this folder")
+    p.add_argument("--keep", metavar="DIR", help="keep the demo's node homes in this folder")
     p.set_defaults(run=lazy(COMMANDS, "cmd_demo"))
+
+    p = commands.add_parser(
+        "completion",
+        help="print a shell completion script (bash or zsh)",
+        description="Print a completion script: in ~/.bashrc, source <(liaison completion bash); "
+        "in ~/.zshrc after compinit, source <(liaison completion zsh).",
+    )
+    p.add_argument("shell", choices=("bash", "zsh"))
+    p.set_defaults(run=lazy("liaison.client.completion", "cmd_completion"))
+    for leaf in _leaves(parser):
+        _global_options(leaf, argparse.SUPPRESS)
     return parser
+
+
+HOME_HELP = "node home folder (default: $LIAISON_HOME, else ~/.liaison)"
+JSON_HELP = "print JSON (errors too, on standard error)"
+
+
+def _global_options(parser: argparse.ArgumentParser, default: object) -> None:
+    """--home, --json, -q and -v, accepted before the command (``default`` None: the
+    top level's defaults) and after it (``default`` SUPPRESS, so that an option given
+    before is not overwritten by the command's default), as git and gh accept them."""
+    have = parser._option_string_actions
+    top = default is None
+    if "--home" not in have:
+        parser.add_argument("--home", default=None if top else default, help=HOME_HELP)
+    if "--json" not in have:
+        parser.add_argument(
+            "--json",
+            action="store_true",
+            default=False if top else default,
+            help=JSON_HELP if top else argparse.SUPPRESS,
+        )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=False if top else default,
+        help="print only results and errors",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0 if top else default,
+        help="log more (-vv: everything)",
+    )
+
+
+def _leaves(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every (sub)command parser that runs a command: those without subcommands."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                found += _leaves(sub) or [sub]
+    return found
 
 
 def _listing_options(p: argparse.ArgumentParser) -> None:
@@ -422,7 +480,11 @@ def _listing_options(p: argparse.ArgumentParser) -> None:
 
 def _notice_options(p: argparse.ArgumentParser) -> None:
     """The options that describe a notice (``send``, ``reply``)."""
-    p.add_argument("--notice", help="TOML file with the notice's fields, or - for standard input")
+    p.add_argument(
+        "--notice",
+        metavar="FILE",
+        help="TOML file with the notice's fields, or - for standard input",
+    )
     p.add_argument("--category", help=f"one of {', '.join(sorted(CATEGORIES))}")
     p.add_argument("--tlp", help=f"one of {', '.join(TLPS)}")
     p.add_argument("--case-ref", help="case reference")
@@ -446,7 +508,9 @@ def _notice_options(p: argparse.ArgumentParser) -> None:
         help="consent: the recipient may forward it to this agency (needed for "
         "TLP:AMBER+STRICT and RED; repeat)",
     )
-    p.add_argument("--attach", action="append", default=[], help="file to attach")
+    p.add_argument(
+        "--attach", action="append", default=[], metavar="FILE", help="file to attach (repeat)"
+    )
     p.add_argument("--unit", help="originating unit")
     p.add_argument("--officer", help="originating officer")
     p.add_argument(
@@ -469,6 +533,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     OneLineParser.json_errors = "--json" in words
     args = parser.parse_args(words)
+    if args.command != "serve":  # serve sets up its own log, with timestamps
+        logging.basicConfig(
+            level=log_level(args), format="liaison: %(levelname)s %(name)s: %(message)s"
+        )
     try:
         return int(args.run(args))
     except ClientError as error:

@@ -33,6 +33,7 @@ from liaison.client.choices import (
 )
 from liaison.client.cli_common import api_client as _client
 from liaison.client.cli_common import home_path as _home
+from liaison.client.cli_common import log_level, note, paged, progress
 from liaison.client.cli_common import print_json as _print_json
 from liaison.client.cli_common import unlocked_home as _unlocked_home
 from liaison.client.demo import run_demo
@@ -76,7 +77,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         args.passphrase_file, variable=PASSPHRASE_VARIABLE, what="the node's keys"
     )
     home = init_home(
-        _home(args),
+        _home(args, new=True),
         agency_id=args.agency,
         name=args.name,
         endpoint=args.endpoint,
@@ -95,9 +96,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"  peer endpoint  {card.endpoint}")
     print(f"  local API      {home.config().api_listen}")
     print(f"  card           {card.fingerprint}")
-    print(
+    note(
+        args,
         "Next: `liaison card export > card.txt`, exchange cards with your peer, "
-        "`liaison peers add THEIR-CARD`, then `liaison serve`."
+        "`liaison peers add THEIR-CARD`, then `liaison serve`.",
     )
     return 0
 
@@ -412,7 +414,8 @@ def cmd_peers_has_our_card(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=log_level(args, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
     home = _unlocked_home(args)
@@ -592,7 +595,8 @@ def build_notice(args: argparse.Namespace, *, reply: bool = False) -> notice_pb2
 def cmd_send(args: argparse.Namespace) -> int:
     notice = build_notice(args)
     recipients = [_agency(name) for name in args.to]
-    with _client(args) as client:
+    size = notice.ByteSize()
+    with _client(args) as client, progress(args, "sending the notice to the node", size=size):
         result = client.send_notice(
             recipients if len(recipients) > 1 else recipients[0],
             notice,
@@ -739,8 +743,9 @@ def cmd_thread(args: argparse.Namespace) -> int:
     if args.json:
         _print_json([render.summary_json(m) for m in messages])
     else:
-        for message in messages:
-            print(render.summary_line(message))
+        with paged(args):
+            for message in messages:
+                print(render.summary_line(message))
     return 0
 
 
@@ -757,8 +762,9 @@ def cmd_inbox(args: argparse.Namespace) -> int:
     elif not page.messages:
         print("no messages")
     else:
-        for message in page.messages:
-            print(render.summary_line(message))
+        with paged(args):
+            for message in page.messages:
+                print(render.summary_line(message))
     if page.next_cursor:
         print(
             f"liaison: more messages match; the next page: --cursor {page.next_cursor}",
@@ -813,8 +819,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(render.detail_json(detail))
     else:
-        color = render.color_wanted(sys.stdout)
-        print("\n".join(render.detail_lines(detail, color=color)))
+        with paged(args):
+            color = render.color_wanted(sys.stdout)
+            print("\n".join(render.detail_lines(detail, color=color)))
     if args.save_attachments:
         _save(detail, Path(args.save_attachments), None)
     return 0

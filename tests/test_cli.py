@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import io
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from tests.cli_homes import (
     run_json,
     snapshot,
 )
-from tests.conftest import Inspector, RunningNode, set_limits
+from tests.conftest import Inspector, RunningNode, make_home, set_limits
 
 A_ID = "MA.DGSN.CCPI"
 B_ID = "DE.BPOL.LO-RABAT"
@@ -244,7 +245,7 @@ def test_card_export_of_a_folder_that_is_no_home(
     code, out, err = run(capsys, "card", "export", "--home", str(tmp_path / "nothing"))
     assert code == 2
     assert out == ""
-    assert "is not a node home" in err
+    assert "no node home at" in err
 
 
 # peers -------------------------------------------------------------------------
@@ -757,7 +758,9 @@ def test_send_checks_its_arguments_before_calling_the_node(
 def test_operator_commands_without_a_credential_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = run(capsys, "inbox", "--home", str(tmp_path / "nothing"))
+    home = make_home(tmp_path, "MA.DGSN.CCPI")
+    shutil.rmtree(home.path / "credentials" / "admin")
+    code, out, err = run(capsys, "inbox", "--home", str(home.path))
     assert code == 2
     assert out == ""
     assert "not a complete client credential" in err

@@ -175,7 +175,7 @@ def test_with_json_an_error_is_json_with_its_code(
     assert out == ""
     problem = json.loads(err)
     assert problem["exit_code"] == 2
-    assert "not a node home" in problem["error"]
+    assert "no node home at" in problem["error"]
     with pytest.raises(SystemExit) as ended:
         main(["inbox", "--json", "--limit", "-1"])
     assert ended.value.code == 2
