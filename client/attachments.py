@@ -14,13 +14,17 @@ import hashlib
 import os
 import re
 import unicodedata
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from types import TracebackType
 
 from liaison.client.errors import ClientError
+from liaison.client.types import AttachmentInfo
 from liaison.keys.text import control_characters
 from liaison.v1 import notice_pb2
 
-__all__ = ["AttachmentError", "safe_file_name", "save_attachments"]
+__all__ = ["AttachmentError", "AttachmentFile", "safe_file_name", "save_attachments"]
 
 # Bytes of UTF-8, under the 255 of common file systems with room for " (100)".
 MAX_NAME_BYTES = 200
@@ -28,6 +32,11 @@ MAX_NAME_BYTES = 200
 MAX_EXTENSION_CHARS = 16
 # "name (2).ext" up to "name (100).ext"; past that, saving fails rather than searching on.
 MAX_COPIES = 100
+
+# A new file: never an existing entry, never through a symbolic link.
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# The hidden file an attachment received in parts is written to before it is named.
+PARTIAL_PREFIX = ".liaison-partial-"
 
 _DIRECTORY_SEPARATORS = re.compile(r"[/\\]")
 _KEPT_PUNCTUATION = frozenset(" ._-()[]+,")
@@ -82,7 +91,7 @@ def safe_file_name(name: str, number: int) -> str:
 
 
 def save_attachments(
-    notice: notice_pb2.CaseNotice, folder: Path, *, only: int | None = None
+    notice: notice_pb2.CaseNotice, folder: str | Path, *, only: int | None = None
 ) -> list[Path]:
     """Write the notice's attachments (all, or only the 1-based number ``only``) into
     ``folder`` and return the paths written, in attachment order.
@@ -109,6 +118,7 @@ def save_attachments(
                 f"attachment {number} does not match its SHA-256; nothing was saved",
                 number=number,
             )
+    folder = Path(folder)
     directory = _open_directory(folder)
     written: list[Path] = []
     try:
@@ -126,6 +136,107 @@ def save_attachments(
     finally:
         os.close(directory)
     return written
+
+
+class AttachmentFile:
+    """One attachment received in parts (``GetAttachment``), saved by the rules above.
+
+    Its bytes go to a hidden temporary file in ``folder`` (``.liaison-partial-…``:
+    new, mode 0600, never through a symbolic link). ``finish`` checks their size
+    and SHA-256 against ``info`` and only then names the file (``safe_file_name``;
+    ``name (2).ext`` and so on when taken, by a hard link, so nothing is ever
+    overwritten) and syncs it. A mismatch, a failed write, or leaving the ``with``
+    block without ``finish`` removes the temporary file: nothing is left.
+
+    Raises ``AttachmentError`` (naming attachment ``number``) for each of these.
+    """
+
+    def __init__(self, folder: str | Path, number: int, info: AttachmentInfo) -> None:
+        self.folder = Path(folder)
+        self.number = number
+        self.info = info
+        self._digest = hashlib.sha256()
+        self._size = 0
+        self._temporary = PARTIAL_PREFIX + uuid.uuid4().hex
+        self._directory = _open_directory(self.folder)
+        try:
+            self._fd: int | None = os.open(
+                self._temporary, _NEW_FILE, 0o600, dir_fd=self._directory
+            )
+        except OSError as exc:
+            os.close(self._directory)
+            raise self._failed(exc) from exc
+
+    def __enter__(self) -> AttachmentFile:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.discard()
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``; refused once the bytes exceed the size announced."""
+        assert self._fd is not None, "written after finish or discard"
+        self._size += len(data)
+        if self._size > self.info.size:
+            self.discard()
+            raise AttachmentError(
+                f"attachment {self.number} is longer than the {self.info.size} bytes "
+                "announced; nothing was saved",
+                number=self.number,
+            )
+        self._digest.update(data)
+        try:
+            _write_all(self._fd, data)
+        except OSError as exc:
+            self.discard()
+            raise self._failed(exc) from exc
+
+    def finish(self) -> Path:
+        """Check the bytes written against ``info``; name and sync the file; its path."""
+        assert self._fd is not None, "finished twice or after discard"
+        if self._size != self.info.size or self._digest.digest() != self.info.sha256:
+            self.discard()
+            raise AttachmentError(
+                f"attachment {self.number} does not match its size or SHA-256; nothing was saved",
+                number=self.number,
+            )
+        try:
+            os.fsync(self._fd)
+            name = _link(
+                self._directory, self._temporary, safe_file_name(self.info.name, self.number)
+            )
+            os.unlink(self._temporary, dir_fd=self._directory)
+            os.fsync(self._directory)
+        except OSError as exc:
+            self.discard()
+            raise self._failed(exc) from exc
+        self._close()
+        return self.folder / name
+
+    def discard(self) -> None:
+        """Remove the temporary file unless ``finish`` named it; safe to call again."""
+        if self._fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._temporary, dir_fd=self._directory)
+        self._close()
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            os.close(self._directory)
+            self._fd = None
+
+    def _failed(self, exc: OSError) -> AttachmentError:
+        return AttachmentError(
+            f"attachment {self.number} could not be saved in {self.folder}: {exc.strerror}",
+            number=self.number,
+        )
 
 
 def _is_kept(char: str) -> bool:
@@ -162,12 +273,9 @@ def _create(directory: int, name: str, attachment: notice_pb2.Attachment) -> str
     or not), so a planted link or a file made meanwhile is skipped, never
     written through; a file only partly written is removed.
     """
-    stem, suffix = _split_extension(name)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    for copy in range(1, MAX_COPIES + 1):
-        candidate = name if copy == 1 else f"{stem} ({copy}){suffix}"
+    for candidate in _candidates(name):
         try:
-            fd = os.open(candidate, flags, 0o600, dir_fd=directory)
+            fd = os.open(candidate, _NEW_FILE, 0o600, dir_fd=directory)
         except FileExistsError:
             continue
         try:
@@ -181,6 +289,26 @@ def _create(directory: int, name: str, attachment: notice_pb2.Attachment) -> str
             os.close(fd)
         return candidate
     raise OSError(errno.EEXIST, f"{MAX_COPIES} files of that name exist already")
+
+
+def _link(directory: int, source: str, name: str) -> str:
+    """Give the file ``source`` of ``directory`` the first free name from ``name`` and
+    return it: a hard link, which like ``O_EXCL`` never replaces an existing entry."""
+    for candidate in _candidates(name):
+        try:
+            os.link(source, candidate, src_dir_fd=directory, dst_dir_fd=directory)
+        except FileExistsError:
+            continue
+        return candidate
+    raise OSError(errno.EEXIST, f"{MAX_COPIES} files of that name exist already")
+
+
+def _candidates(name: str) -> Iterator[str]:
+    """``name``, then ``name (2).ext`` up to ``name (100).ext``."""
+    stem, suffix = _split_extension(name)
+    yield name
+    for copy in range(2, MAX_COPIES + 1):
+        yield f"{stem} ({copy}){suffix}"
 
 
 def _sync_directory(directory: int, folder: Path, written: list[Path]) -> None:

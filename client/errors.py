@@ -4,9 +4,19 @@ from __future__ import annotations
 
 
 class ClientError(Exception):
-    """Base of every error ``liaison.client`` raises. ``exit_code`` is the CLI's."""
+    """Base of every error ``liaison.client`` raises. ``exit_code`` is the CLI's.
+
+    When the node refused the call, ``code`` is the gRPC status it answered (e.g.
+    ``"NOT_FOUND"``) and ``details`` its own message, verbatim; both are empty for an
+    error found on this side.
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str = "", *, code: str = "", details: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.details = details
 
 
 class UsageError(ClientError):
@@ -56,6 +66,23 @@ class PermissionDenied(ClientError):
 
 class ResourceExhausted(RequestRejected):
     """The request is larger than the node accepts, or the node is at a limit."""
+
+
+class InvalidNotice(RequestRejected):
+    """A notice (or a reply's) breaks the rules of ``liaison.keys.notice``: found by the
+    notice builder before anything was sent, or by the node (which then queued nothing).
+    ``problems`` names each one, by position, never by value."""
+
+    def __init__(
+        self,
+        message: str,
+        problems: tuple[str, ...] = (),
+        *,
+        code: str = "",
+        details: str = "",
+    ) -> None:
+        super().__init__(message, code=code, details=details)
+        self.problems = problems
 
 
 # The names an integrator looks for first.
