@@ -212,6 +212,19 @@ class AsyncLiaisonClient:
         """As ``LiaisonClient.sign_checkpoint``."""
         return await self._call(self._stub.SignCheckpoint, node_pb2.SignCheckpointRequest())
 
+    async def audit_events(
+        self, *, after: int = 0, page_size: int = 0, **filters: Any
+    ) -> AsyncIterator[node_pb2.AuditRecord]:
+        """As ``LiaisonClient.audit_events``."""
+        while True:
+            request = node_pb2.ListAuditEventsRequest(after=after, limit=page_size, **filters)
+            page = await self._call(self._stub.ListAuditEvents, request)
+            for event in page.events:
+                yield event
+            if not page.more or not page.events:
+                return
+            after = page.events[-1].seq
+
     async def thread(self, message_id: str) -> list[node_pb2.MessageSummary]:
         """As ``LiaisonClient.thread``."""
         request = node_pb2.GetMessageRequest(message_id=message_id)

@@ -275,6 +275,21 @@ class LiaisonClient:
         the newest checkpoint, with the cosignatures the node verified."""
         return self._call(self._stub.SignCheckpoint, node_pb2.SignCheckpointRequest())
 
+    def audit_events(
+        self, *, after: int = 0, page_size: int = 0, **filters: Any
+    ) -> Iterator[node_pb2.AuditRecord]:
+        """Every event of the node's audit trail after seq ``after`` that matches
+        ``filters`` (fields of ``ListAuditEventsRequest``: ``events``, ``message_id``,
+        ``peer``, ``actor``, ``since``/``until`` Timestamps), page after page, in
+        sequence order. For auditors and admins; ``PermissionDenied`` for others."""
+        while True:
+            request = node_pb2.ListAuditEventsRequest(after=after, limit=page_size, **filters)
+            page = self._call(self._stub.ListAuditEvents, request)
+            yield from page.events
+            if not page.more or not page.events:
+                return
+            after = page.events[-1].seq
+
     def thread(self, message_id: str) -> list[node_pb2.MessageSummary]:
         """The notice and its acknowledgements and replies, oldest first."""
         request = node_pb2.GetMessageRequest(message_id=message_id)

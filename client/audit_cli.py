@@ -60,6 +60,11 @@ def add_commands(
 
     p = audit.add_parser("log", parents=[common, as_json, database], help="the events, filtered")
     _filters(p)
+    p.add_argument(
+        "--identity",
+        help="read through the running node's local API with this credential (an auditor's "
+        "or an admin's) instead of from its database",
+    )
     p.add_argument("--limit", type=count(0, 10_000_000), default=0, help="at most this many events")
     p.set_defaults(run=lazy(COMMANDS, "cmd_log"))
 

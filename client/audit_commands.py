@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.orm import Session
 
 from liaison.client import render
@@ -229,10 +230,13 @@ def _read_card(path: str) -> PeerCard:
 
 def cmd_log(args: argparse.Namespace) -> int:
     """The events matching the filters, oldest first, as a table or JSON."""
-    with _store(args) as store:
-        scope = _scope(args, store)
-        with store.read() as session:
-            rows = auditing.events(session, scope, limit=args.limit or None)
+    if args.identity:
+        rows = _events_through_api(args)
+    else:
+        with _store(args) as store:
+            scope = _scope(args, store)
+            with store.read() as session:
+                rows = auditing.events(session, scope, limit=args.limit or None)
     if args.json:
         print_json([_event_json(event) for event in rows])
         return 0
@@ -250,6 +254,44 @@ def cmd_log(args: argparse.Namespace) -> int:
             print("  ".join(parts) + (f"  {render.safe(extra)}" if extra else ""))
     print(f"{len(rows)} events", file=sys.stderr)
     return 0
+
+
+def _events_through_api(args: argparse.Namespace) -> list[AuditEvent]:
+    """The events, read with the credential ``--identity`` from the running node."""
+    if args.case or args.database or len(args.message) > 1:
+        raise UsageError(
+            "through the local API (--identity), filter by at most one --message, and "
+            "neither --case nor --database"
+        )
+    filters: dict[str, Any] = {
+        "events": args.event,
+        "message_id": args.message[0] if args.message else "",
+        "peer": args.peer or "",
+        "actor": args.actor or "",
+    }
+    for name in ("since", "until"):
+        moment = _when(name, getattr(args, name))
+        if moment is not None:
+            filters[name] = Timestamp(seconds=int(moment.timestamp()))
+    rows = []
+    with api_client(args) as client:
+        for record in client.audit_events(**filters):
+            rows.append(
+                AuditEvent(
+                    seq=record.seq,
+                    at=record.at.ToDatetime(tzinfo=dt.UTC),
+                    event=record.event,
+                    actor=record.actor or None,
+                    peer=record.peer or None,
+                    message_id=record.message_id or None,
+                    envelope_sha256=record.envelope_sha256 or None,
+                    reason=record.reason or None,
+                    detail=record.detail or None,
+                )
+            )
+            if args.limit and len(rows) >= args.limit:
+                break
+    return rows
 
 
 def _cell(value: object) -> str:

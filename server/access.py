@@ -67,6 +67,7 @@ POLICY: dict[str, frozenset[Role]] = {
     "GetThread": _READERS,
     "Watch": _READERS,
     "SignCheckpoint": frozenset({Role.AUDITOR, Role.ADMIN}),
+    "ListAuditEvents": frozenset({Role.AUDITOR, Role.ADMIN}),
 }
 
 

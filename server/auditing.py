@@ -7,6 +7,7 @@ sealed at rest, so a case filter needs the storage key (the home's passphrase).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import re
 from collections.abc import Iterable
@@ -30,6 +31,7 @@ from liaison.keys.merkle import inclusion_proof
 from liaison.keys.rotation import verify_card_update
 from liaison.keys.storage import Row, StorageKey, StoredContentError, open_summary
 from liaison.server.checkpoints import cosigned_note
+from liaison.server.errors import RequestError
 from liaison.server.store import auditlog, checkpoints
 from liaison.server.store.audit import INBOUND_EVENTS, OUTBOUND_EVENTS, AuditKind
 from liaison.server.store.auditlog import StoredTree, Verdict
@@ -43,6 +45,7 @@ from liaison.server.store.models import (
     Peer,
     Receipt,
 )
+from liaison.server.store.store import Store
 from liaison.v1 import envelope_pb2
 
 
@@ -257,8 +260,10 @@ class AuditScope:
     until: dt.datetime | None = None
 
 
-def events(session: Session, scope: AuditScope, *, limit: int | None = None) -> list[AuditEvent]:
-    """Events in ``scope``, in sequence order."""
+def events(
+    session: Session, scope: AuditScope, *, limit: int | None = None, after: int = 0
+) -> list[AuditEvent]:
+    """Events in ``scope`` after seq ``after``, in sequence order."""
     return auditlog.select_events(
         session,
         message_ids=scope.message_ids,
@@ -268,7 +273,40 @@ def events(session: Session, scope: AuditScope, *, limit: int | None = None) -> 
         since=scope.since,
         until=scope.until,
         limit=limit,
+        after=after,
     )
+
+
+AUDIT_PAGE = 500
+AUDIT_PAGE_MAX = 5000
+
+
+@dataclass(frozen=True)
+class AuditReader:
+    """The audit trail as the local API pages it for auditors (``ListAuditEvents``)."""
+
+    store: Store
+
+    async def page(
+        self, scope: AuditScope, *, after: int, limit: int
+    ) -> tuple[list[AuditEvent], bool]:
+        """Up to ``limit`` events in ``scope`` after seq ``after`` (0: ``AUDIT_PAGE``),
+        and whether more may follow. Raises ``RequestError`` for a limit over
+        ``AUDIT_PAGE_MAX`` or an unknown event kind."""
+        if limit > AUDIT_PAGE_MAX:
+            raise RequestError(f"at most {AUDIT_PAGE_MAX} events per page, not {limit:,}")
+        known = {kind.value for kind in AuditKind}
+        unknown = sorted(scope.events - known)
+        if unknown:
+            raise RequestError(f"unknown event kind {unknown[0][:64]!r}")
+        size = limit or AUDIT_PAGE
+
+        def read() -> list[AuditEvent]:
+            with self.store.read() as session:
+                return events(session, scope, limit=size + 1, after=after)
+
+        rows = await asyncio.to_thread(read)
+        return rows[:size], len(rows) > size
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from liaison.keys.card import PeerCard
 from liaison.keys.certs import pem_to_der
 from liaison.keys.storage import StoredContentError
+from liaison.keys.times import is_valid_timestamp
 from liaison.server.access import AccessControl, sees_content
+from liaison.server.auditing import AuditReader, AuditScope
 from liaison.server.checkpoints import Checkpointer, ProofDenied, Witness
 from liaison.server.errors import NotFound, RequestError, Withheld
 from liaison.server.exchange import Receiver
@@ -170,6 +172,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         self._notices = notices
         self._checkpointer = checkpointer
         self._access = access
+        self._audit = AuditReader(notices.store)
 
     async def SendNotice(
         self, request: node_pb2.SendNoticeRequest, context: Context
@@ -287,6 +290,41 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             note=newest.cosigned,
             cosigners=newest.cosigners,
             signed_at=_timestamp(newest.signed_at),
+        )
+
+    async def ListAuditEvents(
+        self, request: node_pb2.ListAuditEventsRequest, context: Context
+    ) -> node_pb2.ListAuditEventsResponse:
+        await self._access.require(context, "ListAuditEvents")
+
+        async def page() -> tuple[list[AuditEvent], bool]:
+            scope = AuditScope(
+                message_ids=frozenset({request.message_id}) if request.message_id else None,
+                peer=request.peer or None,
+                actor=request.actor or None,
+                events=frozenset(request.events),
+                since=_when(request, "since"),
+                until=_when(request, "until"),
+            )
+            return await self._audit.page(scope, after=request.after, limit=request.limit)
+
+        rows, more = await _answer(context, page())
+        return node_pb2.ListAuditEventsResponse(
+            events=[
+                node_pb2.AuditRecord(
+                    seq=event.seq,
+                    at=_timestamp(event.at),
+                    event=event.event,
+                    actor=event.actor or "",
+                    peer=event.peer or "",
+                    message_id=event.message_id or "",
+                    envelope_sha256=event.envelope_sha256 or "",
+                    reason=event.reason or "",
+                    detail=event.detail or "",
+                )
+                for event in rows
+            ],
+            more=more,
         )
 
     async def GetThread(
@@ -411,6 +449,16 @@ async def _answer(context: Context, work: Awaitable[T]) -> T:
     except StoredContentError as error:
         await context.abort(grpc.StatusCode.DATA_LOSS, str(error))
     raise AssertionError("abort raises")  # for the type checker
+
+
+def _when(request: node_pb2.ListAuditEventsRequest, name: str) -> dt.datetime | None:
+    """A filter's time, if given; a Timestamp out of range is the caller's error."""
+    if not request.HasField(name):  # type: ignore[arg-type]
+        return None
+    stamp = getattr(request, name)
+    if not is_valid_timestamp(stamp):
+        raise RequestError(f"{name} is not a valid Timestamp")
+    return stamp.ToDatetime(tzinfo=dt.UTC)  # type: ignore[no-any-return]
 
 
 def _timestamp(moment: dt.datetime) -> Timestamp:

@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import func, select
 
-from liaison.client import LiaisonClient, PermissionDenied, users_cli
+from liaison.client import LiaisonClient, PermissionDenied, RequestRejected, users_cli
 from liaison.client.cli import main
 from liaison.keys.certs import IssuedCertificate, issue_api_client_certificate
 from liaison.keys.credentials import ClientCredential
@@ -134,6 +134,9 @@ def _requests(node: Node) -> dict[str, Callable[[node_pb2_grpc.NodeServiceStub],
         "SignCheckpoint": lambda s: s.SignCheckpoint(node_pb2.SignCheckpointRequest(), timeout=30),
         "GetAttachment": lambda s: next(
             iter(s.GetAttachment(node_pb2.GetAttachmentRequest(message_id=message, index=1)))
+        ),
+        "ListAuditEvents": lambda s: s.ListAuditEvents(
+            node_pb2.ListAuditEventsRequest(limit=1), timeout=30
         ),
         "Forward": lambda s: s.Forward(
             node_pb2.ForwardRequest(message_id=message, recipient=A_ID), timeout=30
@@ -413,3 +416,46 @@ def test_a_revoked_identity_loses_its_open_watch_stream(
         channel.close()
     assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "revoked" in (ended.value.details() or "")
+
+
+def test_an_auditor_reads_the_whole_audit_trail_through_the_api(
+    node: Node, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = node.secret_file
+    with LiaisonClient.from_home(node.home.path, "inspector", CREDENTIAL_PASSPHRASE) as client:
+        every = list(client.audit_events(page_size=2))
+        added = list(client.audit_events(events=["user-added"]))
+        after = list(client.audit_events(after=every[2].seq, page_size=3))
+        with pytest.raises(RequestRejected, match="unknown event kind"):
+            list(client.audit_events(events=["no-such-kind"]))
+        with pytest.raises(RequestRejected, match="at most 5000"):
+            list(client.audit_events(page_size=5001))
+    seqs = [event.seq for event in every]
+    assert seqs == list(range(1, len(seqs) + 1))  # every event, paged, none twice
+    assert [event.seq for event in after] == seqs[3:]
+    assert len(added) >= len(ROLES)
+    for name in ROLES:
+        assert any(name in event.detail for event in added), name
+    assert {"node-initialised", "received", "user-added"} <= {event.event for event in every}
+    with (
+        pytest.raises(PermissionDenied, match="ListAuditEvents needs the role admin or auditor"),
+        LiaisonClient.from_home(node.home.path, "ops", CREDENTIAL_PASSPHRASE) as client,
+    ):
+        list(client.audit_events())
+
+    shown = run_json(
+        capsys,
+        "audit",
+        "log",
+        "--identity",
+        "inspector",
+        "--event",
+        "received",
+        "--home",
+        str(node.home.path),
+        "--passphrase-file",
+        str(secret),
+    )
+    assert isinstance(shown, list)
+    assert node.received in [row["message_id"] for row in shown]
+    assert {row["event"] for row in shown} == {"received"}

@@ -505,9 +505,13 @@ def select_events(
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
     limit: int | None = None,
+    after: int = 0,
 ) -> list[AuditEvent]:
-    """Events matching every filter given, in sequence order (``until`` excluded)."""
+    """Events after seq ``after`` matching every filter given, in sequence order
+    (``until`` excluded)."""
     query = select(AuditEvent).order_by(AuditEvent.seq)
+    if after:
+        query = query.where(AuditEvent.seq > after)
     if message_ids is not None:
         query = query.where(AuditEvent.message_id.in_(sorted(message_ids)))
     if peer is not None:

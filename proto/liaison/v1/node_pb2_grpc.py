@@ -99,6 +99,11 @@ class NodeServiceStub:
                 request_serializer=liaison_dot_v1_dot_node__pb2.SignCheckpointRequest.SerializeToString,
                 response_deserializer=liaison_dot_v1_dot_node__pb2.CheckpointResponse.FromString,
                 _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/liaison.v1.NodeService/ListAuditEvents',
+                request_serializer=liaison_dot_v1_dot_node__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=liaison_dot_v1_dot_node__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -197,6 +202,14 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAuditEvents(self, request, context):
+        """The audit trail, for auditors: every event (not only message events) matching the
+        filters, in sequence order, a page at a time. Events hold no notice content.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -264,6 +277,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.SignCheckpoint,
                     request_deserializer=liaison_dot_v1_dot_node__pb2.SignCheckpointRequest.FromString,
                     response_serializer=liaison_dot_v1_dot_node__pb2.CheckpointResponse.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=liaison_dot_v1_dot_node__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=liaison_dot_v1_dot_node__pb2.ListAuditEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -617,6 +635,33 @@ class NodeService:
             '/liaison.v1.NodeService/SignCheckpoint',
             liaison_dot_v1_dot_node__pb2.SignCheckpointRequest.SerializeToString,
             liaison_dot_v1_dot_node__pb2.CheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liaison.v1.NodeService/ListAuditEvents',
+            liaison_dot_v1_dot_node__pb2.ListAuditEventsRequest.SerializeToString,
+            liaison_dot_v1_dot_node__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -66,6 +66,10 @@ class NodeServiceStub:
     """Sign a checkpoint of the audit log now (if it grew since the last one) and have every
     active peer cosign it; answers the newest checkpoint with the cosignatures it holds.
     """
+    ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_node_pb2.ListAuditEventsRequest, _node_pb2.ListAuditEventsResponse]
+    """The audit trail, for auditors: every event (not only message events) matching the
+    filters, in sequence order, a page at a time. Events hold no notice content.
+    """
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -101,6 +105,10 @@ class NodeServiceAsyncStub(NodeServiceStub):
     SignCheckpoint: _aio.UnaryUnaryMultiCallable[_node_pb2.SignCheckpointRequest, _node_pb2.CheckpointResponse]  # type: ignore[assignment]
     """Sign a checkpoint of the audit log now (if it grew since the last one) and have every
     active peer cosign it; answers the newest checkpoint with the cosignatures it holds.
+    """
+    ListAuditEvents: _aio.UnaryUnaryMultiCallable[_node_pb2.ListAuditEventsRequest, _node_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
+    """The audit trail, for auditors: every event (not only message events) matching the
+    filters, in sequence order, a page at a time. Events hold no notice content.
     """
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -212,6 +220,16 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_node_pb2.CheckpointResponse, _abc.Awaitable[_node_pb2.CheckpointResponse]]:
         """Sign a checkpoint of the audit log now (if it grew since the last one) and have every
         active peer cosign it; answers the newest checkpoint with the cosignatures it holds.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAuditEvents(
+        self,
+        request: _node_pb2.ListAuditEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.ListAuditEventsResponse, _abc.Awaitable[_node_pb2.ListAuditEventsResponse]]:
+        """The audit trail, for auditors: every event (not only message events) matching the
+        filters, in sequence order, a page at a time. Events hold no notice content.
         """
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
