@@ -49,3 +49,30 @@ def add_commands(
 
     p = sub.add_parser("list", parents=[common, as_json], help="every identity and its state")
     p.set_defaults(run=lazy(COMMANDS, "cmd_list"))
+
+    p = sub.add_parser(
+        "export",
+        parents=[common, as_json],
+        help="write a credential as a PKCS#12 file, for clients in other languages",
+        description="Write the credential credentials/NAME as one PKCS#12 (.p12, PFX) file: "
+        "its key and client certificate, and the local API's CA certificate. The "
+        "credential's own passphrase (--passphrase-file or $LIAISON_PASSPHRASE) only opens "
+        "its key: the file is encrypted under a fresh random export passphrase (192 bits, "
+        "32 characters of A-Z a-z 0-9 - _), written alone to --passphrase-to and never "
+        "shown. With PBES2 (PBKDF2-HMAC-SHA256, 600,000 rounds, AES-256-CBC) and an "
+        "HMAC-SHA256 MAC whose key cryptography derives at 2,048 rounds: a guess can be "
+        "checked at that cost, which is why the passphrase is random rather than chosen. "
+        "For gRPC clients that cannot open Liaison's sealed key: Java (KeyStore type "
+        "PKCS12), .NET (PFX), Go, Node.js. Both files are created with mode 0600 and never "
+        "overwritten (both are checked before anything is asked); the export is audited, "
+        "without the passphrase.",
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--to", required=True, metavar="FILE", help="the .p12 file to create")
+    p.add_argument(
+        "--passphrase-to",
+        required=True,
+        metavar="FILE",
+        help="the file to create with the .p12 file's passphrase (hand it over separately)",
+    )
+    p.set_defaults(run=lazy(COMMANDS, "cmd_export"))

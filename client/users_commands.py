@@ -4,7 +4,9 @@
 a client certificate, its key sealed under the *credential's* own passphrase, and the
 API's address) to hand to its holder; ``revoke`` takes effect on the holder's next
 call, without a restart. They need the home's passphrase (the CA's key is sealed in
-the key store); ``list`` does not.
+the key store); ``list`` does not. ``export`` writes a credential as a PKCS#12 file for
+clients in other languages, encrypted under a fresh random passphrase that it writes to
+a second file; it needs the *credential's* passphrase, to open the key.
 """
 
 from __future__ import annotations
@@ -14,15 +16,27 @@ import datetime as dt
 import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from liaison.client import render
 from liaison.client.cli_common import home_path, print_json, unlocked_home
 from liaison.client.errors import UsageError
-from liaison.client.passphrase import NEW_PASSPHRASE_VARIABLE, new_passphrase
+from liaison.client.passphrase import NEW_PASSPHRASE_VARIABLE, new_passphrase, passphrase
+from liaison.keys.certs import certificate_sha256, pem_to_der
+from liaison.keys.credentials import (
+    EXPORT_PASSPHRASE_BITS,
+    PKCS12_KDF_ROUNDS,
+    PKCS12_MAC_ROUNDS,
+    ClientCredential,
+    export_passphrase,
+)
+from liaison.keys.keystore import write_private_file
+from liaison.keys.notice import IDENTITY_NAME
 from liaison.keys.sealed import Unlocker
 from liaison.server.home import NodeHome
 from liaison.server.store import users as registry
+from liaison.server.store.audit import AuditKind, append
 from liaison.server.users import (
     Issued,
     UsersError,
@@ -156,3 +170,85 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(line)
     print(f"{len(listed)} identities", file=sys.stderr)
     return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write the credential ``credentials/NAME`` as a PKCS#12 file (key, client
+    certificate, CA), for gRPC clients in other languages, under a fresh random
+    passphrase written to a second file (``--passphrase-to``) and shown nowhere else.
+
+    Both files are created with mode 0600 and never replace one; both paths are checked
+    before the credential's passphrase is asked. Either both are written and the export
+    is audited (with the certificate's digest, never the passphrase), or neither and
+    nothing is: if the key does not open, a file cannot be created, or the audit fails.
+    """
+    if not IDENTITY_NAME.fullmatch(args.name):
+        raise UsageError(f"{render.safe(args.name)!r} is not an identity name")
+    home = home_path(args)
+    target = Path(args.to).expanduser()
+    passphrase_file = Path(args.passphrase_to).expanduser()
+    if target.resolve() == passphrase_file.resolve():
+        raise UsageError("--to and --passphrase-to name the same file; nothing was written")
+    for path in (target, passphrase_file):
+        if path.exists() or path.is_symlink():
+            raise UsageError(f"{path} exists already; nothing was written")
+    secret = passphrase(args.passphrase_file, what=f"the credential of {args.name}")
+    credential = ClientCredential.load(home / "credentials" / args.name, Unlocker(secret))
+    # Not the credential's passphrase: the file's MAC lets a guess be checked at 2,048
+    # rounds, harmless against 192 random bits and not against a passphrase a person chose.
+    export_secret = export_passphrase()
+    bundle = credential.pkcs12(export_secret, name=args.name)
+    digest = certificate_sha256(pem_to_der(credential.certificate))
+    settings = (
+        f"random export passphrase, {EXPORT_PASSPHRASE_BITS} bits; "
+        f"PBKDF2-HMAC-SHA256 at {PKCS12_KDF_ROUNDS:,} rounds, AES-256-CBC; "
+        f"HMAC-SHA256 MAC at {PKCS12_MAC_ROUNDS:,} rounds"
+    )
+    # Audited if and only if written: the files are created inside the audit's
+    # transaction, and removed again if either cannot be or that transaction does not
+    # commit.
+    created: list[Path] = []
+    store = NodeHome(home).open_store()
+    try:
+        with store.write() as session:
+            append(
+                session,
+                AuditKind.CREDENTIAL_EXPORTED,
+                at=dt.datetime.now(dt.UTC),
+                actor="admin",
+                detail=f"user {args.name}, certificate {digest}, as PKCS#12 ({settings})",
+            )
+            for path, data in ((target, bundle), (passphrase_file, export_secret.reveal())):
+                _create(path, data)
+                created.append(path)
+    except BaseException:
+        for path in created:
+            path.unlink(missing_ok=True)
+        raise
+    finally:
+        store.close()
+    if args.json:
+        print_json(
+            {
+                "name": args.name,
+                "file": str(target),
+                "passphrase_file": str(passphrase_file),
+                "certificate_sha256": digest,
+            }
+        )
+    else:
+        print(f"Wrote the credential of {args.name} to {render.safe(str(target))}")
+        print(f"  and its export passphrase to {render.safe(str(passphrase_file))}")
+        print("  PKCS#12 (key, client.crt, ca.crt), both files mode 0600")
+        print(f"  {settings}")
+        print("Hand the passphrase file over apart from the .p12 file.")
+    return 0
+
+
+def _create(path: Path, data: bytes) -> None:
+    try:
+        write_private_file(path, data)
+    except FileExistsError:
+        raise UsageError(f"{path} exists already; nothing was written") from None
+    except OSError as exc:
+        raise UsageError(f"cannot create {path}: {exc.strerror}; nothing was written") from exc

@@ -380,17 +380,22 @@ class NodeKeys:
 
 
 def write_private_file(path: Path, data: bytes) -> None:
-    """Create ``path`` with mode 0600 and sync it; never overwrite an existing file."""
+    """Create ``path`` with mode 0600 and sync it; never overwrite an existing file.
+    If writing fails once the file is created, the part written is removed."""
     _write_synced(path, data, 0o600)
 
 
 def _write_synced(path: Path, data: bytes, mode: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    # O_EXCL: the file is ours from here on, so a failure removes it, not a stranger's.
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def read_private_file(path: Path) -> bytes:

@@ -89,8 +89,8 @@ class AuditKind(enum.StrEnum):
     USER_ADDED = "user-added"
     USER_ROTATED = "user-rotated"
     USER_REVOKED = "user-revoked"
-    # A credential's key written out as encrypted PKCS#8 (liaison users export-key).
-    CREDENTIAL_KEY_EXPORTED = "credential-key-exported"
+    # A credential written out as a PKCS#12 file (liaison users export).
+    CREDENTIAL_EXPORTED = "credential-exported"
     OPENED = "opened"
     # A setting of config.toml changed (liaison config set); the key only, never a value.
     CONFIG_CHANGED = "config-changed"
