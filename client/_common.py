@@ -259,8 +259,9 @@ class ChunkCheck:
             )
 
 
-def translate(error: grpc.RpcError) -> ClientError:
-    """The library's error for a call the node (or the transport) ended with ``error``."""
+def translate(error: grpc.RpcError, target: str = "") -> ClientError:
+    """The library's error for a call the node (or the transport) ended with ``error``
+    (``target``: the address the call went to, named when it could not get through)."""
     code: grpc.StatusCode = error.code()
     details = error.details() or ""
     fields = {"code": code.name, "details": details}
@@ -279,8 +280,8 @@ def translate(error: grpc.RpcError) -> ClientError:
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         # UNAVAILABLE is also the node's answer while its storage is unavailable.
         return NodeUnavailable(
-            f"the node's local API is unreachable or unavailable ({code.name}): {details}; "
-            "is `liaison serve` running for this home?",
+            f"the node's local API{' at ' + target if target else ''} is unreachable or "
+            f"unavailable ({code.name}): {details}; is its node running (`liaison serve`)?",
             **fields,
         )
     if code == grpc.StatusCode.INTERNAL:

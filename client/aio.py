@@ -64,6 +64,7 @@ class AsyncLiaisonClient:
             options=_common.channel_options(max_answer_bytes),
         )
         self._stub = node_pb2_grpc.NodeServiceStub(self._channel)
+        self._target = credential.target
         self._timeout = timeout
 
     @classmethod
@@ -192,7 +193,7 @@ class AsyncLiaisonClient:
                     yield event
                 return
             except grpc.RpcError as error:
-                translated = translate(error)
+                translated = translate(error, self._target)
                 if not reconnect or not isinstance(translated, NodeUnavailable):
                     raise translated from None
             await asyncio.sleep(_common.backoff_seconds(attempt))
@@ -336,7 +337,7 @@ class AsyncLiaisonClient:
         try:
             return await method(request, timeout=timeout or self._timeout)
         except grpc.RpcError as error:
-            raise translate(error) from None
+            raise translate(error, self._target) from None
 
 
 class AsyncAttachmentStream:

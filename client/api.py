@@ -93,6 +93,7 @@ class LiaisonClient:
             options=_common.channel_options(max_answer_bytes),
         )
         self._stub = node_pb2_grpc.NodeServiceStub(self._channel)
+        self._target = credential.target
         self._timeout = timeout
 
     @classmethod
@@ -254,7 +255,7 @@ class LiaisonClient:
                     yield event
                 return
             except grpc.RpcError as error:
-                translated = translate(error)
+                translated = translate(error, self._target)
                 if not reconnect or not isinstance(translated, NodeUnavailable):
                     raise translated from None
             time.sleep(_common.backoff_seconds(attempt))
@@ -360,7 +361,7 @@ class LiaisonClient:
         try:
             first = next(iter(call))
         except grpc.RpcError as error:
-            raise translate(error) from None
+            raise translate(error, self._target) from None
         except StopIteration:
             raise ClientError(f"the node sent nothing of attachment {number}") from None
         return AttachmentStream(number, _common.attachment_info(first), first.data, call)
@@ -434,7 +435,7 @@ class LiaisonClient:
         try:
             return method(request, timeout=timeout or self._timeout)
         except grpc.RpcError as error:
-            raise translate(error) from None
+            raise translate(error, self._target) from None
 
 
 class AttachmentStream:

@@ -29,7 +29,7 @@ import logging
 import re
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from liaison.client import audit_cli, render, users_cli
 from liaison.client.choices import (
@@ -41,8 +41,8 @@ from liaison.client.choices import (
     RELIABILITY,
     TLPS,
 )
-from liaison.client.cli_common import count, lazy, log_level
-from liaison.client.errors import ClientError, UsageError
+from liaison.client.cli_common import count, home_path, lazy, log_level
+from liaison.client.errors import ClientError, NodeUnavailable, UsageError
 from liaison.client.passphrase import NEW_PASSPHRASE_VARIABLE
 from liaison.keys.sealed import MIN_LOG2_N, NODE_KEYS_LOG2_N, PASSPHRASE_VARIABLE
 
@@ -64,8 +64,25 @@ class _Version(argparse.Action):
         parser.exit(0)
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` shows an option's default when it says something (not None, False or
+    empty, and not already in the text), and keeps the lines of the examples."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        quiet = default is None or default is False or default in ([], "", argparse.SUPPRESS)
+        if quiet or not action.option_strings or "default" in text or action.help is None:
+            return action.help
+        return f"{text} (default: %(default)s)"
+
+
 class OneLineParser(argparse.ArgumentParser):
     """A usage error is one line on standard error and exit 2 (subcommands inherit it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     # With --json anywhere on the command line, a usage error is JSON too.
     json_errors = False
@@ -327,7 +344,10 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     p.add_argument("--comment", help="a few words for the recipient (visible in ps)")
     p.add_argument("--comment-file", help="file holding the comment, or - for standard input")
     p.add_argument(
-        "--ttl", type=count(0, 366 * 86_400), default=0, help="envelope lifetime in seconds"
+        "--ttl",
+        type=count(0, 366 * 86_400),
+        default=0,
+        help="envelope lifetime in seconds (default: the node's, 7 days unless configured)",
     )
     p.set_defaults(run=lazy(COMMANDS, "cmd_forward"))
 
@@ -409,7 +429,43 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     p.set_defaults(run=lazy("liaison.client.completion", "cmd_completion"))
     for leaf in _leaves(parser):
         _global_options(leaf, argparse.SUPPRESS)
+        examples = EXAMPLES.get(leaf.prog.removeprefix("liaison "))
+        if examples and not leaf.epilog:
+            leaf.epilog = "examples:\n" + "\n".join(f"  {line}" for line in examples)
     return parser
+
+
+# What `liaison COMMAND --help` shows under "examples:".
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "init": (
+        "liaison init --home ~/liaison --agency MA.DGSN.CCPI --name 'DGSN CCPI' \\",
+        "    --endpoint ccpi.example.ma:7443",
+    ),
+    "peers add": ("liaison peers add their.card --endpoint lo-rabat.example.de:7443",),
+    "send": (
+        "liaison send --to DE.BPOL.LO-RABAT --notice notice.toml",
+        "liaison send --to DE.BPOL.LO-RABAT --case-ref CCPI-2026-0412 --category cybercrime \\",
+        "    --tlp amber --subject 'Phishing kit' --body-file body.txt --attach kit.zip",
+        "liaison send --to DE.BPOL.LO-RABAT --tlp red --reader amrani --notice notice.toml",
+    ),
+    "inbox": ("liaison inbox --new", "liaison inbox --tlp red --since 2026-11-01 --json"),
+    "show": ("liaison show 0194c3e0-... --save-attachments ~/cases/0412",),
+    "ack": ("liaison ack 0194c3e0-... --status action-taken --comment-file note.txt",),
+    "reply": ("liaison reply 0194c3e0-... --body-file answer.txt",),
+    "watch": ("liaison watch --event received --json", "liaison watch --after 1207"),
+    "status": ("liaison status 0194c3e0-... --wait 30",),
+    "search": ("liaison search 'job offers' --since 2026-11-01",),
+    "users add": (
+        "liaison users add amrani --role operator --expires 180d",
+        "liaison users add inspection --role auditor",
+    ),
+    "audit verify": ("liaison audit verify --card our.card",),
+    "audit log": (
+        "liaison audit log --case CCPI-2026-0412",
+        "liaison audit log --identity inspection --event access-denied --since 2026-11-01",
+    ),
+    "completion": ("source <(liaison completion bash)   # in ~/.bashrc",),
+}
 
 
 HOME_HELP = "node home folder (default: $LIAISON_HOME, else ~/.liaison)"
@@ -514,7 +570,10 @@ def _notice_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unit", help="originating unit")
     p.add_argument("--officer", help="originating officer")
     p.add_argument(
-        "--ttl", type=count(0, 366 * 86_400), default=0, help="envelope lifetime in seconds"
+        "--ttl",
+        type=count(0, 366 * 86_400),
+        default=0,
+        help="envelope lifetime in seconds (default: the node's, 7 days unless configured)",
     )
 
 
@@ -540,7 +599,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except ClientError as error:
-        return _failed(args, str(error), error.exit_code, type(error).__name__)
+        message = str(error)
+        if isinstance(error, NodeUnavailable):
+            home = home_path(args, new=True)
+            message += f" Start it with: liaison serve --home {render.safe(str(home))}"
+        return _failed(args, message, error.exit_code, type(error).__name__)
     except KeyboardInterrupt:
         return 130
     except Exception as error:

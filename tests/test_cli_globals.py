@@ -200,3 +200,41 @@ def test_a_large_send_shows_a_progress_line_on_a_terminal(tmp_path: Path) -> Non
         assert "sending" not in out
     finally:
         a.stop()
+
+
+def test_a_node_that_is_not_running_is_named_with_how_to_start_it(
+    home: NodeHome, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "inbox", "--home", str(home.path))
+    assert code == 3
+    assert out == ""
+    api = home.config().api_listen
+    assert f"local API at {api} is unreachable" in err
+    assert f"Start it with: liaison serve --home {home.path}" in err
+    assert err.count("\n") == 1
+
+
+def _commands() -> list[str]:
+    from liaison.client.cli import _leaves  # noqa: PLC0415 - the parser's own walk
+
+    return [leaf.prog.removeprefix("liaison ") for leaf in _leaves(build_parser())]
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args([*command.split(), "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: liaison {command}")
+    assert "--home" in text  # the global options reach every command
+
+
+def test_help_shows_examples_and_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["send", "--help"])
+    text = capsys.readouterr().out
+    assert "examples:\n  liaison send --to DE.BPOL.LO-RABAT --notice notice.toml" in text
+    assert "(default: 10)" in text  # --wait
+    assert "(default: False)" not in text
+    assert "(default: None)" not in text
