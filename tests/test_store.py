@@ -11,7 +11,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -19,7 +19,7 @@ from liaison.server.committer import GroupCommitter
 from liaison.server.store import audit
 from liaison.server.store.audit import AuditKind
 from liaison.server.store.models import Base
-from liaison.server.store.store import MIGRATIONS, Store, sqlite_url
+from liaison.server.store.store import MIGRATIONS, Store, StoreError, sqlite_url
 
 
 @pytest.fixture
@@ -106,3 +106,30 @@ def test_a_failing_unit_fails_alone(store: Store) -> None:
     assert isinstance(results[1], ValueError)
     assert sorted(r for r in results if isinstance(r, int)) == [1, 2]
     assert [e.detail for e in store.audit_events()] == ["", ""]
+
+
+def test_a_message_is_found_by_its_id_with_one_seek(store: Store) -> None:
+    """Lookups by direction and message id (a notice's state and recipients, asked on
+    every send) must seek the message-id index. They were planned on an index that
+    begins with the direction alone, reading every outbound message each time: the
+    cost of a send grew with the outbox (found with `liaison bench`, issue 10)."""
+    statements: list[tuple[str, object]] = []
+
+    def capture(*args: object) -> None:
+        statements.append((str(args[2]), args[3]))
+
+    event.listen(store.engine, "before_cursor_execute", capture)
+    message_id = "019ac9f0-8000-7000-8000-000000000001"
+    store.outbound_states(message_id)
+    with pytest.raises(StoreError):
+        store.state(message_id)
+    store.notice_messages(message_id)
+    event.remove(store.engine, "before_cursor_execute", capture)
+    plans = []
+    with store.engine.connect() as connection:
+        for statement, parameters in statements:
+            if "FROM messages" in statement and statement.lstrip().startswith("SELECT"):
+                rows = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+                plans += [row[-1] for row in rows if "messages" in row[-1]]
+    assert len(plans) >= 3
+    assert all("ix_messages_message_id (message_id=? AND direction=?)" in p for p in plans), plans

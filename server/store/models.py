@@ -153,7 +153,7 @@ class Message(Base):
         UniqueConstraint("sender", "message_id", name="uq_messages_sender_message_id"),
         Index("ix_messages_outbox", "direction", "state", "recipient", "next_attempt_at"),
         Index("ix_messages_listing", "direction", "id"),
-        Index("ix_messages_message_id", "message_id"),
+        Index("ix_messages_message_id", "message_id", "direction"),
         Index("ix_messages_content_format", "content_format"),
         Index("ix_messages_thread", "thread_id"),
         Index("ix_messages_refers_to", "refers_to"),
