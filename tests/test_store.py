@@ -19,7 +19,13 @@ from liaison.server.committer import GroupCommitter
 from liaison.server.store import audit
 from liaison.server.store.audit import AuditKind
 from liaison.server.store.models import Base
-from liaison.server.store.store import MIGRATIONS, Store, StoreError, sqlite_url
+from liaison.server.store.store import (
+    MIGRATIONS,
+    SCHEMA_HEAD,
+    Store,
+    StoreError,
+    sqlite_url,
+)
 
 
 @pytest.fixture
@@ -38,6 +44,13 @@ def _event(session: Session, detail: str = "") -> int:
 def test_migrations_produce_exactly_the_models(store: Store) -> None:
     with store.engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+
+
+def test_the_schema_head_is_the_newest_migration(store: Store) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_current_head() == SCHEMA_HEAD
+    assert store.schema_revision() == SCHEMA_HEAD
 
 
 def test_migrating_twice_changes_nothing(store: Store) -> None:
