@@ -120,8 +120,8 @@ class AccessControl:
         return found
 
     def _identify(self, fingerprint: str, now: dt.datetime) -> Identity | str:
-        with self._store.read() as session:
-            return users.identify(session, fingerprint, now)
+        with self._store.lookup() as connection:
+            return users.identify(connection, fingerprint, now)
 
     async def _denied(self, key: str, actor: str, method: str, why: str) -> None:
         """Log every refusal; audit one per minute per identity and method."""

@@ -70,7 +70,6 @@ from liaison.server.store.models import (
     Message,
     MessageState,
     Receipt,
-    SendRequest,
 )
 from liaison.server.store.records import MessageSummaryRow, NoticeRecord
 from liaison.server.store.store import ListCursor, MessageQuery, Store
@@ -760,9 +759,9 @@ class Notices:
             )
         return earlier.message_id
 
-    def _sent_request(self, actor: str, key: str) -> SendRequest | None:
-        with self.store.read() as session:
-            return outbox.sent_request(session, actor, key)
+    def _sent_request(self, actor: str, key: str) -> outbox.EarlierRequest | None:
+        with self.store.lookup() as connection:
+            return outbox.earlier_request(connection, actor, key)
 
     def _seal_record(
         self, notice: notice_pb2.CaseNotice, card: PeerCard, ttl: dt.timedelta, now: dt.datetime

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import Connection, CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from liaison.keys.content_types import CARD_UPDATE_CONTENT_TYPE
@@ -73,6 +73,21 @@ def queue(session: Session, record: NoticeRecord, *, actor: str) -> None:
 def sent_request(session: Session, actor: str, key: str) -> SendRequest | None:
     """The earlier ``SendNotice`` of ``actor`` with idempotency key ``key``, if any."""
     return session.get(SendRequest, (actor, key))
+
+
+class EarlierRequest(NamedTuple):
+    request_sha256: str
+    message_id: str
+
+
+def earlier_request(connection: Connection, actor: str, key: str) -> EarlierRequest | None:
+    """``sent_request`` for a read outside a write (the check before sealing anything)."""
+    row = connection.execute(
+        select(SendRequest.request_sha256, SendRequest.message_id).where(
+            SendRequest.actor == actor, SendRequest.idempotency_key == key
+        )
+    ).first()
+    return None if row is None else EarlierRequest(row[0], row[1])
 
 
 def queue_once(

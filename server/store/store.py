@@ -16,7 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, and_, create_engine, event, func, inspect, or_, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    create_engine,
+    event,
+    func,
+    inspect,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from liaison.keys.card import PeerCard, parse_card
@@ -287,6 +299,13 @@ class Store:
         with self._read() as session, session.begin():
             yield session
 
+    @contextmanager
+    def lookup(self) -> Iterator[Connection]:
+        """A read transaction without an ORM session, for the small lookups made on every
+        call (who is calling, a key's earlier request, a state): a quarter of the cost."""
+        with self.engine.connect() as connection:
+            yield connection
+
     # Peers -----------------------------------------------------------------
 
     def pin_peer(
@@ -480,8 +499,8 @@ class Store:
 
     def is_revoked(self, agency_id: str) -> bool:
         """True if ``agency_id`` is pinned and revoked."""
-        with self.read() as session:
-            state = session.scalar(select(Peer.state).where(Peer.agency_id == agency_id))
+        with self.lookup() as connection:
+            state = connection.scalar(select(Peer.state).where(Peer.agency_id == agency_id))
         return state == PeerState.REVOKED.value
 
     def delivery_health(self, agency_id: str) -> DeliveryHealth:
@@ -567,7 +586,7 @@ class Store:
         ``message_id``, or of every recipient's message of its notice; light columns only."""
         columns = (Message.recipient, Message.message_id, Message.state, Message.failure_reason)
         outbound = Message.direction == Direction.OUTBOUND.value
-        with self.read() as session:
+        with self.lookup() as session:
             row = session.execute(
                 select(*columns, Message.notice_id).where(
                     outbound, Message.message_id == message_id

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
 from liaison.server.store import audit
@@ -42,24 +42,33 @@ class UserRow:
     certificate_sha256: str | None
 
 
-def identify(session: Session, certificate_sha256: str, now: dt.datetime) -> Identity | str:
+def identify(
+    session: Session | Connection, certificate_sha256: str, now: dt.datetime
+) -> Identity | str:
     """The identity holding this certificate, or why the certificate is refused."""
     row = session.execute(
-        select(ApiCertificate, ApiUser)
+        select(
+            ApiUser.name,
+            ApiUser.role,
+            ApiUser.revoked_at,
+            ApiUser.expires_at,
+            ApiCertificate.revoked_at,
+            ApiCertificate.expires_at,
+        )
         .join(ApiUser, ApiUser.name == ApiCertificate.user)
         .where(ApiCertificate.sha256 == certificate_sha256)
     ).first()
     if row is None:
         return "the credential is not registered at this node (never issued by `liaison users`)"
-    certificate, user = row
-    if user.revoked_at is not None:
-        return f"the credential of {user.name} was revoked"
-    if certificate.revoked_at is not None:
-        return f"this certificate of {user.name} was replaced (`liaison users rotate`)"
-    expires = min(user.expires_at, certificate.expires_at)
+    name, role, user_revoked, user_expires, certificate_revoked, certificate_expires = row
+    if user_revoked is not None:
+        return f"the credential of {name} was revoked"
+    if certificate_revoked is not None:
+        return f"this certificate of {name} was replaced (`liaison users rotate`)"
+    expires = min(user_expires, certificate_expires)
     if expires <= now:
-        return f"the credential of {user.name} expired at {expires.isoformat()}"
-    return Identity(user.name, user.role, expires)
+        return f"the credential of {name} expired at {expires.isoformat()}"
+    return Identity(name, role, expires)
 
 
 def add(
