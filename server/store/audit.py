@@ -190,6 +190,7 @@ def append(
         reason=reason,
         detail=detail,
     )
-    session.add(event)
+    # Written with its leaf just before the transaction commits (auditlog.write_pending),
+    # or before anything reads the log.
     auditlog.append(session, event)
     return event

@@ -89,6 +89,9 @@ class _Pending:
     edge: dict[tuple[int, int], bytes]
     leaves: list[dict[str, Any]] = field(default_factory=list)
     nodes: list[dict[str, Any]] = field(default_factory=list)
+    # The event rows themselves, written with their leaves (one INSERT for all of a
+    # transaction's events, not an ORM object each).
+    events: list[dict[str, Any]] = field(default_factory=list)
 
 
 class EdgeCache:
@@ -174,6 +177,19 @@ def append(session: Session, event: AuditEvent) -> None:
         pending = _Pending(size, edge)
         session.info[_PENDING] = pending
     pending.size = event.seq
+    pending.events.append(
+        {
+            "seq": event.seq,
+            "at": event.at,
+            "event": event.event,
+            "message_id": event.message_id,
+            "peer": event.peer,
+            "actor": event.actor,
+            "envelope_sha256": event.envelope_sha256,
+            "reason": event.reason,
+            "detail": event.detail,
+        }
+    )
     entry = entry_of(event)
     pending.leaves.append({"seq": event.seq, "entry": entry})
     edge = pending.edge
@@ -192,13 +208,15 @@ def write_pending(session: Session) -> None:
     """Write the entries and subtree hashes appended in this transaction (a session
     ``before_commit`` hook, and called before the tree is read)."""
     pending: _Pending | None = session.info.get(_PENDING)
-    if pending is None or not (pending.leaves or pending.nodes):
+    if pending is None or not (pending.events or pending.leaves or pending.nodes):
         return
+    if pending.events:
+        session.execute(insert(AuditEvent.__table__), pending.events)  # type: ignore[arg-type]
     if pending.leaves:
         session.execute(insert(AuditLeaf.__table__), pending.leaves)  # type: ignore[arg-type]
     if pending.nodes:
         session.execute(insert(AuditNode.__table__), pending.nodes)  # type: ignore[arg-type]
-    pending.leaves, pending.nodes = [], []
+    pending.events, pending.leaves, pending.nodes = [], [], []
 
 
 class StoredTree:

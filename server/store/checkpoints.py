@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from liaison.server.store import audit
 from liaison.server.store.audit import CHECKPOINT_BOOKKEEPING, AuditKind
-from liaison.server.store.auditlog import StoredTree
+from liaison.server.store.auditlog import StoredTree, write_pending
 from liaison.server.store.models import (
     AuditCheckpoint,
     AuditEvent,
@@ -46,6 +46,7 @@ def latest_cosigned_by(session: Session, peer: str) -> AuditCheckpoint | None:
 def due(session: Session) -> tuple[int, bytes] | None:
     """The log's size and root, if it grew by more than checkpoint bookkeeping since our
     newest checkpoint: a checkpoint is then due."""
+    write_pending(session)  # events appended in this transaction count too
     newest = latest(session)
     since = newest.size if newest is not None else 0
     grew = session.scalars(  # one such event is enough: no count of them all
