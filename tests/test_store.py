@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,14 +12,15 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import event, text
+from sqlalchemy import event, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from liaison.server.committer import GroupCommitter
-from liaison.server.store import audit
+from liaison.server.store import audit, outbox
 from liaison.server.store.audit import AuditKind
-from liaison.server.store.models import Base
+from liaison.server.store.models import Base, Message
+from liaison.server.store.records import NoticeRecord
 from liaison.server.store.store import (
     MIGRATIONS,
     SCHEMA_HEAD,
@@ -146,3 +148,58 @@ def test_a_message_is_found_by_its_id_with_one_seek(store: Store) -> None:
                 plans += [row[-1] for row in rows if "messages" in row[-1]]
     assert len(plans) >= 3
     assert all("ix_messages_message_id (message_id=? AND direction=?)" in p for p in plans), plans
+
+
+def _record(message_id: str) -> NoticeRecord:
+    now = dt.datetime.now(dt.UTC)
+    return NoticeRecord(
+        message_id=message_id,
+        sender="MA.DGSN.CCPI",
+        recipient="DE.BPOL.LO-RABAT",
+        content_type="application/vnd.liaison.case-notice.v1+proto",
+        category=1,
+        priority=1,
+        handling=2,
+        envelope=b"envelope",
+        envelope_sha256="00" * 32,
+        content=b"content",
+        data_key=b"key",
+        storage_key_id="k",
+        summary=b"summary",
+        created_at=now,
+        expires_at=now + dt.timedelta(days=1),
+    )
+
+
+def test_a_retry_in_the_same_group_commit_queues_nothing_twice(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two calls with one idempotency key whose units share a transaction: the second
+    sees what the first remembered, though nothing was written yet (no autoflush)."""
+    first, second = (
+        "019ac9f0-8000-7000-8000-000000000001",
+        "019ac9f0-8000-7000-8000-000000000002",
+    )
+
+    def queue(message_id: str) -> Callable[[Session], str]:
+        def work(session: Session) -> str:
+            return outbox.queue_once(
+                session, _record(message_id), actor="ops", key="k-1", request_sha256="ab"
+            )
+
+        return work
+
+    async def run() -> list[str]:
+        committer = GroupCommitter(store, max_batch=64)
+        committer.start()
+        ids = await asyncio.gather(committer.submit(queue(first)), committer.submit(queue(second)))
+        batches = committer.batches
+        await committer.stop()
+        assert batches == 1  # one transaction: the case this is about
+        return list(ids)
+
+    assert asyncio.run(run()) == [first, first]
+    assert "retrying singly" not in caplog.text  # the shared transaction did not fail
+    with store.read() as session:
+        queued = session.scalars(select(Message.message_id)).all()
+    assert queued == [first]

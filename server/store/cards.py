@@ -90,7 +90,8 @@ def announcement_settled(
 ) -> None:
     """A delivery to ``recipient`` reached a final state: if it was the announcement
     of our card, the peer now pins that card (DELIVERED), or keeps the one it had."""
-    peer = session.get(Peer, recipient)
+    with session.no_autoflush:  # a change to the peer in this transaction is in the session
+        peer = session.get(Peer, recipient)
     if peer is None or peer.announcement_id != message_id or peer.announcing is None:
         return
     sequence = peer.announcing

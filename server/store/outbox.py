@@ -71,8 +71,20 @@ def queue(session: Session, record: NoticeRecord, *, actor: str) -> None:
 
 
 def sent_request(session: Session, actor: str, key: str) -> SendRequest | None:
-    """The earlier ``SendNotice`` of ``actor`` with idempotency key ``key``, if any."""
-    return session.get(SendRequest, (actor, key))
+    """The earlier ``SendNotice`` of ``actor`` with idempotency key ``key``, if any:
+    committed, or remembered earlier in this transaction (by another unit of the same
+    group commit: a retry that raced the first call)."""
+    remembered: dict[tuple[str, str], SendRequest] = session.info.get(_REMEMBERED, {})
+    if (actor, key) in remembered:
+        return remembered[(actor, key)]
+    # No autoflush: what this lookup needs is committed or remembered above, and the
+    # transaction's other rows are then written together at commit, not one by one.
+    with session.no_autoflush:
+        return session.get(SendRequest, (actor, key))
+
+
+# The idempotency keys remembered in a transaction (session.info), by (actor, key).
+_REMEMBERED = "liaison.send_requests"
 
 
 class EarlierRequest(NamedTuple):
@@ -110,15 +122,15 @@ def remember_request(
     session: Session, actor: str, key: str, request_sha256: str, message_id: str
 ) -> None:
     """Note that ``actor``'s call with idempotency key ``key`` queued ``message_id``."""
-    session.add(
-        SendRequest(
-            actor=actor,
-            idempotency_key=key,
-            request_sha256=request_sha256,
-            message_id=message_id,
-            created_at=dt.datetime.now(dt.UTC),
-        )
+    request = SendRequest(
+        actor=actor,
+        idempotency_key=key,
+        request_sha256=request_sha256,
+        message_id=message_id,
+        created_at=dt.datetime.now(dt.UTC),
     )
+    session.add(request)
+    session.info.setdefault(_REMEMBERED, {})[(actor, key)] = request
 
 
 def claim_due(
@@ -175,7 +187,10 @@ def claim_due(
 def settle(session: Session, outcome: DeliveryOutcome) -> None:
     """Record the outcome of one attempt with its audit events."""
     pending = outcome.pending
-    message = session.get_one(Message, pending.pk)
+    # The message row is in the session already if anything in this transaction changed
+    # it; else it is read as committed. No flush of the other units' rows needed.
+    with session.no_autoflush:
+        message = session.get_one(Message, pending.pk)
     if message.state != MessageState.SENT.value:
         return  # recorded already, by an attempt whose commit was reported as failed
     message.state = outcome.state.value
