@@ -144,8 +144,18 @@ def claim_due(
     """
     if is_held(session, recipient):
         return []
-    rows = session.scalars(
-        select(Message)
+    # The columns a delivery needs, not the whole row (its content sealed at rest is as
+    # large as the envelope); a change made earlier in this transaction (a cancel) is
+    # flushed first, so a cancelled message is not claimed.
+    rows = session.execute(
+        select(
+            Message.id,
+            Message.message_id,
+            Message.envelope,
+            Message.envelope_sha256,
+            Message.expires_at,
+            Message.attempts,
+        )
         .where(
             Message.direction == OUTBOUND,
             Message.state == MessageState.QUEUED.value,
@@ -156,11 +166,16 @@ def claim_due(
         .order_by(Message.id)
         .limit(limit)
     ).all()
+    if not rows:
+        return []
+    session.execute(
+        update(Message)
+        .where(Message.id.in_([row.id for row in rows]))
+        .values(state=MessageState.SENT.value, attempts=Message.attempts + 1, updated_at=now)
+    )
     claimed = []
     for row in rows:
-        row.state = MessageState.SENT.value
-        row.attempts += 1
-        row.updated_at = now
+        attempts = row.attempts + 1
         audit.append(
             session,
             AuditKind.SENT,
@@ -168,7 +183,7 @@ def claim_due(
             message_id=row.message_id,
             peer=recipient,
             envelope_sha256=row.envelope_sha256,
-            detail=f"attempt {row.attempts}",
+            detail=f"attempt {attempts}",
         )
         claimed.append(
             PendingDelivery(
@@ -178,7 +193,7 @@ def claim_due(
                 row.envelope,
                 row.envelope_sha256,
                 row.expires_at,
-                row.attempts,
+                attempts,
             )
         )
     return claimed
