@@ -147,6 +147,9 @@ INBOUND_EVENTS = frozenset(
 )
 
 
+_LAST_EVENT = select(AuditEvent.seq, AuditEvent.at).order_by(AuditEvent.seq.desc()).limit(1)
+
+
 def append(
     session: Session,
     kind: AuditKind,
@@ -172,9 +175,7 @@ def append(
     """
     last = session.info.get(_LAST_SEQ)
     if last is None:
-        row = session.execute(
-            select(AuditEvent.seq, AuditEvent.at).order_by(AuditEvent.seq.desc()).limit(1)
-        ).first()
+        row = session.execute(_LAST_EVENT).first()
         last = (row[0], row[1]) if row is not None else (0, None)
     seq, previous = last
     stamp = max(at, dt.datetime.now(dt.UTC), *([previous] if previous is not None else []))

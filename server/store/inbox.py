@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from liaison.server.store import audit
@@ -28,12 +28,16 @@ class StoredReceipt:
     signed_receipt: bytes
 
 
+# Built once (run for every envelope received, before and after decryption).
+_STORED_RECEIPT = (
+    select(Message.envelope_sha256, Receipt.signed_receipt)
+    .join(Receipt, Receipt.message_pk == Message.id)
+    .where(Message.sender == bindparam("sender"), Message.message_id == bindparam("message_id"))
+)
+
+
 def stored_receipt(session: Session, sender: str, message_id: str) -> StoredReceipt | None:
-    row = session.execute(
-        select(Message.envelope_sha256, Receipt.signed_receipt)
-        .join(Receipt, Receipt.message_pk == Message.id)
-        .where(Message.sender == sender, Message.message_id == message_id)
-    ).first()
+    row = session.execute(_STORED_RECEIPT, {"sender": sender, "message_id": message_id}).first()
     return None if row is None else StoredReceipt(row[0], row[1])
 
 

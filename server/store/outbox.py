@@ -6,7 +6,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Connection, CursorResult, select, update
+from sqlalchemy import Connection, CursorResult, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from liaison.keys.content_types import CARD_UPDATE_CONTENT_TYPE
@@ -94,12 +94,35 @@ class EarlierRequest(NamedTuple):
 
 def earlier_request(connection: Connection, actor: str, key: str) -> EarlierRequest | None:
     """``sent_request`` for a read outside a write (the check before sealing anything)."""
-    row = connection.execute(
-        select(SendRequest.request_sha256, SendRequest.message_id).where(
-            SendRequest.actor == actor, SendRequest.idempotency_key == key
-        )
-    ).first()
+    row = connection.execute(_EARLIER, {"actor": actor, "key": key}).first()
     return None if row is None else EarlierRequest(row[0], row[1])
+
+
+# Statements of every send and every delivery, built once (building one costs more than
+# running it).
+_EARLIER = select(SendRequest.request_sha256, SendRequest.message_id).where(
+    SendRequest.actor == bindparam("actor"), SendRequest.idempotency_key == bindparam("key")
+)
+_PEER_STATE = select(Peer.state).where(Peer.agency_id == bindparam("agency"))
+_DUE = (
+    select(
+        Message.id,
+        Message.message_id,
+        Message.envelope,
+        Message.envelope_sha256,
+        Message.expires_at,
+        Message.attempts,
+    )
+    .where(
+        Message.direction == OUTBOUND,
+        Message.state == MessageState.QUEUED.value,
+        Message.recipient == bindparam("recipient"),
+        Message.next_attempt_at <= bindparam("now"),
+        Message.expires_at > bindparam("now"),
+    )
+    .order_by(Message.id)
+    .limit(bindparam("limit"))
+)
 
 
 def queue_once(
@@ -147,25 +170,7 @@ def claim_due(
     # The columns a delivery needs, not the whole row (its content sealed at rest is as
     # large as the envelope); a change made earlier in this transaction (a cancel) is
     # flushed first, so a cancelled message is not claimed.
-    rows = session.execute(
-        select(
-            Message.id,
-            Message.message_id,
-            Message.envelope,
-            Message.envelope_sha256,
-            Message.expires_at,
-            Message.attempts,
-        )
-        .where(
-            Message.direction == OUTBOUND,
-            Message.state == MessageState.QUEUED.value,
-            Message.recipient == recipient,
-            Message.next_attempt_at <= now,
-            Message.expires_at > now,
-        )
-        .order_by(Message.id)
-        .limit(limit)
-    ).all()
+    rows = session.execute(_DUE, {"recipient": recipient, "now": now, "limit": limit}).all()
     if not rows:
         return []
     session.execute(
@@ -389,7 +394,7 @@ def next_due_at(session: Session, recipient: str, now: dt.datetime) -> dt.dateti
 def is_held(session: Session, recipient: str) -> bool:
     """True if notices to ``recipient`` are held, not sent: it is revoked, or no
     longer pinned (removed; they go out if it is pinned again, else they expire)."""
-    state = session.scalar(select(Peer.state).where(Peer.agency_id == recipient))
+    state = session.scalar(_PEER_STATE, {"agency": recipient})
     return state is None or state == PeerState.REVOKED.value
 
 

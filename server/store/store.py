@@ -20,6 +20,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     and_,
+    bindparam,
     create_engine,
     event,
     func,
@@ -239,6 +240,18 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(connection: Any) -> None:
         immediate = connection.get_execution_options().get(_WRITE, False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+# Statements of every call or send, built once: SQLAlchemy derives a cache key from a
+# statement each time it runs one, and building it anew costs more than running it.
+_PEER_STATE = select(Peer.state).where(Peer.agency_id == bindparam("agency"))
+_STATE_COLUMNS = (Message.recipient, Message.message_id, Message.state, Message.failure_reason)
+_OUTBOUND_STATE = select(*_STATE_COLUMNS, Message.notice_id).where(
+    Message.direction == Direction.OUTBOUND.value, Message.message_id == bindparam("message_id")
+)
+_NOTICE_STATES = (
+    select(*_STATE_COLUMNS).where(Message.notice_id == bindparam("notice_id")).order_by(Message.id)
+)
 
 
 class Store:
@@ -500,7 +513,7 @@ class Store:
     def is_revoked(self, agency_id: str) -> bool:
         """True if ``agency_id`` is pinned and revoked."""
         with self.lookup() as connection:
-            state = connection.scalar(select(Peer.state).where(Peer.agency_id == agency_id))
+            state = connection.scalar(_PEER_STATE, {"agency": agency_id})
         return state == PeerState.REVOKED.value
 
     def delivery_health(self, agency_id: str) -> DeliveryHealth:
@@ -584,21 +597,13 @@ class Store:
     def outbound_states(self, message_id: str) -> list[tuple[str, str, str, str | None]]:
         """(recipient, message id, state, failure reason) of the outbound message
         ``message_id``, or of every recipient's message of its notice; light columns only."""
-        columns = (Message.recipient, Message.message_id, Message.state, Message.failure_reason)
-        outbound = Message.direction == Direction.OUTBOUND.value
-        with self.lookup() as session:
-            row = session.execute(
-                select(*columns, Message.notice_id).where(
-                    outbound, Message.message_id == message_id
-                )
-            ).first()
+        with self.lookup() as connection:
+            row = connection.execute(_OUTBOUND_STATE, {"message_id": message_id}).first()
             if row is None:
                 return []
             if row.notice_id is None:
                 return [(row[0], row[1], row[2], row[3])]
-            rows = session.execute(
-                select(*columns).where(Message.notice_id == row.notice_id).order_by(Message.id)
-            ).all()
+            rows = connection.execute(_NOTICE_STATES, {"notice_id": row.notice_id}).all()
             return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     def notice_messages(self, message_id: str) -> list[Message]:
