@@ -204,6 +204,12 @@ def append(session: Session, event: AuditEvent) -> None:
         pending.nodes.append({"level": level, "idx": index, "hash": current})
 
 
+# Built once: they run in every write transaction.
+_INSERT_EVENTS = insert(AuditEvent.__table__)  # type: ignore[arg-type]
+_INSERT_LEAVES = insert(AuditLeaf.__table__)  # type: ignore[arg-type]
+_INSERT_NODES = insert(AuditNode.__table__)  # type: ignore[arg-type]
+
+
 def write_pending(session: Session) -> None:
     """Write the entries and subtree hashes appended in this transaction (a session
     ``before_commit`` hook, and called before the tree is read)."""
@@ -211,11 +217,11 @@ def write_pending(session: Session) -> None:
     if pending is None or not (pending.events or pending.leaves or pending.nodes):
         return
     if pending.events:
-        session.execute(insert(AuditEvent.__table__), pending.events)  # type: ignore[arg-type]
+        session.execute(_INSERT_EVENTS, pending.events)
     if pending.leaves:
-        session.execute(insert(AuditLeaf.__table__), pending.leaves)  # type: ignore[arg-type]
+        session.execute(_INSERT_LEAVES, pending.leaves)
     if pending.nodes:
-        session.execute(insert(AuditNode.__table__), pending.nodes)  # type: ignore[arg-type]
+        session.execute(_INSERT_NODES, pending.nodes)
     pending.events, pending.leaves, pending.nodes = [], [], []
 
 

@@ -104,6 +104,13 @@ _EARLIER = select(SendRequest.request_sha256, SendRequest.message_id).where(
     SendRequest.actor == bindparam("actor"), SendRequest.idempotency_key == bindparam("key")
 )
 _PEER_STATE = select(Peer.state).where(Peer.agency_id == bindparam("agency"))
+_CLAIM = (
+    update(Message)
+    .where(Message.id.in_(bindparam("ids", expanding=True)))
+    .values(
+        state=MessageState.SENT.value, attempts=Message.attempts + 1, updated_at=bindparam("now")
+    )
+)
 _DUE = (
     select(
         Message.id,
@@ -173,11 +180,7 @@ def claim_due(
     rows = session.execute(_DUE, {"recipient": recipient, "now": now, "limit": limit}).all()
     if not rows:
         return []
-    session.execute(
-        update(Message)
-        .where(Message.id.in_([row.id for row in rows]))
-        .values(state=MessageState.SENT.value, attempts=Message.attempts + 1, updated_at=now)
-    )
+    session.execute(_CLAIM, {"ids": [row.id for row in rows], "now": now})
     claimed = []
     for row in rows:
         attempts = row.attempts + 1

@@ -249,6 +249,12 @@ _STATE_COLUMNS = (Message.recipient, Message.message_id, Message.state, Message.
 _OUTBOUND_STATE = select(*_STATE_COLUMNS, Message.notice_id).where(
     Message.direction == Direction.OUTBOUND.value, Message.message_id == bindparam("message_id")
 )
+_EVENTS_AFTER = (
+    select(AuditEvent)
+    .where(AuditEvent.seq > bindparam("after"))
+    .order_by(AuditEvent.seq)
+    .limit(bindparam("limit"))
+)
 _NOTICE_STATES = (
     select(*_STATE_COLUMNS).where(Message.notice_id == bindparam("notice_id")).order_by(Message.id)
 )
@@ -866,14 +872,7 @@ class Store:
         """Events about messages after ``after_seq`` (of ``kinds``, if given), and the seq
         the read reached: the events and the last seq looked at (to go on from)."""
         with self.read() as session:
-            rows = list(
-                session.scalars(
-                    select(AuditEvent)
-                    .where(AuditEvent.seq > after_seq)
-                    .order_by(AuditEvent.seq)
-                    .limit(limit)
-                ).all()
-            )
+            rows = list(session.scalars(_EVENTS_AFTER, {"after": after_seq, "limit": limit}).all())
         reached = rows[-1].seq if rows else after_seq
         wanted = [
             row for row in rows if row.message_id is not None and (not kinds or row.event in kinds)
