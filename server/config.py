@@ -29,7 +29,10 @@ class Limits:
     max_lifetime_days: int = 30
     clock_skew_seconds: int = 300
     default_ttl_seconds: int = 7 * 24 * 3600
-    # Messages in flight to one peer at a time (pipelining window).
+    # Messages in flight to one peer at a time (pipelining window). Below the peers'
+    # peer_calls and peer_streams_per_connection (their defaults are these of ours):
+    # a call past a receiver's stream limit is refused (REFUSED_STREAM, UNAVAILABLE),
+    # which a sender takes for the peer being down.
     delivery_window: int = 64
     delivery_timeout_seconds: float = 30.0
     # HTTP/2 keepalive on connections to peers: a ping after this long without one, and
@@ -49,14 +52,16 @@ class Limits:
     handshake_timeout_seconds: float = 5.0
     # Peer listener: all connections, and HTTP/2 streams on one connection.
     peer_max_connections: int = 1024
-    peer_streams_per_connection: int = 32
+    peer_streams_per_connection: int = 128
     # A connection with no call for this long is closed.
     peer_idle_seconds: float = 300.0
     # Per pinned peer: connections with calls in flight, calls in flight, rate.
     peer_connections: int = 4
     peer_calls: int = 64
-    peer_rate_per_second: float = 50.0
-    peer_rate_burst: int = 500
+    # Not below the throughput a node is built for (issue 10: 500 notices/s to one peer);
+    # a flood is bounded by peer_calls and the byte limits as well.
+    peer_rate_per_second: float = 1000.0
+    peer_rate_burst: int = 2000
     # Per pinned peer: envelope bytes stored (quota) and held in memory at once.
     peer_quota_bytes: int = 8 * 1024**3
     peer_receive_bytes: int = 16 * 1024 * 1024
