@@ -57,7 +57,7 @@ class Limits:
     peer_idle_seconds: float = 300.0
     # Per pinned peer: connections with calls in flight, calls in flight, rate.
     peer_connections: int = 4
-    peer_calls: int = 64
+    peer_calls: int = 128
     # Not below the throughput a node is built for (issue 10: 500 notices/s to one peer);
     # a flood is bounded by peer_calls and the byte limits as well.
     peer_rate_per_second: float = 1000.0
