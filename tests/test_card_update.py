@@ -29,7 +29,9 @@ from tests.cli_homes import CliHome, peers_add, run, run_json, snapshot
 from tests.conftest import make_home, peer_link
 
 A_ID, B_ID = "MA.DGSN.CCPI", "DE.BPOL.LO-RABAT"
-NOW = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
+# When the rotations happen: after the identities below are made (a fixed date in the
+# past of a run made them "older than the pinned card" from that moment on).
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(hours=1)
 
 
 def next_card(identity: NodeIdentity, *kinds: str) -> tuple[NodeIdentity, bytes]:
