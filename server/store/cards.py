@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from liaison.keys.card import PeerCard
@@ -85,12 +85,20 @@ def queue_announcement(
     return True
 
 
+_ANNOUNCEMENT = select(Peer.announcement_id).where(Peer.agency_id == bindparam("agency"))
+
+
 def announcement_settled(
     session: Session, *, recipient: str, message_id: str, state: MessageState, at: dt.datetime
 ) -> None:
     """A delivery to ``recipient`` reached a final state: if it was the announcement
     of our card, the peer now pins that card (DELIVERED), or keeps the one it had."""
-    with session.no_autoflush:  # a change to the peer in this transaction is in the session
+    with session.no_autoflush:
+        # Nearly every delivery is no announcement: the one column tells (an announcement
+        # is queued in a transaction before the one that settles it).
+        announced = session.scalar(_ANNOUNCEMENT, {"agency": recipient})
+        if announced != message_id:
+            return
         peer = session.get(Peer, recipient)
     if peer is None or peer.announcement_id != message_id or peer.announcing is None:
         return

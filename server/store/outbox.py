@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Connection, CursorResult, bindparam, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, load_only
 
 from liaison.keys.content_types import CARD_UPDATE_CONTENT_TYPE
 from liaison.server.store import audit, cards, lifecycle
@@ -70,17 +70,18 @@ def queue(session: Session, record: NoticeRecord, *, actor: str) -> None:
     )
 
 
-def sent_request(session: Session, actor: str, key: str) -> SendRequest | None:
+def sent_request(session: Session, actor: str, key: str) -> EarlierRequest | None:
     """The earlier ``SendNotice`` of ``actor`` with idempotency key ``key``, if any:
     committed, or remembered earlier in this transaction (by another unit of the same
     group commit: a retry that raced the first call)."""
-    remembered: dict[tuple[str, str], SendRequest] = session.info.get(_REMEMBERED, {})
+    remembered: dict[tuple[str, str], EarlierRequest] = session.info.get(_REMEMBERED, {})
     if (actor, key) in remembered:
         return remembered[(actor, key)]
     # No autoflush: what this lookup needs is committed or remembered above, and the
     # transaction's other rows are then written together at commit, not one by one.
     with session.no_autoflush:
-        return session.get(SendRequest, (actor, key))
+        row = session.execute(_EARLIER, {"actor": actor, "key": key}).first()
+    return None if row is None else EarlierRequest(row[0], row[1])
 
 
 # The idempotency keys remembered in a transaction (session.info), by (actor, key).
@@ -104,6 +105,16 @@ _EARLIER = select(SendRequest.request_sha256, SendRequest.message_id).where(
     SendRequest.actor == bindparam("actor"), SendRequest.idempotency_key == bindparam("key")
 )
 _PEER_STATE = select(Peer.state).where(Peer.agency_id == bindparam("agency"))
+# A settlement changes these; the envelope and the content stay unread.
+_SETTLE_COLUMNS = [
+    load_only(
+        Message.state,
+        Message.peer_status,
+        Message.updated_at,
+        Message.next_attempt_at,
+        Message.failure_reason,
+    )
+]
 _CLAIM = (
     update(Message)
     .where(Message.id.in_(bindparam("ids", expanding=True)))
@@ -160,7 +171,9 @@ def remember_request(
         created_at=dt.datetime.now(dt.UTC),
     )
     session.add(request)
-    session.info.setdefault(_REMEMBERED, {})[(actor, key)] = request
+    session.info.setdefault(_REMEMBERED, {})[(actor, key)] = EarlierRequest(
+        request_sha256, message_id
+    )
 
 
 def claim_due(
@@ -213,7 +226,7 @@ def settle(session: Session, outcome: DeliveryOutcome) -> None:
     # The message row is in the session already if anything in this transaction changed
     # it; else it is read as committed. No flush of the other units' rows needed.
     with session.no_autoflush:
-        message = session.get_one(Message, pending.pk)
+        message = session.get_one(Message, pending.pk, options=_SETTLE_COLUMNS)
     if message.state != MessageState.SENT.value:
         return  # recorded already, by an attempt whose commit was reported as failed
     message.state = outcome.state.value
