@@ -24,8 +24,8 @@ from liaison.keys.labels import CONTENT_SIGNATURE_LABEL, signing_input
 from liaison.keys.notice import (
     IDENTITY_NAME,
     MAX_COMMENT_LENGTH,
-    MAX_READERS,
     notice_problems,
+    readers_problems,
 )
 from liaison.keys.text import code_point, first_control_character
 from liaison.v1 import envelope_pb2, notice_pb2
@@ -102,7 +102,7 @@ def parse_forward(
     if len(forward.original_signature) != ED25519_SIGNATURE_BYTES:
         problems.append("the originator's signature has the wrong length")
     problems += [f"original {problem}" for problem in notice_problems(notice)]
-    problems += _reader_problems(forward, notice)
+    problems += readers_problems(notice.handling, forward.readers, "forward")
     if len(forward.comment) > MAX_COMMENT_LENGTH:
         problems.append(f"comment is longer than {MAX_COMMENT_LENGTH} characters")
     control = first_control_character(forward.comment, multiline=True)
@@ -113,18 +113,3 @@ def parse_forward(
     if problems:
         return None, problems
     return ForwardedNotice(forward, header, notice), []
-
-
-def _reader_problems(forward: notice_pb2.Forward, notice: notice_pb2.CaseNotice) -> list[str]:
-    red = notice.handling == notice_pb2.TLP_RED
-    if len(forward.readers) > MAX_READERS:
-        return [f"more than {MAX_READERS} readers"]
-    problems = []
-    if red and not forward.readers:
-        problems.append("a TLP:RED forward names at least one reader")
-    if forward.readers and not red:
-        problems.append("only a TLP:RED forward names readers")
-    for index, reader in enumerate(forward.readers, 1):
-        if not IDENTITY_NAME.fullmatch(reader):
-            problems.append(f"reader {index} is not an identity name")
-    return problems

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from liaison.keys.ids import is_agency_id, is_message_id
@@ -30,17 +30,26 @@ MAX_READERS = 32
 MAX_FORWARDABLE_TO = 32
 
 
-def _reader_problems(notice: notice_pb2.CaseNotice) -> list[str]:
-    """TLP:RED names its readers (at least one); no other handling names any."""
+def readers_problems(handling: int, readers: Sequence[str], what: str) -> list[str]:
+    """TLP:RED names its readers (at least one); no other handling names any. ``what``
+    names the message in the problems ("notice", "forward"); the count is capped first."""
+    if len(readers) > MAX_READERS:
+        return [f"more than {MAX_READERS} readers"]
     problems = []
-    red = notice.handling == notice_pb2.TLP_RED
-    if red and not notice.readers:
-        problems.append("a TLP:RED notice names at least one reader")
-    if notice.readers and not red:
-        problems.append("only a TLP:RED notice names readers")
-    for index, reader in enumerate(notice.readers, 1):
+    red = handling == notice_pb2.TLP_RED
+    if red and not readers:
+        problems.append(f"a TLP:RED {what} names at least one reader")
+    if readers and not red:
+        problems.append(f"only a TLP:RED {what} names readers")
+    for index, reader in enumerate(readers, 1):
         if not IDENTITY_NAME.fullmatch(reader):
             problems.append(f"reader {index} is not an identity name")
+    return problems
+
+
+def _reader_problems(notice: notice_pb2.CaseNotice) -> list[str]:
+    """The readers, who sent it, and where it may be forwarded."""
+    problems = readers_problems(notice.handling, notice.readers, "notice")
     if notice.sent_by and not IDENTITY_NAME.fullmatch(notice.sent_by):
         problems.append("sent_by is not an identity name")
     for index, agency in enumerate(notice.forwardable_to, 1):
