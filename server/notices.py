@@ -978,7 +978,7 @@ class Notices:
         if found is None:
             raise NotFound(f"no message {message_id}")
         message, receipt = found
-        notice = await asyncio.to_thread(self._open, message)
+        notice, forwarded_from = await asyncio.to_thread(self._opened, message)
         if opened_by is not None and notice is not None:
             await self._check_red(message, notice, opened_by)
         if opened_by is not None and notice is not None and _unread(message):
@@ -992,22 +992,30 @@ class Notices:
             summary = summary.opened(notice.subject, notice.case_reference)
         else:  # destroyed (nothing to open), or not a notice: its sealed summary says what
             summary = await asyncio.to_thread(self._opened_summary, summary)
-        forwarded_from = await asyncio.to_thread(self.forwarded_from, message)
         return MessageView(message, receipt, timeline, notice, summary, forwarded_from)
 
     def _open(self, message: Message) -> notice_pb2.CaseNotice | None:
         """The stored notice in clear; None if its content was destroyed, or if the
         message is not a notice (a card update: its summary says what it is). A forward
         gives the forwarded notice, with the readers the forward names here."""
+        return self._opened(message, provenance=False)[0]
+
+    def _opened(
+        self, message: Message, *, provenance: bool = True
+    ) -> tuple[notice_pb2.CaseNotice | None, node_pb2.ForwardedFrom | None]:
+        """``_open``'s notice and, for a forward (with ``provenance``), where it comes
+        from, its originator's signature checked: one decryption for both."""
         content = self._content(message)
         if content is None:
-            return None
+            return None, None
         try:
             if message.content_type == REPLY_CONTENT_TYPE:
-                return notice_pb2.Reply.FromString(content).notice
+                return notice_pb2.Reply.FromString(content).notice, None
             if message.content_type == FORWARD_CONTENT_TYPE:
-                return self._forwarded(message, content).shown()
-            return notice_pb2.CaseNotice.FromString(content)
+                forwarded = self._forwarded(message, content)
+                origin = self._provenance(forwarded) if provenance else None
+                return forwarded.shown(), origin
+            return notice_pb2.CaseNotice.FromString(content), None
         except DecodeError:
             raise StoredContentError(
                 f"the stored notice {message.message_id} opens but does not parse"
@@ -1050,15 +1058,9 @@ class Notices:
                 "database was altered or damaged (restore it from a backup)"
             ) from None
 
-    def forwarded_from(self, message: Message) -> node_pb2.ForwardedFrom | None:
+    def _provenance(self, forwarded: ForwardedNotice) -> node_pb2.ForwardedFrom:
         """Where a forwarded notice comes from, its originator's signature checked against
-        the pins as they are now; None for any other message."""
-        if message.content_type != FORWARD_CONTENT_TYPE:
-            return None
-        content = self._content(message)
-        if content is None:
-            return None
-        forwarded = self._forwarded(message, content)
+        the pins as they are now."""
         key = self.peers.trust.signing_key(
             forwarded.originator, forwarded.header.sender_signing_key_id
         )
