@@ -450,13 +450,12 @@ def _forwarded(checked: CheckedEnvelope, content: bytes, reject: Reject) -> Forw
             R.REJECT_REASON_FORWARD_NOT_ALLOWED,
             "the originator did not name the receiver in forwardable_to",
         )
-    key = (
-        checked.trust.signing_key(forwarded.originator, forwarded.header.sender_signing_key_id)
-        if checked.trust is not None
-        else None
-    )
-    if key is not None and not forwarded.signed_by(key):
-        raise reject(R.REJECT_REASON_INVALID_FORWARD, "the originator's signature fails")
+    verified = forwarded.verified_by(checked.trust) if checked.trust is not None else None
+    if verified is False:
+        raise reject(
+            R.REJECT_REASON_INVALID_FORWARD,
+            "the originator's signature fails, or its key is none pinned for the originator",
+        )
     return forwarded
 
 

@@ -28,6 +28,7 @@ from liaison.keys.notice import (
     readers_problems,
 )
 from liaison.keys.text import code_point, first_control_character
+from liaison.keys.trust import TrustStore
 from liaison.v1 import envelope_pb2, notice_pb2
 
 ED25519_SIGNATURE_BYTES = 64
@@ -49,13 +50,25 @@ class ForwardedNotice:
         return self.header.sender
 
     def shown(self) -> notice_pb2.CaseNotice:
-        """The notice as the receiving node holds it: the originator's, with the readers
-        the forward names (a TLP:RED notice's own readers are the forwarder's people)."""
+        """The notice as the forwarder and the receiver hold it: the originator's, with the
+        readers the forward names and, as the identity that sent it, the one that
+        forwarded it (the originator's own readers and sender are people of the
+        originator and of the forwarder, whose names mean nothing, or someone else, here)."""
         notice = notice_pb2.CaseNotice()
         notice.CopyFrom(self.notice)
         del notice.readers[:]
         notice.readers.extend(self.forward.readers)
+        notice.sent_by = self.forward.forwarded_by
         return notice
+
+    def verified_by(self, trust: TrustStore) -> bool | None:
+        """Whether the originator's signature verifies under its key pinned in ``trust``:
+        None when the originator is not pinned there; False when it is but the key is not
+        one of its pinned ones (a forgery, or a key from before its last rotation)."""
+        if trust.peer(self.originator) is None:
+            return None
+        key = trust.signing_key(self.originator, self.header.sender_signing_key_id)
+        return key is not None and self.signed_by(key)
 
     def signed_by(self, key: ed25519.Ed25519PublicKey) -> bool:
         """Whether the originator's signature verifies under ``key``."""

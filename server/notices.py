@@ -1061,16 +1061,13 @@ class Notices:
     def _provenance(self, forwarded: ForwardedNotice) -> node_pb2.ForwardedFrom:
         """Where a forwarded notice comes from, its originator's signature checked against
         the pins as they are now."""
-        key = self.peers.trust.signing_key(
-            forwarded.originator, forwarded.header.sender_signing_key_id
-        )
         return node_pb2.ForwardedFrom(
             originator=forwarded.originator,
             original_message_id=forwarded.header.message_id,
             original_sent_at=forwarded.header.created_at,
             forwarded_by=forwarded.forward.forwarded_by,
             comment=forwarded.forward.comment,
-            originator_signature_verified=key is not None and forwarded.signed_by(key),
+            originator_signature_verified=forwarded.verified_by(self.peers.trust) is True,
         )
 
     async def _check_red(

@@ -179,6 +179,11 @@ def test_a_red_forward_names_readers_at_the_third_agency(agencies: Agencies) -> 
         assert ops.get_status(forwarded.message_id, wait_seconds=WAIT).state == (
             node_pb2.MESSAGE_STATE_DELIVERED
         )
+    # At B, the forward is read back by whoever forwarded it, not by A's sender's name.
+    with agencies.as_user(agencies.b, "ops") as ops:
+        assert ops.get_message(forwarded.message_id).notice.body == red.body
+    with agencies.b.client() as client, pytest.raises(PermissionDenied, match="TLP:RED"):
+        client.get_message(forwarded.message_id)
     with agencies.c.client() as client, pytest.raises(PermissionDenied, match="TLP:RED"):
         client.get_message(forwarded.message_id)
     with agencies.as_user(agencies.c, "analyst") as analyst:
@@ -254,6 +259,7 @@ def _original(
         ("altered-notice", R.REJECT_REASON_INVALID_FORWARD),
         ("forged-signature", R.REJECT_REASON_INVALID_FORWARD),
         ("own-notice-back", R.REJECT_REASON_INVALID_FORWARD),
+        ("unknown-key-id", R.REJECT_REASON_INVALID_FORWARD),
         ("red-without-readers", R.REJECT_REASON_INVALID_FORWARD),
         ("not-parsing", R.REJECT_REASON_INVALID_FORWARD),
     ],
@@ -275,6 +281,10 @@ def test_a_receiver_refuses_a_forward_that_breaks_the_rules(
         changed = notice_pb2.CaseNotice.FromString(forward.original_content)
         changed.subject = "Words the originator never wrote"
         forward.original_content = changed.SerializeToString()
+    if tamper == "unknown-key-id":  # a made-up notice put in the mouth of a pinned A
+        header = envelope_pb2.EnvelopeHeader.FromString(forward.original_header)
+        header.sender_signing_key_id = "00" * 16
+        forward.original_header = header.SerializeToString()
     if tamper == "forged-signature":
         forward.original_signature = b.signing_key.sign(b"anything")
     content = b"\xff not a forward" if tamper == "not-parsing" else forward.SerializeToString()
