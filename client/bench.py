@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -44,6 +45,7 @@ from liaison.client import render
 from liaison.client.aio import AsyncLiaisonClient
 from liaison.client.demo import free_port
 from liaison.client.errors import UsageError
+from liaison.keys.keystore import write_private_file
 from liaison.keys.sealed import PASSPHRASE_VARIABLE, Passphrase
 from liaison.server.home import NodeHome, init_home
 from liaison.v1 import notice_pb2
@@ -366,10 +368,11 @@ async def _measure_payload(
     a: BenchNode,
     b: BenchNode,
     payload: str,
+    notice: notice_pb2.CaseNotice,
+    *,
     plan: Plan,
     progress: Callable[[str], None],
 ) -> Run:
-    notice = notice_of(payload)
     large = payload == "large"
     n = plan.large_n if large else plan.small_n
     run = Run(payload_bytes=notice.ByteSize(), n=n)
@@ -429,13 +432,19 @@ async def _wait_ready(node: BenchNode) -> float:
     """
     start = time.perf_counter()
     host, _, port = node.home.config().api_listen.rpartition(":")
-    while time.perf_counter() - start < READY_TIMEOUT_SECONDS:
+    while True:
         try:
             _, writer = await asyncio.open_connection(host, int(port))
         except OSError:
+            if time.perf_counter() - start > READY_TIMEOUT_SECONDS:
+                raise RuntimeError(
+                    f"the node at {node.home.path} did not open its API port in "
+                    f"{READY_TIMEOUT_SECONDS:g} s (its log is beside its home)"
+                ) from None
             await asyncio.sleep(0.02)
             continue
         writer.close()
+        await writer.wait_closed()
         break
     async with node.client() as client:
         await client.wait_ready(READY_TIMEOUT_SECONDS)
@@ -453,6 +462,8 @@ async def run_bench(plan: Plan, *, keep: Path | None, progress: Callable[[str], 
     try:
         progress("creating two node homes")
         a_home, b_home = _homes(root, secret)
+        if keep is not None:  # the kept homes open with it (as `liaison demo --keep`)
+            write_private_file(root / "passphrase", secret.encode() + b"\n")
         a = BenchNode(a_home, secret, root / "sender.log")
         b = BenchNode(b_home, secret, root / "receiver.log")
         nodes = [a, b]
@@ -463,8 +474,12 @@ async def run_bench(plan: Plan, *, keep: Path | None, progress: Callable[[str], 
         await _wait_ready(a)
         startup = time.perf_counter() - started
         reports = {}
-        for payload in ("small", "large"):
-            reports[payload] = await _measure_payload(a, b, payload, plan, progress)
+        # The same notices go end to end and through the crypto floor.
+        notices = {payload: notice_of(payload) for payload in ("small", "large")}
+        for payload, notice in notices.items():
+            reports[payload] = await _measure_payload(
+                a, b, payload, notice, plan=plan, progress=progress
+            )
         progress("one notice at a time")
         single = await _single_sends(a, plan.single_sends)
         rss = {"sender": a.peak_rss_mb(), "receiver": b.peak_rss_mb()}
@@ -481,7 +496,12 @@ async def run_bench(plan: Plan, *, keep: Path | None, progress: Callable[[str], 
             run.grpc_mtls_echo_per_s = echo.calls_per_s
             progress(f"{payload}: crypto_floor")
             floor = await asyncio.to_thread(
-                measure_crypto_floor, run.payload_bytes, seconds=plan.floor_seconds
+                functools.partial(
+                    measure_crypto_floor,
+                    run.payload_bytes,
+                    seconds=plan.floor_seconds,
+                    notice=notices[payload],
+                )
             )
             run.crypto_floor_per_s = floor.per_s
         return Report(

@@ -430,7 +430,11 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     )
     p.add_argument("--quick", action="store_true", help="a short run (under 90 s)")
     p.add_argument("-n", type=count(10, 1_000_000), default=0, help="2 KiB notices to send")
-    p.add_argument("--keep", metavar="DIR", help="keep the node homes and logs in this folder")
+    p.add_argument(
+        "--keep",
+        metavar="DIR",
+        help="keep the node homes, their logs and their passphrase (DIR/passphrase) here",
+    )
     p.set_defaults(run=lazy("liaison.client.bench", "cmd_bench"))
 
     p = commands.add_parser(

@@ -161,13 +161,24 @@ def exchange_once(
     )
 
 
-def measure_crypto_floor(payload_bytes: int, *, seconds: float) -> FloorResult:
-    """Exchange notices of ``payload_bytes`` one after another for about ``seconds``.
+def measure_crypto_floor(
+    payload_bytes: int, *, seconds: float, notice: notice_pb2.CaseNotice | None = None
+) -> FloorResult:
+    """Exchange notices of ``payload_bytes`` one after another for about ``seconds``:
+    ``notice`` (the very notice a benchmark sends end to end; its originator and time
+    filled in as a node does) or else ``bench_notice(payload_bytes)``.
 
     One warm-up exchange first, then at least one measured.
     """
     pair = Pair.generate()
-    notice = bench_notice(payload_bytes)
+    if notice is None:
+        notice = bench_notice(payload_bytes)
+    else:
+        completed = notice_pb2.CaseNotice()
+        completed.CopyFrom(notice)
+        completed.originator.agency_id = SENDER_AGENCY
+        completed.created_at.GetCurrentTime()
+        notice = completed
     exchange_once(pair, notice)
     notices, sender_total, receiver_total = 0, 0.0, 0.0
     started = time.perf_counter()
