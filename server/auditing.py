@@ -27,6 +27,7 @@ from liaison.keys.checkpoint import (
 )
 from liaison.keys.errors import CardError, CheckpointError, KeysError
 from liaison.keys.evidence import Bundle, PeerLogProof, ProvenEntry, encode_bundle
+from liaison.keys.ids import is_agency_id, is_message_id
 from liaison.keys.merkle import inclusion_proof
 from liaison.keys.rotation import verify_card_update
 from liaison.keys.storage import Row, StorageKey, StoredContentError, open_summary
@@ -279,6 +280,8 @@ def events(
 
 AUDIT_PAGE = 500
 AUDIT_PAGE_MAX = 5000
+MAX_SEQ = 2**63 - 1  # SQLite's (and PostgreSQL's BIGINT's) largest integer
+MAX_ACTOR = 128  # the audit_events.actor column
 
 
 @dataclass(frozen=True)
@@ -295,6 +298,14 @@ class AuditReader:
         ``AUDIT_PAGE_MAX`` or an unknown event kind."""
         if limit > AUDIT_PAGE_MAX:
             raise RequestError(f"at most {AUDIT_PAGE_MAX} events per page, not {limit:,}")
+        if after > MAX_SEQ:
+            raise RequestError(f"after is beyond the largest sequence number ({MAX_SEQ})")
+        if scope.message_ids is not None and not all(map(is_message_id, scope.message_ids)):
+            raise RequestError("message_id is not a message id (a UUIDv7)")
+        if scope.peer is not None and not is_agency_id(scope.peer):
+            raise RequestError("peer is not an agency id")
+        if scope.actor is not None and len(scope.actor) > MAX_ACTOR:
+            raise RequestError(f"actor is longer than {MAX_ACTOR} characters")
         known = {kind.value for kind in AuditKind}
         unknown = sorted(scope.events - known)
         if unknown:

@@ -199,9 +199,7 @@ class Notices:
         problems = notice_problems(notice)
         if problems:
             raise RequestError("invalid notice: " + "; ".join(problems))
-        ttl = ttl_seconds or self.limits.default_ttl_seconds
-        if ttl > self.limits.max_lifetime_days * 86400:
-            raise RequestError(f"ttl exceeds the limit of {self.limits.max_lifetime_days} days")
+        ttl = self._ttl(ttl_seconds)
         records = [
             await asyncio.to_thread(self._seal_record, notice, card, dt.timedelta(seconds=ttl), now)
             for card in cards
@@ -414,9 +412,7 @@ class Notices:
         problems = reply_problems(reply)
         if problems:
             raise RequestError("invalid reply: " + "; ".join(problems))
-        ttl = ttl_seconds or self.limits.default_ttl_seconds
-        if ttl > self.limits.max_lifetime_days * 86400:
-            raise RequestError(f"ttl exceeds the limit of {self.limits.max_lifetime_days} days")
+        ttl = self._ttl(ttl_seconds)
         card = await self._recipient(original.sender)
         record = await asyncio.to_thread(
             self._seal_other,
@@ -511,9 +507,7 @@ class Notices:
         forwarded, problems = parse_forward(forward, forwarder=self.keys.current.agency_id)
         if forwarded is None:
             raise RequestError("invalid forward: " + "; ".join(problems))
-        ttl = ttl_seconds or self.limits.default_ttl_seconds
-        if ttl > self.limits.max_lifetime_days * 86400:
-            raise RequestError(f"ttl exceeds the limit of {self.limits.max_lifetime_days} days")
+        ttl = self._ttl(ttl_seconds)
         now = self.clock()
         record = await asyncio.to_thread(
             self._seal_other,
@@ -1142,6 +1136,16 @@ class Notices:
                 )
 
         await self.committer.submit(work)
+
+    def _ttl(self, ttl_seconds: int) -> int:
+        """An envelope's lifetime in seconds: ``ttl_seconds``, or the node's default for 0;
+        ``RequestError`` for a negative one or one over ``limits.max_lifetime_days``."""
+        ttl = ttl_seconds or self.limits.default_ttl_seconds
+        if ttl < 0:
+            raise RequestError("ttl must not be negative")
+        if ttl > self.limits.max_lifetime_days * 86400:
+            raise RequestError(f"ttl exceeds the limit of {self.limits.max_lifetime_days} days")
+        return ttl
 
     def _wait(self, wait_seconds: int) -> int:
         """``wait_seconds`` if within ``limits.max_wait_seconds``, else ``RequestError``."""

@@ -4,7 +4,6 @@ map the result and the errors to the wire."""
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -13,10 +12,9 @@ from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from liaison.keys.card import PeerCard
-from liaison.keys.certs import pem_to_der
 from liaison.keys.storage import StoredContentError
 from liaison.keys.times import is_valid_timestamp
-from liaison.server.access import AccessControl, sees_content
+from liaison.server.access import AccessControl, certificate_sha256, sees_content
 from liaison.server.auditing import AuditReader, AuditScope
 from liaison.server.checkpoints import Checkpointer, ProofDenied, Witness
 from liaison.server.errors import NotFound, RequestError, Withheld
@@ -40,11 +38,6 @@ Context = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
 # GetAttachment streams an attachment in parts of this size.
 ATTACHMENT_CHUNK_BYTES = 1024 * 1024
-
-
-def _peer_certificate_sha256(context: Context) -> str | None:
-    pems = list(context.auth_context().get("x509_pem_cert", []))
-    return hashlib.sha256(pem_to_der(pems[0])).hexdigest() if pems else None
 
 
 class PeerExchangeServicer:
@@ -134,7 +127,7 @@ class PeerExchangeServicer:
         """Identify the pinned peer, admit the call through the gate, read the request's
         bytes, and ``serve`` them (in a list it takes them out of, so that no frame here
         keeps them alive); a refusal is the gRPC error the gate names."""
-        peer = self._gate.identify(_peer_certificate_sha256(context))
+        peer = self._gate.identify(certificate_sha256(context))
         try:
             if peer is None:
                 raise await self._gate.refuse(

@@ -459,3 +459,25 @@ def test_an_auditor_reads_the_whole_audit_trail_through_the_api(
     assert isinstance(shown, list)
     assert node.received in [row["message_id"] for row in shown]
     assert {row["event"] for row in shown} == {"received"}
+
+
+@pytest.mark.parametrize(
+    ("request_", "why"),
+    [
+        (node_pb2.ListAuditEventsRequest(after=2**63), "largest sequence number"),
+        (node_pb2.ListAuditEventsRequest(message_id="../x"), "not a message id"),
+        (node_pb2.ListAuditEventsRequest(peer="not an agency"), "not an agency id"),
+        (node_pb2.ListAuditEventsRequest(actor="a" * 129), "longer than 128"),
+    ],
+)
+def test_an_audit_query_out_of_bounds_is_refused(
+    node: Node, request_: node_pb2.ListAuditEventsRequest, why: str
+) -> None:
+    channel, stub = node.stub("inspector")
+    try:
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ListAuditEvents(request_, timeout=30)
+    finally:
+        channel.close()
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert why in (refused.value.details() or "")

@@ -195,17 +195,28 @@ def test_a_red_forward_names_readers_at_the_third_agency(agencies: Agencies) -> 
 
 def test_what_cannot_be_forwarded(agencies: Agencies) -> None:
     original = _received_at_b(agencies, _notice("FWD-NOT", notice_pb2.TLP_GREEN))
+    with Inspector(agencies.b.home) as inspector:
+        before = inspector.count_messages(Direction.OUTBOUND)
     with agencies.b.client() as client:
-        with pytest.raises(RequestRejected, match="it holds it already"):
+        with pytest.raises(RequestRejected, match="sent this notice: it holds it already"):
             client.forward(original, A_ID)
-        with pytest.raises(RequestRejected, match="not a pinned peer"):
+        with pytest.raises(RequestRejected, match=r"XX\.NOT\.PINNED is not a pinned peer"):
             client.forward(original, "XX.NOT.PINNED")
+        with Inspector(agencies.b.home) as inspector:  # neither forward nor acknowledgement
+            assert inspector.count_messages(Direction.OUTBOUND) == before
         forwarded = client.forward(original, C_ID)
         assert client.get_status(forwarded.message_id, wait_seconds=WAIT).state == (
             node_pb2.MESSAGE_STATE_DELIVERED
         )
-    with agencies.c.client() as client, pytest.raises(RequestRejected, match="originator"):
+    with Inspector(agencies.c.home) as inspector:
+        before = inspector.count_messages(Direction.OUTBOUND)
+    with (
+        agencies.c.client() as client,
+        pytest.raises(RequestRejected, match="only a case notice received from its originator"),
+    ):
         client.forward(forwarded.message_id, D_ID)  # a forward is not forwarded again
+    with Inspector(agencies.c.home) as inspector:
+        assert inspector.count_messages(Direction.OUTBOUND) == before
 
 
 def test_a_receiver_that_does_not_pin_the_originator_says_so(agencies: Agencies) -> None:
