@@ -278,7 +278,11 @@ class AsyncLiaisonClient:
         """As ``LiaisonClient.get_attachment``; the stream is an async iterator."""
         request = node_pb2.GetAttachmentRequest(message_id=message_id, index=number)
         call = self._stub.GetAttachment(request, timeout=self._timeout)
-        first = await _read(call)
+        try:
+            first = await _read(call)
+        except ClientError:
+            call.cancel()
+            raise
         if first is None:
             raise ClientError(f"the node sent nothing of attachment {number}")
         return AsyncAttachmentStream(number, _common.attachment_info(first), first.data, call)

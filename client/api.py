@@ -361,6 +361,7 @@ class LiaisonClient:
         try:
             first = next(iter(call))
         except grpc.RpcError as error:
+            call.cancel()  # type: ignore[no-untyped-call]  # untyped in grpc-stubs
             raise translate(error, self._target) from None
         except StopIteration:
             raise ClientError(f"the node sent nothing of attachment {number}") from None

@@ -308,8 +308,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     )
     p.add_argument("message_id")
     p.add_argument("--status", required=True, help=f"one of {', '.join(ACK_STATUSES)}")
-    p.add_argument("--comment", help="a few words for the sender (visible in ps: prefer a file)")
-    p.add_argument("--comment-file", help="file holding the comment, or - for standard input")
+    _comment_options(p, "the sender")
     p.set_defaults(run=lazy(COMMANDS, "cmd_ack"))
 
     p = commands.add_parser(
@@ -341,14 +340,8 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
         default=[],
         help="TLP:RED: an identity at the third agency who may read it (at least one; repeat)",
     )
-    p.add_argument("--comment", help="a few words for the recipient (visible in ps)")
-    p.add_argument("--comment-file", help="file holding the comment, or - for standard input")
-    p.add_argument(
-        "--ttl",
-        type=count(0, 366 * 86_400),
-        default=0,
-        help="envelope lifetime in seconds (default: the node's, 7 days unless configured)",
-    )
+    _comment_options(p, "the recipient")
+    _ttl_option(p)
     p.set_defaults(run=lazy(COMMANDS, "cmd_forward"))
 
     for name, text in (
@@ -588,6 +581,15 @@ def _notice_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--unit", help="originating unit")
     p.add_argument("--officer", help="originating officer")
+    _ttl_option(p)
+
+
+def _comment_options(p: argparse.ArgumentParser, whom: str) -> None:
+    p.add_argument("--comment", help=f"a few words for {whom} (visible in ps: prefer a file)")
+    p.add_argument("--comment-file", help="file holding the comment, or - for standard input")
+
+
+def _ttl_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ttl",
         type=count(0, 366 * 86_400),
@@ -655,7 +657,8 @@ def _failed(args: argparse.Namespace, message: str, code: int, kind: str) -> int
             file=sys.stderr,
         )
     else:
-        print(f"liaison: {message}", file=sys.stderr)
+        # The node's words may carry a peer's (ids, reasons): escaped like all peer text.
+        print(f"liaison: {render.safe(message)}", file=sys.stderr)
     return code
 
 

@@ -609,7 +609,7 @@ def cmd_send(args: argparse.Namespace) -> int:
                 {"message_id": result.message_id, "state": result.state, "reason": result.reason}
             )
         else:
-            print(f"{result.message_id} {result.state}")
+            print(f"{render.safe(result.message_id)} {result.state}")
         return _delivery_verdict(result.state, result.reason, recipients[0], args.wait)
     if args.json:
         _print_json(
@@ -627,9 +627,9 @@ def cmd_send(args: argparse.Namespace) -> int:
             }
         )
     else:
-        print(f"notice {result.notice_id}")
+        print(f"notice {render.safe(result.notice_id)}")
         for one in result.recipients:
-            print(f"  {one.recipient:<24} {one.message_id} {one.state}")
+            print(f"  {render.safe(one.recipient):<24} {render.safe(one.message_id)} {one.state}")
     verdicts = [
         _delivery_verdict(one.state, one.reason, one.recipient, args.wait)
         for one in result.recipients
@@ -657,7 +657,7 @@ def _delivery_verdict(state: str, reason: str, peer: str, waited: int) -> int:
 
 
 def cmd_ack(args: argparse.Namespace) -> int:
-    comment = _read_text(args.comment_file) if args.comment_file else (args.comment or "")
+    comment = _comment(args)
     with _client(args) as client:
         result = client.acknowledge(
             args.message_id, _choice("status", args.status, ACK_STATUSES), comment=comment
@@ -671,11 +671,16 @@ def _print_sent(args: argparse.Namespace, result: SendResult) -> None:
     if args.json:
         _print_json({"message_id": result.message_id, "state": result.state})
     else:
-        print(f"{result.message_id} {result.state}")
+        print(f"{render.safe(result.message_id)} {result.state}")
+
+
+def _comment(args: argparse.Namespace) -> str:
+    """``--comment-file`` (or - for standard input), else ``--comment``, else none."""
+    return _read_text(args.comment_file) if args.comment_file else (args.comment or "")
 
 
 def cmd_forward(args: argparse.Namespace) -> int:
-    comment = _read_text(args.comment_file) if args.comment_file else (args.comment or "")
+    comment = _comment(args)
     with _client(args) as client:
         result = client.forward(
             args.message_id,
@@ -828,9 +833,11 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_attachment_save(args: argparse.Namespace) -> int:
+    """Stream attachment N into a folder (the other attachments are not fetched)."""
     with _client(args) as client:
-        detail = client.get_message(args.message_id)
-    _save(detail, Path(args.to), args.number)
+        paths = client.save_attachments(args.message_id, args.to, only=args.number)
+    for path in paths:
+        print(f"saved {render.safe(str(path))}", file=sys.stderr)
     return 0
 
 
@@ -866,9 +873,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             }
         )
     else:
-        print(f"{status.message_id} {state}")
+        print(f"{render.safe(status.message_id)} {state}")
         for one in status.recipients:
-            print(f"  {render.safe(one.recipient):<24} {one.message_id} {state_name(one.state)}")
+            print(
+                f"  {render.safe(one.recipient):<24} {render.safe(one.message_id)} "
+                f"{state_name(one.state)}"
+            )
         print("\n".join(render.timeline_lines(status.timeline)))
     if args.wait and status.peer and state in ("failed", "expired"):
         return _delivery_verdict(state, status.reason, status.peer, 0)
