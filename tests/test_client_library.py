@@ -224,7 +224,16 @@ def test_the_async_client_sends_watches_lists_and_streams_attachments(
             assert light.notice.attachments[0].sha256 == hashlib.sha256(payload).digest()
             assert light.ByteSize() < 64 * 1024
 
+            with Inspector(nodes.b.home) as inspector:
+                before = inspector.last_audit_seq()
             stream = await b.get_attachment(sent.message_id, 1)
+            with Inspector(nodes.b.home) as inspector:  # audited before a byte left
+                opened = [
+                    e.detail
+                    for e in inspector.audit_since(before)
+                    if e.event == "opened" and e.message_id == sent.message_id
+                ]
+            assert opened == ["inbound notice's attachment 1 given to admin"]
             assert (stream.info.name, stream.info.size) == ("evidence.bin", MULTI_CHUNK)
             chunks = [chunk async for chunk in stream]
             assert len(chunks) == 4
