@@ -658,7 +658,7 @@ def _failed(args: argparse.Namespace, message: str, code: int, kind: str) -> int
         )
     else:
         # The node's words may carry a peer's (ids, reasons): escaped like all peer text.
-        print(f"liaison: {render.safe(message)}", file=sys.stderr)
+        print(f"liaison: {render.safe(message, multiline=True)}", file=sys.stderr)
     return code
 
 

@@ -238,3 +238,18 @@ def test_help_shows_examples_and_defaults(capsys: pytest.CaptureFixture[str]) ->
     assert "(default: 10)" in text  # --wait
     assert "(default: False)" not in text
     assert "(default: None)" not in text
+
+
+def test_an_error_line_escapes_control_characters_and_keeps_line_breaks(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The node's words reach the error line (they may carry a peer's); a terminal
+    escape in them is shown escaped, a line break of a multi-line warning kept."""
+    from liaison.client.cli import _failed  # noqa: PLC0415 - the one printer of errors
+
+    args = build_parser().parse_args(["inbox"])
+    assert _failed(args, "refused \x1b]0;pwned\x07 here\nsecond line", 4, "X") == 4
+    err = capsys.readouterr().err
+    assert "\x1b" not in err
+    assert "\x07" not in err
+    assert err == "liaison: refused \\x1b]0;pwned\\x07 here\nsecond line\n"
