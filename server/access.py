@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import enum
+import functools
 import hashlib
 import logging
 import time
@@ -78,8 +79,15 @@ def sees_content(identity: Identity) -> bool:
 
 def certificate_sha256(context: Context) -> str | None:
     """SHA-256 of the client certificate the caller presented (hex), if any."""
-    pems = list(context.auth_context().get("x509_pem_cert", []))
-    return hashlib.sha256(pem_to_der(pems[0])).hexdigest() if pems else None
+    pem = next(iter(context.auth_context().get("x509_pem_cert", ())), None)
+    return _pem_sha256(pem) if pem else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _pem_sha256(pem: bytes) -> str:
+    # Remembered: the same few certificates call again and again (the digest is a function
+    # of the certificate alone; whether it is registered is read on every call).
+    return hashlib.sha256(pem_to_der(pem)).hexdigest()
 
 
 class AccessControl:

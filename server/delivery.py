@@ -138,6 +138,13 @@ class Delivery:
         self._sweeper: asyncio.Task[None] | None = None
         # Every delivery attempt under way, across peers, so that stop() can end them.
         self._in_flight: set[asyncio.Task[None]] = set()
+        # Each peer's attempts under way, and the places in its window promised to messages
+        # being queued (``reserve``).
+        self._flights: dict[str, set[asyncio.Task[None]]] = defaultdict(set)
+        self._reserved: dict[str, int] = defaultdict(int)
+        # Peers whose queue in the database may hold messages due now: their worker claims
+        # them before a new message may skip the queue (``reserve``).
+        self._backlog: set[str] = set()
         # Replaced channels, closing once the calls on them have finished.
         self._closing: set[asyncio.Task[None]] = set()
         self._links: dict[str, _Link] = defaultdict(_Link)
@@ -176,12 +183,51 @@ class Delivery:
 
     def notify(self, recipient: str) -> None:
         """Something was queued for ``recipient``: make sure its worker runs and looks."""
+        self._backlog.add(recipient)
+        self._ensure_worker(recipient)
+        self._wake[recipient].set()
+
+    def _ensure_worker(self, recipient: str) -> None:
         worker = self._workers.get(recipient)
         if worker is None or worker.done():
             self._workers[recipient] = asyncio.create_task(
                 self._worker(recipient), name=f"delivery-{recipient}"
             )
-        self._wake[recipient].set()
+
+    def reserve(self, recipient: str) -> bool:
+        """A place in ``recipient``'s delivery window for a message about to be queued.
+
+        With one, the queueing transaction claims the message as the worker would
+        (``outbox.queue(claim_at=...)``) and ``hand_over`` starts its delivery: one
+        transaction and one read of the envelope less per notice. There is none while
+        the peer is down, its window is full, or older messages wait in its queue
+        (they go first).
+        """
+        link = self._links.get(recipient)
+        if link is not None and link.down_since is not None:
+            return False
+        if recipient in self._backlog:
+            return False
+        taken = len(self._flights[recipient]) + self._reserved[recipient]
+        if taken >= self._limits.delivery_window:
+            return False
+        self._reserved[recipient] += 1
+        return True
+
+    def hand_over(self, recipient: str, pending: PendingDelivery | None) -> None:
+        """Give back the place ``reserve`` gave: start delivering ``pending``, claimed when
+        it was queued; or, with None (it was queued unclaimed, or the transaction
+        failed), let the worker look at the queue."""
+        self._reserved[recipient] -= 1
+        card = self._peers.peer(recipient) if pending is not None else None
+        if pending is None or card is None:
+            # A claimed message whose peer was unpinned meanwhile goes back to the queue.
+            if pending is not None:
+                self._start(None, pending)
+            self.notify(recipient)
+            return
+        self._ensure_worker(recipient)
+        self._start(card, pending)
 
     def retry_now(self, recipient: str) -> None:
         """An operator asked for a retry: look at the queue now, and if the peer is
@@ -202,7 +248,9 @@ class Delivery:
             loop.call_soon_threadsafe(self._wake_all)
 
     def _wake_all(self) -> None:
+        # A peer pinned again or reinstated: the messages held for it are due.
         for recipient in self._workers:
+            self._backlog.add(recipient)
             self._wake[recipient].set()
 
     def watch(self, message_id: str) -> asyncio.Future[None]:
@@ -230,14 +278,13 @@ class Delivery:
         after a backoff (a database locked by another process, for instance).
         """
         wake = self._wake[recipient]
-        in_flight: set[asyncio.Task[None]] = set()
         failures = 0
         while True:
             try:
                 if self._links[recipient].down_since is not None:
                     await self._probe(recipient)
                 else:
-                    await self._round(recipient, wake, in_flight)
+                    await self._round(recipient, wake)
                 failures = 0
             except Exception as error:
                 failures += 1
@@ -250,14 +297,15 @@ class Delivery:
                 )
                 await asyncio.sleep(delay)
 
-    async def _round(
-        self, recipient: str, wake: asyncio.Event, in_flight: set[asyncio.Task[None]]
-    ) -> None:
+    async def _round(self, recipient: str, wake: asyncio.Event) -> None:
         """Claim what is due and start delivering it; else sleep until something is due."""
         wake.clear()
-        free = self._limits.delivery_window - len(in_flight)
+        flights = self._flights[recipient]
+        free = self._limits.delivery_window - len(flights) - self._reserved[recipient]
         claimed: list[PendingDelivery] = []
         if free > 0:
+            # Cleared before the claim: whatever is queued while it runs sets it again.
+            self._backlog.discard(recipient)
             claimed = await self._committer.submit(
                 functools.partial(
                     outbox.claim_due, recipient=recipient, now=self._clock(), limit=free
@@ -265,19 +313,33 @@ class Delivery:
             )
         card = await asyncio.to_thread(self._peers.peer, recipient) if claimed else None
         for pending in claimed:
-            task = asyncio.create_task(self._deliver(card, pending))
-            in_flight.add(task)
-            self._in_flight.add(task)
-            task.add_done_callback(in_flight.discard)
-            task.add_done_callback(self._in_flight.discard)
-            task.add_done_callback(lambda _task: wake.set())
+            self._start(card, pending)
         if claimed and len(claimed) == free:
+            self._backlog.add(recipient)  # there may be more
             return
-        await self._sleep_until_due(recipient, wake, busy=bool(in_flight))
+        # Nothing more is due now (or the window is full): sleep until the first message
+        # queued for later is due, or something wakes the worker.
+        await self._sleep_until_due(recipient, wake, looked=free > 0)
 
-    async def _sleep_until_due(self, recipient: str, wake: asyncio.Event, *, busy: bool) -> None:
+    def _start(self, card: PeerCard | None, pending: PendingDelivery) -> None:
+        """Deliver ``pending`` (claimed, SENT) in a task of its own."""
+        flights = self._flights[pending.recipient]
+        task = asyncio.create_task(self._deliver(card, pending))
+        flights.add(task)
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+        task.add_done_callback(functools.partial(self._landed, pending.recipient))
+
+    def _landed(self, recipient: str, task: asyncio.Task[None]) -> None:
+        """An attempt ended: its place in the window is free for the queue, if any waits."""
+        flights = self._flights[recipient]
+        flights.discard(task)
+        if recipient in self._backlog:
+            self._wake[recipient].set()
+
+    async def _sleep_until_due(self, recipient: str, wake: asyncio.Event, *, looked: bool) -> None:
         timeout: float | None = None
-        if not busy:
+        if looked or not self._flights[recipient]:
             due = await asyncio.to_thread(self._read, outbox.next_due_at, recipient, self._clock())
             if due is not None:
                 timeout = max(0.0, (due - self._clock()).total_seconds())
@@ -335,6 +397,7 @@ class Delivery:
         # released into a retry storm every second.
         self._links[recipient] = _Link(probes=link.probes + 1)
         log.info("%s is reachable again; its queue is released", recipient)
+        self._backlog.add(recipient)
         self._wake[recipient].set()
 
     async def _retry_wait(self, recipient: str) -> None:
@@ -352,6 +415,7 @@ class Delivery:
             link.error = error
             link.audited = False
             self._drop_channel(recipient)  # probes start on a fresh channel (see _probe)
+        self._backlog.add(recipient)
         self._wake[recipient].set()
 
     def _count_timeout(self, agency_id: str, error: grpc.aio.AioRpcError) -> None:
@@ -379,6 +443,8 @@ class Delivery:
             log.error("delivering %s failed: %s", pending.message_id, type(error).__name__)
             outcome = self._retry(pending, f"internal error: {type(error).__name__}")
         await self._settle(outcome)
+        if outcome.state is MessageState.QUEUED:
+            self._backlog.add(pending.recipient)  # due again, now or after its backoff
         if outcome.state in FINAL_OUTBOUND_STATES:
             log.info(
                 "%s to %s: %s%s",

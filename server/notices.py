@@ -187,10 +187,54 @@ class Notices:
         if idempotency_key:
             _check_idempotency_key(idempotency_key)
             request_sha256 = _request_digest("send:" + ",".join(recipients), notice, ttl_seconds)
-            earlier = await self._earlier(actor, idempotency_key, request_sha256)
+        # One trip to a worker thread for the lookups and the sealing together.
+        prepared = await asyncio.to_thread(
+            functools.partial(
+                self._prepare_send,
+                recipients,
+                notice,
+                actor=actor,
+                idempotency_key=idempotency_key,
+                request_sha256=request_sha256,
+                ttl_seconds=ttl_seconds,
+            )
+        )
+        if isinstance(prepared, str):  # a retry: what the first call queued
+            return await self._outcome(prepared, wait)
+        records = prepared
+        message_id = await self._queue_all(records, actor, idempotency_key, request_sha256)
+        if wait or message_id != records[0].message_id:
+            return await self._outcome(message_id, wait)
+        # Just queued: its state is known without reading it back.
+        return SendOutcome(
+            message_id,
+            MessageState.QUEUED,
+            notice_id=message_id,
+            recipients=[
+                RecipientOutcome(r.recipient, r.message_id, MessageState.QUEUED, "")
+                for r in records
+            ]
+            if len(records) > 1
+            else [],
+        )
+
+    def _prepare_send(
+        self,
+        recipients: builtins.list[str],
+        notice: notice_pb2.CaseNotice,
+        *,
+        actor: str,
+        idempotency_key: str,
+        request_sha256: str,
+        ttl_seconds: int,
+    ) -> str | builtins.list[NoticeRecord]:
+        """``send``'s checks and sealing (on a worker thread): the message id an earlier
+        call with this idempotency key queued, else a sealed record per recipient."""
+        if idempotency_key:
+            earlier = self._earlier(actor, idempotency_key, request_sha256)
             if earlier is not None:
-                return await self._outcome(earlier, wait)
-        cards = [await self._recipient(name) for name in recipients]
+                return earlier
+        cards = [self._recipient(name) for name in recipients]
         own = self.keys.current.agency_id
         now = self.clock()
         notice = _complete(notice, own, now, sent_by=actor)
@@ -199,16 +243,12 @@ class Notices:
         problems = notice_problems(notice)
         if problems:
             raise RequestError("invalid notice: " + "; ".join(problems))
-        ttl = self._ttl(ttl_seconds)
-        records = [
-            await asyncio.to_thread(self._seal_record, notice, card, dt.timedelta(seconds=ttl), now)
-            for card in cards
-        ]
+        ttl = dt.timedelta(seconds=self._ttl(ttl_seconds))
+        records = [self._seal_record(notice, card, ttl, now) for card in cards]
         if len(records) > 1:
             notice_id = records[0].message_id
             records = [dataclasses.replace(r, notice_id=notice_id) for r in records]
-        message_id = await self._queue_all(records, actor, idempotency_key, request_sha256)
-        return await self._outcome(message_id, wait)
+        return records
 
     async def _queue_all(
         self, records: builtins.list[NoticeRecord], actor: str, key: str, request_sha256: str
@@ -234,15 +274,16 @@ class Notices:
             self.delivery.notify(record.recipient)
         return message_id
 
-    async def _recipient(self, recipient: str) -> PeerCard:
-        """The pinned card of a recipient we may send to; ``RequestError`` if there is none."""
-        card = await asyncio.to_thread(self.peers.peer, recipient)
+    def _recipient(self, recipient: str) -> PeerCard:
+        """The pinned card of a recipient we may send to; ``RequestError`` if there is none.
+        Reads the database: call it on a worker thread."""
+        card = self.peers.peer(recipient)
         if card is None:
             raise RequestError(f"{recipient} is not a pinned peer; add its card first")
         if recipient == self.keys.current.agency_id:
             raise RequestError("a node does not send notices to itself")
         # The database, not the trust snapshot: a revocation counts from the moment it is made.
-        if await asyncio.to_thread(self.store.is_revoked, recipient):
+        if self.store.is_revoked(recipient):
             raise RequestError(
                 f"{recipient} is revoked on this node: nothing is sent to it until an operator "
                 f"runs `liaison peers reinstate {recipient}`"
@@ -257,28 +298,45 @@ class Notices:
         request_sha256: str,
         also: Callable[[Session], None] | None = None,
     ) -> str:
-        """Queue ``record`` (once per idempotency key) and wake its worker; ``also`` runs in
-        the same transaction when it is queued. Returns the message id."""
+        """Queue ``record`` (once per idempotency key) and start its delivery; ``also`` runs
+        in the same transaction when it is queued. Returns the message id.
 
-        def work(session: Session) -> str:
+        With a free place in its peer's delivery window, the message is claimed in the
+        transaction that queues it and handed to the worker from memory. The hand-over
+        happens when the transaction ends, whether or not this call is still waiting
+        (a caller's deadline does not strand a claimed message).
+        """
+        recipient = record.recipient
+        claim_at = self.clock() if self.delivery.reserve(recipient) else None
+
+        def work(session: Session) -> tuple[str, outbox.PendingDelivery | None]:
             if idempotency_key:
-                message_id = outbox.queue_once(
+                message_id, pending = outbox.queue_once(
                     session,
                     record,
                     actor=actor,
                     key=idempotency_key,
                     request_sha256=request_sha256,
+                    claim_at=claim_at,
                 )
                 if message_id != record.message_id:
-                    return message_id  # a retry: queued the first time
+                    return message_id, None  # a retry: queued the first time
             else:
-                outbox.queue(session, record, actor=actor)
+                pending = outbox.queue(session, record, actor=actor, claim_at=claim_at)
             if also is not None:
                 also(session)
-            return record.message_id
+            return record.message_id, pending
 
-        message_id = await self.committer.submit(work)
-        self.delivery.notify(record.recipient)
+        def queued(done: asyncio.Future[tuple[str, outbox.PendingDelivery | None]]) -> None:
+            pending = None if done.cancelled() or done.exception() else done.result()[1]
+            if claim_at is None:
+                self.delivery.notify(recipient)
+            else:
+                self.delivery.hand_over(recipient, pending)
+
+        submitted = asyncio.ensure_future(self.committer.submit(work))
+        submitted.add_done_callback(queued)
+        message_id, _pending = await asyncio.shield(submitted)
         return message_id
 
     async def acknowledge(
@@ -307,7 +365,7 @@ class Notices:
                 message_id=message_id, status=status, comment=comment
             )
             request_sha256 = _request_digest(f"ack:{original.sender}", asked, 0)
-            earlier = await self._earlier(actor, idempotency_key, request_sha256)
+            earlier = await asyncio.to_thread(self._earlier, actor, idempotency_key, request_sha256)
             if earlier is not None:
                 return await self._outcome(earlier, 0)
         # A RED notice is acknowledged only by a reader it names.
@@ -347,7 +405,7 @@ class Notices:
         problems = acknowledgement_problems(ack)
         if problems:
             raise RequestError("invalid acknowledgement: " + "; ".join(problems))
-        card = await self._recipient(original.sender)
+        card = await asyncio.to_thread(self._recipient, original.sender)
         state = lifecycle.ACK_STATES[status]
         record = await asyncio.to_thread(
             self._seal_other,
@@ -392,7 +450,7 @@ class Notices:
         if idempotency_key:
             _check_idempotency_key(idempotency_key)
             request_sha256 = _request_digest(f"reply:{message_id}", notice, ttl_seconds)
-            earlier = await self._earlier(actor, idempotency_key, request_sha256)
+            earlier = await asyncio.to_thread(self._earlier, actor, idempotency_key, request_sha256)
             if earlier is not None:
                 return await self._outcome(earlier, 0)
         answered = await asyncio.to_thread(self._open, original)
@@ -413,7 +471,7 @@ class Notices:
         if problems:
             raise RequestError("invalid reply: " + "; ".join(problems))
         ttl = self._ttl(ttl_seconds)
-        card = await self._recipient(original.sender)
+        card = await asyncio.to_thread(self._recipient, original.sender)
         record = await asyncio.to_thread(
             self._seal_other,
             reply.SerializeToString(),
@@ -477,7 +535,7 @@ class Notices:
                 message_id=message_id, recipient=recipient, readers=readers, comment=comment
             )
             request_sha256 = _request_digest(f"forward:{recipient}", asked, ttl_seconds)
-            earlier = await self._earlier(actor, idempotency_key, request_sha256)
+            earlier = await asyncio.to_thread(self._earlier, actor, idempotency_key, request_sha256)
             if earlier is not None:
                 return await self._outcome(earlier, 0)
         notice = await asyncio.to_thread(self._open, original)
@@ -485,9 +543,9 @@ class Notices:
             raise RequestError("the notice's content was destroyed: nothing to forward")
         await self._check_red(original, notice, actor)
         await self._check_forwardable(original, notice, recipient, actor)
-        card = await self._recipient(recipient)
+        card = await asyncio.to_thread(self._recipient, recipient)
         try:  # the originator learns of every forward: it must be one we can tell
-            originator = await self._recipient(original.sender)
+            originator = await asyncio.to_thread(self._recipient, original.sender)
         except RequestError as error:
             raise RequestError(f"not forwarded: its originator cannot be told ({error})") from None
         try:
@@ -740,10 +798,10 @@ class Notices:
         finally:
             self.delivery.unwatch(message_id, settled)
 
-    async def _earlier(self, actor: str, key: str, request_sha256: str) -> str | None:
+    def _earlier(self, actor: str, key: str, request_sha256: str) -> str | None:
         """The message a call with this idempotency key queued before, if any; a key used
         for another request (or another kind of request) is refused."""
-        earlier = await asyncio.to_thread(self._sent_request, actor, key)
+        earlier = self._sent_request(actor, key)
         if earlier is None:
             return None
         if earlier.request_sha256 != request_sha256:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 
+from liaison.server.store.records import NoticeRecord
 from liaison.v1 import notice_pb2 as N
 
 
@@ -50,3 +52,25 @@ def complete(notice: N.CaseNotice, agency_id: str) -> N.CaseNotice:
     filled.originator.agency_id = agency_id
     filled.created_at.FromSeconds(1_795_900_000)
     return filled
+
+
+def stored_record(message_id: str) -> NoticeRecord:
+    """A queued notice as the store keeps it, with placeholder bytes (for store tests)."""
+    now = dt.datetime.now(dt.UTC)
+    return NoticeRecord(
+        message_id=message_id,
+        sender="MA.DGSN.CCPI",
+        recipient="DE.BPOL.LO-RABAT",
+        content_type="application/vnd.liaison.case-notice.v1+proto",
+        category=1,
+        priority=1,
+        handling=2,
+        envelope=b"envelope",
+        envelope_sha256="00" * 32,
+        content=b"content",
+        data_key=b"key",
+        storage_key_id="k",
+        summary=b"summary",
+        created_at=now,
+        expires_at=now + dt.timedelta(days=1),
+    )

@@ -20,7 +20,6 @@ from liaison.server.committer import GroupCommitter
 from liaison.server.store import audit, outbox
 from liaison.server.store.audit import AuditKind
 from liaison.server.store.models import Base, Message
-from liaison.server.store.records import NoticeRecord
 from liaison.server.store.store import (
     MIGRATIONS,
     SCHEMA_HEAD,
@@ -28,6 +27,7 @@ from liaison.server.store.store import (
     StoreError,
     sqlite_url,
 )
+from tests.notices import stored_record
 
 
 @pytest.fixture
@@ -150,27 +150,6 @@ def test_a_message_is_found_by_its_id_with_one_seek(store: Store) -> None:
     assert all("ix_messages_message_id (message_id=? AND direction=?)" in p for p in plans), plans
 
 
-def _record(message_id: str) -> NoticeRecord:
-    now = dt.datetime.now(dt.UTC)
-    return NoticeRecord(
-        message_id=message_id,
-        sender="MA.DGSN.CCPI",
-        recipient="DE.BPOL.LO-RABAT",
-        content_type="application/vnd.liaison.case-notice.v1+proto",
-        category=1,
-        priority=1,
-        handling=2,
-        envelope=b"envelope",
-        envelope_sha256="00" * 32,
-        content=b"content",
-        data_key=b"key",
-        storage_key_id="k",
-        summary=b"summary",
-        created_at=now,
-        expires_at=now + dt.timedelta(days=1),
-    )
-
-
 def test_a_retry_in_the_same_group_commit_queues_nothing_twice(
     store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -183,9 +162,10 @@ def test_a_retry_in_the_same_group_commit_queues_nothing_twice(
 
     def queue(message_id: str) -> Callable[[Session], str]:
         def work(session: Session) -> str:
-            return outbox.queue_once(
-                session, _record(message_id), actor="ops", key="k-1", request_sha256="ab"
+            queued, _pending = outbox.queue_once(
+                session, stored_record(message_id), actor="ops", key="k-1", request_sha256="ab"
             )
+            return queued
 
         return work
 

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from liaison.server.store import auditlog
 from liaison.server.store.models import AuditEvent
+from liaison.server.store.plain import AUDIT_EVENTS
 
 _LAST_SEQ = "liaison_last_audit_seq"
 
@@ -147,7 +148,9 @@ INBOUND_EVENTS = frozenset(
 )
 
 
-_LAST_EVENT = select(AuditEvent.seq, AuditEvent.at).order_by(AuditEvent.seq.desc()).limit(1)
+_LAST_EVENT = (
+    select(AUDIT_EVENTS.c.seq, AUDIT_EVENTS.c.at).order_by(AUDIT_EVENTS.c.seq.desc()).limit(1)
+)
 
 
 def append(
@@ -175,7 +178,7 @@ def append(
     """
     last = session.info.get(_LAST_SEQ)
     if last is None:
-        row = session.execute(_LAST_EVENT).first()
+        row = session.connection().execute(_LAST_EVENT).first()
         last = (row[0], row[1]) if row is not None else (0, None)
     seq, previous = last
     stamp = max(at, dt.datetime.now(dt.UTC), *([previous] if previous is not None else []))

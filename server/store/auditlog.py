@@ -216,12 +216,13 @@ def write_pending(session: Session) -> None:
     pending: _Pending | None = session.info.get(_PENDING)
     if pending is None or not (pending.events or pending.leaves or pending.nodes):
         return
+    connection = session.connection()
     if pending.events:
-        session.execute(_INSERT_EVENTS, pending.events)
+        connection.execute(_INSERT_EVENTS, pending.events)
     if pending.leaves:
-        session.execute(_INSERT_LEAVES, pending.leaves)
+        connection.execute(_INSERT_LEAVES, pending.leaves)
     if pending.nodes:
-        session.execute(_INSERT_NODES, pending.nodes)
+        connection.execute(_INSERT_NODES, pending.nodes)
     pending.events, pending.leaves, pending.nodes = [], [], []
 
 

@@ -19,6 +19,7 @@ from liaison.keys.card import PeerCard
 from liaison.server.store import audit, outbox
 from liaison.server.store.audit import AuditKind
 from liaison.server.store.models import MessageState, Peer, PeerState
+from liaison.server.store.plain import PEERS
 from liaison.server.store.records import NoticeRecord
 
 
@@ -85,7 +86,7 @@ def queue_announcement(
     return True
 
 
-_ANNOUNCEMENT = select(Peer.announcement_id).where(Peer.agency_id == bindparam("agency"))
+_ANNOUNCEMENT = select(PEERS.c.announcement_id).where(PEERS.c.agency_id == bindparam("agency"))
 
 
 def announcement_settled(
@@ -93,12 +94,12 @@ def announcement_settled(
 ) -> None:
     """A delivery to ``recipient`` reached a final state: if it was the announcement
     of our card, the peer now pins that card (DELIVERED), or keeps the one it had."""
+    # Nearly every delivery is no announcement: the one column tells (an announcement
+    # is queued in a transaction before the one that settles it, so no flush is needed).
+    announced = session.connection().scalar(_ANNOUNCEMENT, {"agency": recipient})
+    if announced != message_id:
+        return
     with session.no_autoflush:
-        # Nearly every delivery is no announcement: the one column tells (an announcement
-        # is queued in a transaction before the one that settles it).
-        announced = session.scalar(_ANNOUNCEMENT, {"agency": recipient})
-        if announced != message_id:
-            return
         peer = session.get(Peer, recipient)
     if peer is None or peer.announcement_id != message_id or peer.announcing is None:
         return

@@ -11,12 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from liaison.server.store import audit
 from liaison.server.store.audit import AuditKind
-from liaison.server.store.models import Direction, Message, MessageState, Receipt
+from liaison.server.store.models import Direction, MessageState
+from liaison.server.store.plain import MESSAGES, RECEIPTS, plain
 from liaison.server.store.records import NoticeRecord
 
 
@@ -30,14 +31,25 @@ class StoredReceipt:
 
 # Built once (run for every envelope received, before and after decryption).
 _STORED_RECEIPT = (
-    select(Message.envelope_sha256, Receipt.signed_receipt)
-    .join(Receipt, Receipt.message_pk == Message.id)
-    .where(Message.sender == bindparam("sender"), Message.message_id == bindparam("message_id"))
+    select(MESSAGES.c.envelope_sha256, RECEIPTS.c.signed_receipt)
+    .join(RECEIPTS, RECEIPTS.c.message_pk == MESSAGES.c.id)
+    .where(
+        MESSAGES.c.sender == bindparam("sender"),
+        MESSAGES.c.message_id == bindparam("message_id"),
+    )
 )
 
 
+_INSERT_MESSAGE = insert(MESSAGES).returning(MESSAGES.c.id)
+_INSERT_RECEIPT = insert(RECEIPTS)
+
+
 def stored_receipt(session: Session, sender: str, message_id: str) -> StoredReceipt | None:
-    row = session.execute(_STORED_RECEIPT, {"sender": sender, "message_id": message_id}).first()
+    row = (
+        plain(session)
+        .execute(_STORED_RECEIPT, {"sender": sender, "message_id": message_id})
+        .first()
+    )
     return None if row is None else StoredReceipt(row[0], row[1])
 
 
@@ -58,9 +70,10 @@ def accept(
     earlier = stored_receipt(session, record.sender, record.message_id)
     if earlier is not None:
         return earlier
-    message = record.message(Direction.INBOUND, MessageState.RECEIVED, received_at)
-    session.add(message)
-    session.flush()
+    connection = plain(session)
+    pk = connection.execute(
+        _INSERT_MESSAGE, record.columns(Direction.INBOUND, MessageState.RECEIVED, received_at)
+    ).scalar_one()
     common: dict[str, Any] = {
         "at": received_at,
         "message_id": record.message_id,
@@ -68,13 +81,15 @@ def accept(
         "envelope_sha256": record.envelope_sha256,
     }
     received = audit.append(session, AuditKind.RECEIVED, **common)
-    session.add(
-        Receipt(
-            message_pk=message.id,
-            signed_receipt=sign_receipt(received.seq - 1),
-            status="accepted",
-            received_at=received_at,
-        )
+    connection.execute(
+        _INSERT_RECEIPT,
+        {
+            "message_pk": pk,
+            "signed_receipt": sign_receipt(received.seq - 1),
+            "status": "accepted",
+            "reason": None,
+            "received_at": received_at,
+        },
     )
     audit.append(session, AuditKind.RECEIPT_ISSUED, **common, detail="accepted")
     return None

@@ -94,12 +94,6 @@ def acknowledged_by_peer(
     )
 
 
-def settled(session: Session, message: Message) -> None:
-    """A delivery was just recorded DELIVERED: apply what the peer said before it was."""
-    if message.peer_status and message.state == MessageState.DELIVERED.value:
-        message.state = message.peer_status
-
-
 def forwarded_by_peer(
     session: Session,
     original: Answered,

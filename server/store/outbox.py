@@ -6,21 +6,20 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Connection, CursorResult, bindparam, select, update
-from sqlalchemy.orm import Session, load_only
+from sqlalchemy import Connection, CursorResult, bindparam, insert, select, update
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from liaison.keys.content_types import CARD_UPDATE_CONTENT_TYPE
-from liaison.server.store import audit, cards, lifecycle
+from liaison.server.store import audit, cards
 from liaison.server.store.audit import AuditKind
 from liaison.server.store.models import (
     Direction,
     Message,
     MessageState,
-    Peer,
     PeerState,
-    Receipt,
-    SendRequest,
 )
+from liaison.server.store.plain import MESSAGES, PEERS, RECEIPTS, SEND_REQUESTS, plain
 from liaison.server.store.records import NoticeRecord
 
 OUTBOUND = Direction.OUTBOUND.value
@@ -55,18 +54,49 @@ class DeliveryOutcome:
     error: str | None = None
 
 
-def queue(session: Session, record: NoticeRecord, *, actor: str) -> None:
-    session.add(record.message(Direction.OUTBOUND, MessageState.QUEUED, record.created_at))
-    audit.append(
-        session,
-        AuditKind.SEALED,
-        # When it is written, not the envelope's creation time (whole seconds): audit
-        # times then never run backwards against sequence numbers.
-        at=dt.datetime.now(dt.UTC),
-        message_id=record.message_id,
-        peer=record.recipient,
-        actor=actor,
-        envelope_sha256=record.envelope_sha256,
+def queue(
+    session: Session,
+    record: NoticeRecord,
+    *,
+    actor: str,
+    claim_at: dt.datetime | None = None,
+) -> PendingDelivery | None:
+    """Queue ``record``, audited ``sealed``.
+
+    With ``claim_at`` (the delivery worker has a free place for it), the message is
+    claimed in the same transaction, as ``claim_due`` would claim it: SENT, its first
+    attempt audited, and returned for the worker to deliver at once. A recipient whose
+    notices are held (revoked, removed) gets it QUEUED, and None is returned.
+    """
+    claimed = claim_at is not None and not is_held(session, record.recipient)
+    values = record.columns(
+        Direction.OUTBOUND,
+        MessageState.SENT if claimed else MessageState.QUEUED,
+        record.created_at,
+    )
+    if claimed:
+        values.update(attempts=1, updated_at=claim_at)
+    pk = plain(session).execute(_INSERT_MESSAGE, values).scalar_one()
+    # Audit times are when they are written, not the envelope's creation time (whole
+    # seconds): they then never run backwards against sequence numbers.
+    common: dict[str, Any] = {
+        "message_id": record.message_id,
+        "peer": record.recipient,
+        "envelope_sha256": record.envelope_sha256,
+    }
+    audit.append(session, AuditKind.SEALED, at=dt.datetime.now(dt.UTC), actor=actor, **common)
+    if not claimed:
+        return None
+    assert claim_at is not None
+    audit.append(session, AuditKind.SENT, at=claim_at, detail="attempt 1", **common)
+    return PendingDelivery(
+        pk,
+        record.message_id,
+        record.recipient,
+        record.envelope,
+        record.envelope_sha256,
+        record.expires_at,
+        1,
     )
 
 
@@ -77,10 +107,9 @@ def sent_request(session: Session, actor: str, key: str) -> EarlierRequest | Non
     remembered: dict[tuple[str, str], EarlierRequest] = session.info.get(_REMEMBERED, {})
     if (actor, key) in remembered:
         return remembered[(actor, key)]
-    # No autoflush: what this lookup needs is committed or remembered above, and the
-    # transaction's other rows are then written together at commit, not one by one.
-    with session.no_autoflush:
-        row = session.execute(_EARLIER, {"actor": actor, "key": key}).first()
+    # On the connection, without a flush: what this lookup needs is committed or
+    # remembered above.
+    row = session.connection().execute(_EARLIER, {"actor": actor, "key": key}).first()
     return None if row is None else EarlierRequest(row[0], row[1])
 
 
@@ -101,76 +130,80 @@ def earlier_request(connection: Connection, actor: str, key: str) -> EarlierRequ
 
 # Statements of every send and every delivery, built once (building one costs more than
 # running it).
-_EARLIER = select(SendRequest.request_sha256, SendRequest.message_id).where(
-    SendRequest.actor == bindparam("actor"), SendRequest.idempotency_key == bindparam("key")
+_EARLIER = select(SEND_REQUESTS.c.request_sha256, SEND_REQUESTS.c.message_id).where(
+    SEND_REQUESTS.c.actor == bindparam("actor"),
+    SEND_REQUESTS.c.idempotency_key == bindparam("key"),
 )
-_PEER_STATE = select(Peer.state).where(Peer.agency_id == bindparam("agency"))
-# A settlement changes these; the envelope and the content stay unread.
-_SETTLE_COLUMNS = [
-    load_only(
-        Message.state,
-        Message.peer_status,
-        Message.updated_at,
-        Message.next_attempt_at,
-        Message.failure_reason,
-    )
-]
+_PEER_STATE = select(PEERS.c.state).where(PEERS.c.agency_id == bindparam("agency"))
+_INSERT_MESSAGE = insert(MESSAGES).returning(MESSAGES.c.id)
+_INSERT_REQUEST = insert(SEND_REQUESTS)
 _CLAIM = (
-    update(Message)
-    .where(Message.id.in_(bindparam("ids", expanding=True)))
+    update(MESSAGES)
+    .where(MESSAGES.c.id.in_(bindparam("ids", expanding=True)))
     .values(
-        state=MessageState.SENT.value, attempts=Message.attempts + 1, updated_at=bindparam("now")
+        state=MessageState.SENT.value,
+        attempts=MESSAGES.c.attempts + 1,
+        updated_at=bindparam("now"),
     )
 )
 _DUE = (
     select(
-        Message.id,
-        Message.message_id,
-        Message.envelope,
-        Message.envelope_sha256,
-        Message.expires_at,
-        Message.attempts,
+        MESSAGES.c.id,
+        MESSAGES.c.message_id,
+        MESSAGES.c.envelope,
+        MESSAGES.c.envelope_sha256,
+        MESSAGES.c.expires_at,
+        MESSAGES.c.attempts,
     )
     .where(
-        Message.direction == OUTBOUND,
-        Message.state == MessageState.QUEUED.value,
-        Message.recipient == bindparam("recipient"),
-        Message.next_attempt_at <= bindparam("now"),
-        Message.expires_at > bindparam("now"),
+        MESSAGES.c.direction == OUTBOUND,
+        MESSAGES.c.state == MessageState.QUEUED.value,
+        MESSAGES.c.recipient == bindparam("recipient"),
+        MESSAGES.c.next_attempt_at <= bindparam("now"),
+        MESSAGES.c.expires_at > bindparam("now"),
     )
-    .order_by(Message.id)
+    .order_by(MESSAGES.c.id)
     .limit(bindparam("limit"))
 )
 
 
 def queue_once(
-    session: Session, record: NoticeRecord, *, actor: str, key: str, request_sha256: str
-) -> str:
-    """``queue`` ``record`` under the caller's idempotency key; returns the message id.
+    session: Session,
+    record: NoticeRecord,
+    *,
+    actor: str,
+    key: str,
+    request_sha256: str,
+    claim_at: dt.datetime | None = None,
+) -> tuple[str, PendingDelivery | None]:
+    """``queue`` ``record`` under the caller's idempotency key; returns the message id, and
+    the delivery if it was claimed.
 
     If the key was recorded meanwhile (a retry that raced the first call), nothing
     is queued and the first call's message id is returned.
     """
     earlier = sent_request(session, actor, key)
     if earlier is not None:
-        return earlier.message_id
-    queue(session, record, actor=actor)
+        return earlier.message_id, None
+    pending = queue(session, record, actor=actor, claim_at=claim_at)
     remember_request(session, actor, key, request_sha256, record.message_id)
-    return record.message_id
+    return record.message_id, pending
 
 
 def remember_request(
     session: Session, actor: str, key: str, request_sha256: str, message_id: str
 ) -> None:
     """Note that ``actor``'s call with idempotency key ``key`` queued ``message_id``."""
-    request = SendRequest(
-        actor=actor,
-        idempotency_key=key,
-        request_sha256=request_sha256,
-        message_id=message_id,
-        created_at=dt.datetime.now(dt.UTC),
+    plain(session).execute(
+        _INSERT_REQUEST,
+        {
+            "actor": actor,
+            "idempotency_key": key,
+            "request_sha256": request_sha256,
+            "message_id": message_id,
+            "created_at": dt.datetime.now(dt.UTC),
+        },
     )
-    session.add(request)
     session.info.setdefault(_REMEMBERED, {})[(actor, key)] = EarlierRequest(
         request_sha256, message_id
     )
@@ -190,10 +223,11 @@ def claim_due(
     # The columns a delivery needs, not the whole row (its content sealed at rest is as
     # large as the envelope); a change made earlier in this transaction (a cancel) is
     # flushed first, so a cancelled message is not claimed.
-    rows = session.execute(_DUE, {"recipient": recipient, "now": now, "limit": limit}).all()
+    connection = plain(session)
+    rows = connection.execute(_DUE, {"recipient": recipient, "now": now, "limit": limit}).all()
     if not rows:
         return []
-    session.execute(_CLAIM, {"ids": [row.id for row in rows], "now": now})
+    connection.execute(_CLAIM, {"ids": [row.id for row in rows], "now": now})
     claimed = []
     for row in rows:
         attempts = row.attempts + 1
@@ -221,16 +255,14 @@ def claim_due(
 
 
 def settle(session: Session, outcome: DeliveryOutcome) -> None:
-    """Record the outcome of one attempt with its audit events."""
+    """Record the outcome of one attempt with its audit events.
+
+    Plain statements, not an ORM unit: the message row is changed only if it is
+    still SENT (an attempt whose commit was reported as failed may have recorded it
+    already), and a copy of it that an earlier unit of the same transaction loaded
+    is expired, so that later units read what this one wrote.
+    """
     pending = outcome.pending
-    # The message row is in the session already if anything in this transaction changed
-    # it; else it is read as committed. No flush of the other units' rows needed.
-    with session.no_autoflush:
-        message = session.get_one(Message, pending.pk, options=_SETTLE_COLUMNS)
-    if message.state != MessageState.SENT.value:
-        return  # recorded already, by an attempt whose commit was reported as failed
-    message.state = outcome.state.value
-    message.updated_at = outcome.at
     common: dict[str, Any] = {
         "at": outcome.at,
         "message_id": pending.message_id,
@@ -238,28 +270,45 @@ def settle(session: Session, outcome: DeliveryOutcome) -> None:
         "envelope_sha256": pending.envelope_sha256,
     }
     if outcome.state is MessageState.QUEUED:
-        message.next_attempt_at = outcome.retry_at
+        changed = (
+            plain(session)
+            .execute(_SETTLE_RETRY, {"pk": pending.pk, "at": outcome.at, "due": outcome.retry_at})
+            .first()
+        )
+        if changed is None:
+            return
+        _expire_loaded(session, pending.pk)
         kind = AuditKind.RECEIPT_INVALID if outcome.signed_receipt else AuditKind.DELIVERY_RETRY
         audit.append(session, kind, **common, detail=outcome.error)
         return
     assert outcome.signed_receipt is not None
     assert outcome.receipt_status is not None
-    message.failure_reason = outcome.reason or (
-        "DUPLICATE" if outcome.state is MessageState.FAILED else None
-    )
-    session.add(
-        Receipt(
-            message_pk=pending.pk,
-            signed_receipt=outcome.signed_receipt,
-            status=outcome.receipt_status,
-            reason=outcome.reason,
-            received_at=outcome.at,
-        )
+    failure = outcome.reason or ("DUPLICATE" if outcome.state is MessageState.FAILED else None)
+    connection = plain(session)
+    changed = connection.execute(
+        _SETTLE_FINAL,
+        {"pk": pending.pk, "at": outcome.at, "new_state": outcome.state.value, "why": failure},
+    ).first()
+    if changed is None:
+        return
+    peer_status = changed[0]
+    if outcome.state is MessageState.DELIVERED and peer_status:
+        # What the peer said before its receipt was recorded (lifecycle.settled).
+        connection.execute(_PROMOTE, {"pk": pending.pk, "promoted": peer_status})
+    _expire_loaded(session, pending.pk)
+    connection.execute(
+        _INSERT_RECEIPT,
+        {
+            "message_pk": pending.pk,
+            "signed_receipt": outcome.signed_receipt,
+            "status": outcome.receipt_status,
+            "reason": outcome.reason,
+            "received_at": outcome.at,
+        },
     )
     audit.append(session, AuditKind.RECEIPT_VERIFIED, **common, detail=outcome.receipt_status)
     if outcome.state is MessageState.DELIVERED:
         audit.append(session, AuditKind.DELIVERED, **common)
-        lifecycle.settled(session, message)
     else:
         audit.append(session, AuditKind.REJECTED_BY_PEER, **common, reason=outcome.reason)
     cards.announcement_settled(
@@ -269,6 +318,39 @@ def settle(session: Session, outcome: DeliveryOutcome) -> None:
         state=outcome.state,
         at=outcome.at,
     )
+
+
+def _expire_loaded(session: Session, pk: int) -> None:
+    loaded = session.identity_map.get(identity_key(Message, pk))
+    if loaded is not None:
+        session.expire(loaded)
+
+
+# A settlement's statements: the session's copies of the row are not updated
+# (``_expire_loaded`` does that).
+_STILL_SENT = (MESSAGES.c.id == bindparam("pk"), MESSAGES.c.state == MessageState.SENT.value)
+_SETTLE_RETRY = (
+    update(MESSAGES)
+    .where(*_STILL_SENT)
+    .values(
+        state=MessageState.QUEUED.value,
+        updated_at=bindparam("at"),
+        next_attempt_at=bindparam("due"),
+    )
+    .returning(MESSAGES.c.id)
+)
+_SETTLE_FINAL = (
+    update(MESSAGES)
+    .where(*_STILL_SENT)
+    .values(
+        state=bindparam("new_state"), updated_at=bindparam("at"), failure_reason=bindparam("why")
+    )
+    .returning(MESSAGES.c.peer_status)
+)
+_PROMOTE = (
+    update(MESSAGES).where(MESSAGES.c.id == bindparam("pk")).values(state=bindparam("promoted"))
+)
+_INSERT_RECEIPT = insert(RECEIPTS)
 
 
 def any_expired(session: Session, now: dt.datetime) -> bool:
@@ -410,7 +492,7 @@ def next_due_at(session: Session, recipient: str, now: dt.datetime) -> dt.dateti
 def is_held(session: Session, recipient: str) -> bool:
     """True if notices to ``recipient`` are held, not sent: it is revoked, or no
     longer pinned (removed; they go out if it is pinned again, else they expire)."""
-    state = session.scalar(_PEER_STATE, {"agency": recipient})
+    state = plain(session).scalar(_PEER_STATE, {"agency": recipient})
     return state is None or state == PeerState.REVOKED.value
 
 

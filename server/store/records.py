@@ -70,35 +70,39 @@ class NoticeRecord:
         )
 
     def message(self, direction: Direction, state: MessageState, at: dt.datetime) -> Message:
-        return Message(
-            message_id=self.message_id,
-            direction=direction.value,
-            sender=self.sender,
-            recipient=self.recipient,
-            state=state.value,
-            content_type=self.content_type,
-            category=self.category,
-            priority=self.priority,
-            handling=self.handling,
+        return Message(**self.columns(direction, state, at))
+
+    def columns(self, direction: Direction, state: MessageState, at: dt.datetime) -> dict[str, Any]:
+        """The ``messages`` row of this record, as column values (for a plain INSERT)."""
+        return {
+            "message_id": self.message_id,
+            "direction": direction.value,
+            "sender": self.sender,
+            "recipient": self.recipient,
+            "state": state.value,
+            "content_type": self.content_type,
+            "category": self.category,
+            "priority": self.priority,
+            "handling": self.handling,
             # In the sealed summary only.
-            case_reference="",
-            subject="",
-            envelope=self.envelope,
-            envelope_sha256=self.envelope_sha256,
-            content=self.content,
-            content_format=ContentFormat.SEALED_V1.value,
-            data_key=self.data_key,
-            storage_key_id=self.storage_key_id,
-            summary=self.summary,
-            created_at=self.created_at,
-            expires_at=self.expires_at,
-            updated_at=at,
-            attempts=0,
-            next_attempt_at=at if direction is Direction.OUTBOUND else None,
-            refers_to=self.refers_to,
-            thread_id=self.thread_id,
-            notice_id=self.notice_id,
-        )
+            "case_reference": "",
+            "subject": "",
+            "envelope": self.envelope,
+            "envelope_sha256": self.envelope_sha256,
+            "content": self.content,
+            "content_format": ContentFormat.SEALED_V1.value,
+            "data_key": self.data_key,
+            "storage_key_id": self.storage_key_id,
+            "summary": self.summary,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "updated_at": at,
+            "attempts": 0,
+            "next_attempt_at": at if direction is Direction.OUTBOUND else None,
+            "refers_to": self.refers_to,
+            "thread_id": self.thread_id,
+            "notice_id": self.notice_id,
+        }
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,112 @@
+"""The outbox's plain statements: a message claimed in the transaction that queues it,
+and a settlement that changes the row only while it is SENT and leaves the session's
+copies of the row current."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from liaison.server.store import outbox
+from liaison.server.store.models import AuditEvent, Message, MessageState, Receipt
+from liaison.server.store.outbox import DeliveryOutcome, PendingDelivery
+from liaison.server.store.store import Store, sqlite_url
+from tests.notices import stored_record
+
+MESSAGE_ID = "019ac9f0-8000-7000-8000-000000000001"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    store = Store(sqlite_url(tmp_path / "node.db"))
+    store.migrate()
+    return store
+
+
+def _events(store: Store) -> list[tuple[str, str | None]]:
+    with store.read() as session:
+        rows = session.execute(
+            select(AuditEvent.event, AuditEvent.detail)
+            .where(AuditEvent.message_id == MESSAGE_ID)
+            .order_by(AuditEvent.seq)
+        ).all()
+    return [(row[0], row[1]) for row in rows]
+
+
+def _sent(store: Store, *, peer_status: str | None = None) -> PendingDelivery:
+    """A queued message, claimed (SENT) as a delivery worker would have."""
+    with store.write() as session:
+        outbox.queue(session, stored_record(MESSAGE_ID), actor="ops")
+        session.execute(
+            update(Message).values(state=MessageState.SENT.value, peer_status=peer_status)
+        )
+        pk = session.scalar(select(Message.id))
+    assert pk is not None
+    record = stored_record(MESSAGE_ID)
+    return PendingDelivery(
+        pk, MESSAGE_ID, record.recipient, record.envelope, record.envelope_sha256,
+        record.expires_at, 1,
+    )  # fmt: skip
+
+
+def _delivered(pending: PendingDelivery) -> DeliveryOutcome:
+    return DeliveryOutcome(
+        pending=pending,
+        state=MessageState.DELIVERED,
+        at=dt.datetime.now(dt.UTC),
+        signed_receipt=b"receipt",
+        receipt_status="accepted",
+    )
+
+
+def test_a_message_for_a_held_recipient_is_queued_not_claimed(store: Store) -> None:
+    """An unpinned (or revoked) recipient's notices are held: a free place in its window
+    does not make the queueing transaction claim one."""
+    with store.write() as session:
+        pending = outbox.queue(
+            session, stored_record(MESSAGE_ID), actor="ops", claim_at=dt.datetime.now(dt.UTC)
+        )
+    assert pending is None
+    with store.read() as session:
+        message = session.scalars(select(Message)).one()
+    assert (message.state, message.attempts) == (MessageState.QUEUED.value, 0)
+    assert _events(store) == [("sealed", None)]
+
+
+def test_a_settlement_leaves_a_copy_loaded_earlier_in_the_transaction_current(
+    store: Store,
+) -> None:
+    """Another unit of the same group commit loaded the row before the settlement: what
+    it reads afterwards is the settled row, not its stale copy."""
+    pending = _sent(store)
+    with store.write() as session:
+        loaded = session.get_one(Message, pending.pk)
+        assert loaded.state == MessageState.SENT.value
+        outbox.settle(session, _delivered(pending))
+        assert session.get_one(Message, pending.pk).state == MessageState.DELIVERED.value
+    assert _events(store)[-2:] == [("receipt-verified", "accepted"), ("delivered", None)]
+
+
+def test_a_settlement_applies_what_the_peer_said_before_its_receipt(store: Store) -> None:
+    pending = _sent(store, peer_status=MessageState.ACKNOWLEDGED.value)
+    with store.write() as session:
+        outbox.settle(session, _delivered(pending))
+    with store.read() as session:
+        assert session.get_one(Message, pending.pk).state == MessageState.ACKNOWLEDGED.value
+
+
+def test_a_settlement_of_a_message_no_longer_sent_changes_nothing(store: Store) -> None:
+    """Recorded already (by an attempt whose commit was reported as failed): no second
+    receipt, no second audit event."""
+    pending = _sent(store)
+    with store.write() as session:
+        outbox.settle(session, _delivered(pending))
+    before = _events(store)
+    with store.write() as session:
+        outbox.settle(session, _delivered(pending))
+    assert _events(store) == before
+    with store.read() as session:
+        assert len(session.scalars(select(Receipt)).all()) == 1
