@@ -43,6 +43,9 @@ class Limits:
     retry_max_seconds: float = 300.0
     # Most writes folded into one database transaction.
     commit_batch: int = 256
+    # Threads for the database lookups and the sealing of local API calls. More help
+    # only when lookups wait on a remote database.
+    worker_threads: int = 2
     list_default: int = 50
     list_max: int = 1000
     # Rows one listing page may look at when it filters on sealed fields (case, text).

@@ -19,6 +19,7 @@ import datetime as dt
 import logging
 import signal
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
@@ -159,6 +160,15 @@ class Node:
         """
         try:
             self._lock = self.home.lock()
+            # The worker threads of every lookup and seal (asyncio.to_thread). Few: they
+            # and the event loop share one interpreter lock, and every thread more is
+            # CPU spent handing it over (bench/README.md: 6 threads cost a fifth more CPU
+            # per notice than 2).
+            asyncio.get_running_loop().set_default_executor(
+                ThreadPoolExecutor(
+                    self.config.limits.worker_threads, thread_name_prefix="node-worker"
+                )
+            )
             return await self._start()
         except BaseException:
             await self.stop()
