@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import Connection, bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from liaison.server.store import audit
@@ -44,12 +44,13 @@ _INSERT_MESSAGE = insert(MESSAGES).returning(MESSAGES.c.id)
 _INSERT_RECEIPT = insert(RECEIPTS)
 
 
-def stored_receipt(session: Session, sender: str, message_id: str) -> StoredReceipt | None:
-    row = (
-        plain(session)
-        .execute(_STORED_RECEIPT, {"sender": sender, "message_id": message_id})
-        .first()
-    )
+def stored_receipt(
+    session: Session | Connection, sender: str, message_id: str
+) -> StoredReceipt | None:
+    """The receipt issued for ``sender``'s ``message_id``, if it is stored (in a write
+    transaction, or on a lookup's connection)."""
+    connection = plain(session) if isinstance(session, Session) else session
+    row = connection.execute(_STORED_RECEIPT, {"sender": sender, "message_id": message_id}).first()
     return None if row is None else StoredReceipt(row[0], row[1])
 
 
