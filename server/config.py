@@ -173,7 +173,9 @@ def load_config(home: Path) -> NodeConfig:
             peer_listen=_str(listen, "peer"),
             api_listen=_str(listen, "api"),
             created_at=created.astimezone(dt.UTC),
-            database_url=_str(data.get("database", {}), "url", default=""),
+            database_url=check_no_password(
+                _str(data.get("database", {}), "url", default=""), setting="database.url"
+            ),
             limits=_limits(data.get("limits", {})),
             disclose_reads=_bool(data.get("policy", {}), "disclose_reads", default=True),
             api_public=_bool(listen, "api_public", default=False),
@@ -221,6 +223,33 @@ def _bool(table: dict[str, Any], key: str, *, default: bool) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"setting {key} must be true or false")
     return value
+
+
+# Where a node's database URL comes from when config.toml names none (replicas that
+# take their settings from the environment); config.toml's own setting comes first.
+DATABASE_URL_VARIABLE = "LIAISON_DATABASE_URL"
+
+
+def check_no_password(url: str, *, setting: str) -> str:
+    """``url`` if it holds no password; a password belongs in libpq's passfile
+    (``~/.pgpass`` or ``PGPASSFILE``) or ``PGPASSWORD``, never in a file of settings."""
+    if url and _password_of(url):
+        raise ConfigError(
+            f"{setting}: the URL holds a password; take it out and put it in a libpq "
+            "passfile (~/.pgpass, or PGPASSFILE) or PGPASSWORD"
+        )
+    return url
+
+
+def _password_of(url: str) -> str | None:
+    from sqlalchemy.engine import make_url  # noqa: PLC0415 - the CLI's fast start
+    from sqlalchemy.exc import ArgumentError  # noqa: PLC0415
+
+    try:
+        password = make_url(url).password
+    except (ArgumentError, ValueError):
+        return None  # not a URL at all: check_database_url says so
+    return None if password is None else str(password)
 
 
 def _limits(table: dict[str, Any]) -> Limits:
@@ -278,7 +307,9 @@ def with_setting(config: NodeConfig, key: str, text: str) -> NodeConfig:
         else:
             changed = dataclasses.replace(config, peer_listen=text)
     elif section == "database":
-        changed = dataclasses.replace(config, database_url=text)
+        changed = dataclasses.replace(
+            config, database_url=check_no_password(text, setting="database.url")
+        )
     else:
         expected = type(getattr(Limits(), name))
         try:

@@ -68,10 +68,12 @@ from liaison.keys.sealed import (
 from liaison.keys.storage import STORAGE_KEY_FILE, STORAGE_KEY_KIND, STORAGE_ROLE, StorageKey
 from liaison.server.config import (
     CONFIG_FILE,
+    DATABASE_URL_VARIABLE,
     ConfigError,
     NodeConfig,
     api_target,
     check_api_listen,
+    check_no_password,
     load_config,
 )
 from liaison.server.store import users
@@ -176,8 +178,15 @@ class NodeHome:
                 )
 
     def database_url(self, config: NodeConfig | None = None) -> str:
+        """config.toml's ``database.url``, else ``$LIAISON_DATABASE_URL``, else the SQLite
+        file in the home."""
         config = config or self.config()
-        return config.database_url or sqlite_url(self.path / DATABASE_FILE)
+        from_environment = os.environ.get(DATABASE_URL_VARIABLE, "")
+        return (
+            config.database_url
+            or check_no_password(from_environment, setting=DATABASE_URL_VARIABLE)
+            or sqlite_url(self.path / DATABASE_FILE)
+        )
 
     def open_store(self, config: NodeConfig | None = None) -> Store:
         store = Store(self.database_url(config))
@@ -355,6 +364,7 @@ def check_database_url(url: str) -> None:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
         raise ConfigError("--database-url is not a database URL") from None
+    check_no_password(url, setting="--database-url")
     backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
     if backend not in ("sqlite", "postgresql"):
         raise ConfigError(f"--database-url: {backend} is not supported (SQLite or PostgreSQL)")
@@ -440,7 +450,7 @@ def _create_home(
         api_public=api_public,
     )
     write_private_file(path / CONFIG_FILE, config.to_toml().encode())
-    if not database_url:
+    if home.database_url(config) == sqlite_url(path / DATABASE_FILE):
         # SQLite gives its -wal and -shm files the database file's mode.
         os.close(os.open(path / DATABASE_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     store = home.open_store(config)

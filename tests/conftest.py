@@ -32,8 +32,9 @@ from liaison.server.config import CONFIG_FILE
 from liaison.server.home import NodeHome, init_home
 from liaison.server.node import Node
 from liaison.server.store.models import AuditEvent, Direction, Message
-from liaison.server.store.store import Store
+from liaison.server.store.store import Store, sqlite_url
 from liaison.v1 import envelope_pb2, peer_pb2, peer_pb2_grpc
+from tests.postgres import Cluster, running_cluster, skip_or_fail
 
 # Fixtures of homes made with the CLI (a_home, b_home) for every test module.
 pytest_plugins = ["tests.cli_homes"]
@@ -112,8 +113,11 @@ class RunningNode:
         return self.identity.card
 
 
-def make_home(root: Path, agency_id: str, *, mldsa65: bool = False) -> NodeHome:
-    """A new home under ``root``; with ``mldsa65`` its card is also signed with ML-DSA-65."""
+def make_home(
+    root: Path, agency_id: str, *, mldsa65: bool = False, database_url: str = ""
+) -> NodeHome:
+    """A new home under ``root``; with ``mldsa65`` its card is also signed with ML-DSA-65;
+    with ``database_url`` its database is that one, not a SQLite file in the home."""
     peer_port, api_port = free_port(), free_port()
     return init_home(
         root / agency_id,
@@ -123,6 +127,7 @@ def make_home(root: Path, agency_id: str, *, mldsa65: bool = False) -> NodeHome:
         peer_listen=f"127.0.0.1:{peer_port}",
         api_listen=f"127.0.0.1:{api_port}",
         mldsa65=mldsa65,
+        database_url=database_url,
         **TEST_KEYS,
     )
 
@@ -270,11 +275,16 @@ def node_factory(tmp_path: Path) -> Iterator[Callable[[NodeHome], RunningNode]]:
         node.stop()
 
 
-@pytest.fixture
-def homes(tmp_path: Path) -> tuple[NodeHome, NodeHome]:
-    """Two node homes (MA.DGSN.CCPI, DE.BPOL.LO-RABAT) that have pinned each other."""
-    a = make_home(tmp_path, "MA.DGSN.CCPI")
-    b = make_home(tmp_path, "DE.BPOL.LO-RABAT")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def homes(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[NodeHome, NodeHome]:
+    """Two node homes (MA.DGSN.CCPI, DE.BPOL.LO-RABAT) that have pinned each other: each
+    with its SQLite file, and each on a PostgreSQL database of its own."""
+    urls = ["", ""]
+    if request.param == "postgresql":
+        cluster: Cluster = request.getfixturevalue("postgres_cluster")
+        urls = [cluster.database(), cluster.database()]
+    a = make_home(tmp_path, "MA.DGSN.CCPI", database_url=urls[0])
+    b = make_home(tmp_path, "DE.BPOL.LO-RABAT", database_url=urls[1])
     pin_each_other(a, b)
     return a, b
 
@@ -346,3 +356,29 @@ def served(tmp_path: Path) -> Iterator[Callable[[NodeHome], ServedNode]]:
     yield start
     for node in running:
         node.stop()
+
+
+# PostgreSQL (tests/postgres.py) -----------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Cluster]:
+    """One throwaway cluster for the whole run, started by the first test that needs it."""
+    skip_or_fail()
+    with running_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: Cluster) -> str:
+    """A fresh, empty PostgreSQL database."""
+    return postgres_cluster.database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each kind the node runs on."""
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path / "node.db")
+    url: str = request.getfixturevalue("postgres_url")
+    return url

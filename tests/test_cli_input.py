@@ -254,6 +254,20 @@ def test_init_refuses_a_database_it_cannot_keep(
     assert not (tmp_path / "home").exists()
 
 
+def test_init_refuses_a_database_url_with_a_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The password would be written to config.toml (issue 11: never there)."""
+    url = "postgresql+psycopg://liaison:hunter2@127.0.0.1:1/liaison"
+    code, out, err = run_init(
+        capsys, tmp_path / "home", "MA.DGSN.CCPI", extra=("--database-url", url)
+    )
+    assert code == 2
+    assert "holds a password" in err
+    assert "hunter2" not in out + err
+    assert not (tmp_path / "home").exists()
+
+
 def test_init_refuses_a_database_that_holds_a_node(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

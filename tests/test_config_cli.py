@@ -3,18 +3,21 @@ them, with every credential kept pointing at the local API when its address chan
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from liaison.client import LiaisonClient
 from liaison.server.home import NodeHome
-from tests.cli_homes import run, run_json, snapshot
+from tests.cli_homes import run, snapshot
 from tests.conftest import RunningNode, free_port, make_home
 
 
-def test_show_masks_a_database_password(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_database_password_in_the_config_is_refused_and_never_shown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A password belongs in libpq's passfile or PGPASSWORD (issue 11): a config.toml that
+    holds one is refused, and the refusal does not repeat it."""
     home = make_home(tmp_path, "MA.DGSN.CCPI")
     config = home.path / "config.toml"
     text = config.read_text(encoding="utf-8")
@@ -22,14 +25,25 @@ def test_show_masks_a_database_password(tmp_path: Path, capsys: pytest.CaptureFi
         text.replace('url = ""', 'url = "postgresql://liaison:hunter2@db.example/liaison"'),
         encoding="utf-8",
     )
-    shown = run_json(capsys, "config", "show", "--home", str(home.path))
-    assert isinstance(shown, dict)
-    assert shown["node.agency_id"] == "MA.DGSN.CCPI"
-    assert "hunter2" not in json.dumps(shown)
-    assert shown["database.url"].startswith("postgresql://liaison:***@")
-    code, out, _ = run(capsys, "config", "show", "--home", str(home.path))
-    assert code == 0
-    assert "hunter2" not in out
+    for command in (("config", "show"), ("config", "check")):
+        code, out, err = run(capsys, *command, "--home", str(home.path))
+        assert code == 2
+        assert "holds a password" in err
+        assert "passfile" in err
+        assert "hunter2" not in out + err
+
+
+def test_config_set_refuses_a_database_url_with_a_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = make_home(tmp_path, "MA.DGSN.CCPI")
+    before = (home.path / "config.toml").read_bytes()
+    url = "postgresql://liaison:hunter2@db.example/liaison"
+    code, out, err = run(capsys, "config", "set", "database.url", url, "--home", str(home.path))
+    assert code == 2
+    assert "holds a password" in err
+    assert "hunter2" not in out + err
+    assert (home.path / "config.toml").read_bytes() == before
 
 
 def test_a_new_api_address_reaches_every_credential(

@@ -5,7 +5,6 @@ copies of the row current."""
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
@@ -13,15 +12,16 @@ from sqlalchemy import select, update
 from liaison.server.store import outbox
 from liaison.server.store.models import AuditEvent, Message, MessageState, Receipt
 from liaison.server.store.outbox import DeliveryOutcome, PendingDelivery
-from liaison.server.store.store import Store, sqlite_url
+from liaison.server.store.store import Store
 from tests.notices import stored_record
 
 MESSAGE_ID = "019ac9f0-8000-7000-8000-000000000001"
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    store = Store(sqlite_url(tmp_path / "node.db"))
+def store(database_url: str) -> Store:
+    """A migrated store, on SQLite and on PostgreSQL."""
+    store = Store(database_url)
     store.migrate()
     return store
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import importlib
+import itertools
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from liaison.server.committer import GroupCommitter
-from liaison.server.store import audit, outbox
+from liaison.server.store import audit, auditlog, outbox
 from liaison.server.store.audit import AuditKind
 from liaison.server.store.models import Base, Message
 from liaison.server.store.store import (
@@ -29,9 +32,21 @@ from liaison.server.store.store import (
 )
 from tests.notices import stored_record
 
+APPEND_ONLY_TABLES = importlib.import_module(
+    "liaison.server.store.migrations.versions.0011_postgresql_append_only"
+).APPEND_ONLY_TABLES
+
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
+def store(database_url: str) -> Store:
+    """A migrated store, on SQLite and on PostgreSQL."""
+    store = Store(database_url)
+    store.migrate()
+    return store
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Store:
     store = Store(sqlite_url(tmp_path / "node.db"))
     store.migrate()
     return store
@@ -66,7 +81,8 @@ def test_migrating_twice_changes_nothing(store: Store) -> None:
         assert MigrationContext.configure(connection).get_current_revision() == head
 
 
-def test_sqlite_runs_in_wal_mode_with_full_sync_and_secure_delete(store: Store) -> None:
+def test_sqlite_runs_in_wal_mode_with_full_sync_and_secure_delete(sqlite_store: Store) -> None:
+    store = sqlite_store
     with store.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2
@@ -123,7 +139,8 @@ def test_a_failing_unit_fails_alone(store: Store) -> None:
     assert [e.detail for e in store.audit_events()] == ["", ""]
 
 
-def test_a_message_is_found_by_its_id_with_one_seek(store: Store) -> None:
+def test_a_message_is_found_by_its_id_with_one_seek(sqlite_store: Store) -> None:
+    store = sqlite_store
     """Lookups by direction and message id (a notice's state and recipients, asked on
     every send) must seek the message-id index. They were planned on an index that
     begins with the direction alone, reading every outbound message each time: the
@@ -183,3 +200,51 @@ def test_a_retry_in_the_same_group_commit_queues_nothing_twice(
     with store.read() as session:
         queued = session.scalars(select(Message.message_id)).all()
     assert queued == [first]
+
+
+def test_two_stores_on_one_database_append_one_gap_free_log(database_url: str) -> None:
+    """Two replicas of a node (two stores, each its own connections) append at once:
+    one log, every sequence number once, no transaction refused."""
+    first, second = Store(database_url), Store(database_url)
+    first.migrate()
+    appends = 40
+
+    def append_all(store: Store, name: str) -> None:
+        for number in range(appends):
+            with store.write() as session:
+                _event(session, f"{name}-{number}")
+                _event(session, f"{name}-{number}-b")
+
+    threads = [
+        threading.Thread(target=append_all, args=(store, name))
+        for store, name in ((first, "one"), (second, "two"))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    events = first.audit_events()
+    assert [e.seq for e in events] == list(range(1, 4 * appends + 1))
+    assert {e.detail for e in events} == {
+        f"{name}-{number}{suffix}"
+        for name in ("one", "two")
+        for number in range(appends)
+        for suffix in ("", "-b")
+    }
+    # A transaction's two events are adjacent: no other append came between them.
+    for event_, following in itertools.pairwise(events):
+        if not event_.detail.endswith("-b"):
+            assert following.detail == f"{event_.detail}-b"
+    with first.read() as session:
+        assert auditlog.verify(session).ok
+
+
+def test_postgresql_refuses_to_truncate_the_audit_log(postgres_url: str) -> None:
+    store = Store(postgres_url)
+    store.migrate()
+    with store.write() as session:
+        _event(session, "original")
+    for table in APPEND_ONLY_TABLES:
+        with pytest.raises(DBAPIError, match="append-only"), store.write() as session:
+            session.execute(text(f"TRUNCATE {table} CASCADE"))
+    assert [e.detail for e in store.audit_events()] == ["original"]

@@ -58,7 +58,7 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # The newest migration (a test holds it equal to Alembic's head): a database already
 # there is opened without loading Alembic and its scripts, a quarter of a second of
 # every start of a node or a command.
-SCHEMA_HEAD = "0010"
+SCHEMA_HEAD = "0011"
 _WRITE = "liaison_write"
 # How long a statement waits for another writer's lock before failing (tests shorten it).
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -242,6 +242,22 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+# The lock every write transaction on PostgreSQL takes first (a transaction-level
+# advisory lock; the number spells "LIAISON"). It is SQLite's BEGIN IMMEDIATE for a
+# database that several replicas of a node share: writes are serialised across all of
+# them, so that each transaction reads the audit log's last sequence number and right
+# edge and appends after them with no other append in between. The group committer
+# keeps the number of such transactions to one per batch.
+POSTGRESQL_WRITE_LOCK = 0x4C494149534F4E
+
+
+def _configure_postgresql(engine: Engine) -> None:
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        if connection.get_execution_options().get(_WRITE, False):
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({POSTGRESQL_WRITE_LOCK})")
+
+
 # Statements of every call or send, built once: SQLAlchemy derives a cache key from a
 # statement each time it runs one, and building it anew costs more than running it.
 _PEER_STATE = select(Peer.state).where(Peer.agency_id == bindparam("agency"))
@@ -271,6 +287,8 @@ class Store:
         )
         if self.engine.dialect.name == "sqlite":
             _configure_sqlite(self.engine)
+        elif self.engine.dialect.name == "postgresql":
+            _configure_postgresql(self.engine)
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         edge = auditlog.EdgeCache()
         self._write = sessionmaker(
