@@ -180,18 +180,24 @@ class Checkpointer:
                 pass
             self._wake.clear()
             try:
-                await self.round()
+                await self.round(on_schedule=True)
             except Exception:
                 log.exception(
                     "checkpointing failed; next round in %g s",
                     self._limits.checkpoint_interval_seconds,
                 )
 
-    async def round(self, *, force: bool = False) -> SignedCheckpoint | None:
+    async def round(
+        self, *, force: bool = False, on_schedule: bool = False
+    ) -> SignedCheckpoint | None:
         """Sign a checkpoint if one is due (``force``: if the log grew at all), then send
-        the newest to every active peer that has not cosigned it. Returns the newest."""
+        the newest to every active peer that has not cosigned it. Returns the newest.
+
+        ``on_schedule``: the round of the interval's timer, which signs nothing if a
+        checkpoint was signed less than most of an interval ago: replicas of the node
+        that share its database sign one checkpoint per interval between them."""
         async with self._round:
-            await self.sign(force=force)
+            await self.sign(force=force, on_schedule=on_schedule)
             newest = await asyncio.to_thread(self._newest)
             if newest is None:
                 return None
@@ -207,7 +213,7 @@ class Checkpointer:
         except Exception:
             log.exception("witnessing by %s failed; retried at the next round", card.agency_id)
 
-    async def sign(self, *, force: bool = False) -> None:
+    async def sign(self, *, force: bool = False, on_schedule: bool = False) -> None:
         signers = _signers(self._keys, self._peers)
         origin = origin_of(self._keys.current.agency_id)
         ring = self._keys.ring
@@ -228,7 +234,9 @@ class Checkpointer:
                 if size == 0 or (latest is not None and latest.size >= size):
                     return
             else:
-                grown = checkpoints.due(session)
+                interval = dt.timedelta(seconds=self._limits.checkpoint_interval_seconds)
+                before = self._clock() - interval * 0.9 if on_schedule else None
+                grown = checkpoints.due(session, signed_before=before)
                 if grown is None:
                     return
                 size, root = grown

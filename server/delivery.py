@@ -51,7 +51,7 @@ from liaison.server.own_keys import OwnKeys
 from liaison.server.peers import PeerDirectory
 from liaison.server.store import outbox
 from liaison.server.store.models import FINAL_OUTBOUND_STATES, MessageState
-from liaison.server.store.outbox import DeliveryOutcome, PendingDelivery
+from liaison.server.store.outbox import DeliveryOutcome, Lease, PendingDelivery
 from liaison.server.store.store import Store
 from liaison.v1 import envelope_pb2, peer_pb2, peer_pb2_grpc
 
@@ -69,6 +69,9 @@ _RECEIPT_STATES = {
     envelope_pb2.RECEIPT_STATUS_REJECTED: (MessageState.FAILED, "rejected"),
 }
 EXPIRY_SWEEP_SECONDS = 1.0
+# How often a worker and the sweep look at the queue for what other replicas of the
+# node queued, or left claimed when they died.
+QUEUE_POLL_SECONDS = 5.0
 T = TypeVar("T")
 
 
@@ -123,7 +126,10 @@ class Delivery:
         committer: GroupCommitter,
         limits: Limits,
         clock: Clock = utc_now,
+        replica: str = "",
     ) -> None:
+        # This replica of the node, named in the leases of the messages it claims.
+        self.replica = replica
         self._keys = keys
         self._peers = peers
         self._store = store
@@ -151,11 +157,20 @@ class Delivery:
         # Peers that are down whose next probe an operator asked for now.
         self._probe_now: set[str] = set()
 
+    def lease(self) -> Lease:
+        """A lease for a claim made now: this replica holds the message for two delivery
+        timeouts, more than an attempt and its settlement take; past that, another
+        replica may queue it again (the replica has died)."""
+        return Lease(
+            self.replica,
+            self._clock() + dt.timedelta(seconds=2 * self._limits.delivery_timeout_seconds),
+        )
+
     async def start(self) -> None:
         """Requeue what a previous run left in flight and start a worker per waiting peer."""
         now = self._clock()
         requeued = await self._committer.submit(
-            lambda session: outbox.requeue_in_flight(session, now=now)
+            lambda session: outbox.requeue_in_flight(session, now=now, replica=self.replica)
         )
         if requeued:
             log.info("%d deliveries cut off by the last stop are queued again", requeued)
@@ -308,7 +323,11 @@ class Delivery:
             self._backlog.discard(recipient)
             claimed = await self._committer.submit(
                 functools.partial(
-                    outbox.claim_due, recipient=recipient, now=self._clock(), limit=free
+                    outbox.claim_due,
+                    recipient=recipient,
+                    now=self._clock(),
+                    limit=free,
+                    lease=self.lease(),
                 )
             )
         card = await asyncio.to_thread(self._peers.peer, recipient) if claimed else None
@@ -343,6 +362,9 @@ class Delivery:
             due = await asyncio.to_thread(self._read, outbox.next_due_at, recipient, self._clock())
             if due is not None:
                 timeout = max(0.0, (due - self._clock()).total_seconds())
+        # Another replica of the node may queue for this peer (and stop before it sends):
+        # look at the shared queue now and then, whatever this replica was told.
+        timeout = QUEUE_POLL_SECONDS if timeout is None else min(timeout, QUEUE_POLL_SECONDS)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), timeout)
 
@@ -608,17 +630,35 @@ class Delivery:
             return query(session, *args)
 
     async def _sweep_expired(self) -> None:
-        """Mark expired envelopes every second; survives any error (logged at once)."""
+        """Mark expired envelopes every second, queue again the claims of a replica whose
+        lease ran out, and every few seconds start a worker for each peer that has
+        messages queued (by another replica, perhaps). Survives any error (logged at
+        once)."""
+        polled = 0.0
         while True:
             try:
                 now = self._clock()
-                # A read first: the write transaction is taken only when there is work.
+                # Reads first: a write transaction is taken only when there is work.
                 if await asyncio.to_thread(self._read, outbox.any_expired, now):
                     expired = await self._committer.submit(
                         functools.partial(outbox.expire_due, now=now)
                     )
                     for message_id in expired:
                         self._settled(message_id)
+                if await asyncio.to_thread(self._read, outbox.any_lease_run_out, now):
+                    released = await self._committer.submit(
+                        functools.partial(outbox.requeue_run_out, now=now)
+                    )
+                    for recipient in released:
+                        log.warning("claims on messages to %s ran out; queued again", recipient)
+                        self.notify(recipient)
+                polled += EXPIRY_SWEEP_SECONDS
+                if polled >= QUEUE_POLL_SECONDS:
+                    polled = 0.0
+                    waiting = await asyncio.to_thread(self._read, outbox.recipients_with_queue)
+                    for recipient in waiting:
+                        if recipient not in self._workers:
+                            self.notify(recipient)
             except Exception as error:
                 log.error(
                     "the expiry sweep failed (%s); trying again in %g s",

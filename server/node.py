@@ -16,8 +16,12 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import datetime as dt
+import hashlib
 import logging
+import os
+import re
 import signal
+import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -109,6 +113,7 @@ class Node:
             store=self.store,
             committer=self.committer,
             limits=limits,
+            replica=replica_name(home),
         )
         self.checkpointer = Checkpointer(
             keys=self.keys,
@@ -490,6 +495,27 @@ def _return_large_buffers_to_the_system() -> None:
         return
     m_mmap_threshold = -3
     mallopt(m_mmap_threshold, 1024 * 1024)
+
+
+REPLICA_VARIABLE = "LIAISON_REPLICA"
+_REPLICA_NAME = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def replica_name(home: NodeHome) -> str:
+    """This replica's name in the leases it takes: ``$LIAISON_REPLICA``, else the
+    machine's name and a digest of the home's path. One node runs per home at a time,
+    so the name is one process's, and the same across its restarts (which queue its own
+    claims again at once, not after their lease)."""
+    named = os.environ.get(REPLICA_VARIABLE, "")
+    if named:
+        if not _REPLICA_NAME.fullmatch(named):
+            raise ConfigError(
+                f"{REPLICA_VARIABLE} must be 1 to 64 letters, digits and . _ : - characters"
+            )
+        return named
+    host = "".join(c for c in socket.gethostname() if c.isalnum() or c in ".-")[:40] or "host"
+    digest = hashlib.sha256(str(home.path.resolve()).encode()).hexdigest()[:16]
+    return f"{host}:{digest}"
 
 
 async def serve(home: NodeHome, *, ready: asyncio.Event | None = None) -> None:

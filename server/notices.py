@@ -308,6 +308,7 @@ class Notices:
         """
         recipient = record.recipient
         claim_at = self.clock() if self.delivery.reserve(recipient) else None
+        lease = self.delivery.lease() if claim_at is not None else None
 
         def work(session: Session) -> tuple[str, outbox.PendingDelivery | None]:
             if idempotency_key:
@@ -318,11 +319,12 @@ class Notices:
                     key=idempotency_key,
                     request_sha256=request_sha256,
                     claim_at=claim_at,
+                    lease=lease,
                 )
                 if message_id != record.message_id:
                     return message_id, None  # a retry: queued the first time
             else:
-                pending = outbox.queue(session, record, actor=actor, claim_at=claim_at)
+                pending = outbox.queue(session, record, actor=actor, claim_at=claim_at, lease=lease)
             if also is not None:
                 also(session)
             return record.message_id, pending

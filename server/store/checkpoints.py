@@ -43,11 +43,15 @@ def latest_cosigned_by(session: Session, peer: str) -> AuditCheckpoint | None:
     ).first()
 
 
-def due(session: Session) -> tuple[int, bytes] | None:
+def due(session: Session, *, signed_before: dt.datetime | None = None) -> tuple[int, bytes] | None:
     """The log's size and root, if it grew by more than checkpoint bookkeeping since our
-    newest checkpoint: a checkpoint is then due."""
+    newest checkpoint: a checkpoint is then due. With ``signed_before``, only if the
+    newest was signed before then: replicas of one node sharing its database sign one
+    checkpoint per interval between them, not one each."""
     write_pending(session)  # events appended in this transaction count too
     newest = latest(session)
+    if newest is not None and signed_before is not None and newest.signed_at > signed_before:
+        return None
     since = newest.size if newest is not None else 0
     grew = session.scalars(  # one such event is enough: no count of them all
         select(AuditEvent.seq)

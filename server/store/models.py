@@ -199,6 +199,10 @@ class Message(Base):
     # Outbound: the notice this message carries to one of its recipients (the first
     # recipient's message id); NULL for anything else.
     notice_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    # Outbound, SENT: the replica delivering it, and until when it holds it (revision
+    # 0012); another replica queues it again once the lease has run out.
+    claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
 class Receipt(Base):

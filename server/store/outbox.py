@@ -6,7 +6,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Connection, CursorResult, bindparam, insert, select, update
+from sqlalchemy import Connection, CursorResult, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
@@ -37,6 +37,14 @@ class PendingDelivery:
 
 
 @dataclass(frozen=True)
+class Lease:
+    """Who claims a message (this replica of the node) and until when it holds it."""
+
+    replica: str
+    until: dt.datetime
+
+
+@dataclass(frozen=True)
 class DeliveryOutcome:
     """What became of one delivery attempt.
 
@@ -60,6 +68,7 @@ def queue(
     *,
     actor: str,
     claim_at: dt.datetime | None = None,
+    lease: Lease | None = None,
 ) -> PendingDelivery | None:
     """Queue ``record``, audited ``sealed``.
 
@@ -76,6 +85,8 @@ def queue(
     )
     if claimed:
         values.update(attempts=1, updated_at=claim_at)
+        if lease is not None:
+            values.update(claimed_by=lease.replica, lease_until=lease.until)
     pk = plain(session).execute(_INSERT_MESSAGE, values).scalar_one()
     # Audit times are when they are written, not the envelope's creation time (whole
     # seconds): they then never run backwards against sequence numbers.
@@ -144,6 +155,8 @@ _CLAIM = (
         state=MessageState.SENT.value,
         attempts=MESSAGES.c.attempts + 1,
         updated_at=bindparam("now"),
+        claimed_by=bindparam("replica"),
+        lease_until=bindparam("until"),
     )
 )
 _DUE = (
@@ -175,6 +188,7 @@ def queue_once(
     key: str,
     request_sha256: str,
     claim_at: dt.datetime | None = None,
+    lease: Lease | None = None,
 ) -> tuple[str, PendingDelivery | None]:
     """``queue`` ``record`` under the caller's idempotency key; returns the message id, and
     the delivery if it was claimed.
@@ -185,7 +199,7 @@ def queue_once(
     earlier = sent_request(session, actor, key)
     if earlier is not None:
         return earlier.message_id, None
-    pending = queue(session, record, actor=actor, claim_at=claim_at)
+    pending = queue(session, record, actor=actor, claim_at=claim_at, lease=lease)
     remember_request(session, actor, key, request_sha256, record.message_id)
     return record.message_id, pending
 
@@ -210,7 +224,12 @@ def remember_request(
 
 
 def claim_due(
-    session: Session, recipient: str, *, now: dt.datetime, limit: int
+    session: Session,
+    recipient: str,
+    *,
+    now: dt.datetime,
+    limit: int,
+    lease: Lease | None = None,
 ) -> list[PendingDelivery]:
     """Move up to ``limit`` due QUEUED messages for ``recipient`` to SENT, oldest first.
 
@@ -227,7 +246,15 @@ def claim_due(
     rows = connection.execute(_DUE, {"recipient": recipient, "now": now, "limit": limit}).all()
     if not rows:
         return []
-    connection.execute(_CLAIM, {"ids": [row.id for row in rows], "now": now})
+    connection.execute(
+        _CLAIM,
+        {
+            "ids": [row.id for row in rows],
+            "now": now,
+            "replica": lease.replica if lease else None,
+            "until": lease.until if lease else None,
+        },
+    )
     claimed = []
     for row in rows:
         attempts = row.attempts + 1
@@ -399,31 +426,80 @@ def expire_due(session: Session, *, now: dt.datetime) -> list[str]:
     return [row.message_id for row in rows]
 
 
-def requeue_in_flight(session: Session, *, now: dt.datetime) -> int:
-    """At start-up: messages left SENT by a stopped node go back to the queue, each
-    audited ``requeued`` (its attempt was cut off and has no outcome).
+def requeue_in_flight(session: Session, *, now: dt.datetime, replica: str = "") -> int:
+    """At start-up: messages this replica left SENT when it stopped go back to the queue,
+    each audited ``requeued`` (its attempt was cut off and has no outcome); so do those
+    of a replica whose lease has run out, and those claimed before leases existed.
+    Another replica's messages still under lease are its own to settle.
 
     Redelivery is safe: the receiver answers a replay with its original receipt.
     """
     rows = session.scalars(
         select(Message).where(
-            Message.direction == OUTBOUND, Message.state == MessageState.SENT.value
+            Message.direction == OUTBOUND,
+            Message.state == MessageState.SENT.value,
+            or_(
+                Message.claimed_by.is_(None),
+                Message.claimed_by == replica,
+                Message.lease_until.is_(None),
+                Message.lease_until <= now,
+            ),
         )
     ).all()
     for row in rows:
-        row.state = MessageState.QUEUED.value
-        row.next_attempt_at = now
-        row.updated_at = now
-        audit.append(
-            session,
-            AuditKind.REQUEUED,
-            at=now,
-            message_id=row.message_id,
-            peer=row.recipient,
-            envelope_sha256=row.envelope_sha256,
-            detail=f"attempt {row.attempts} was cut off by a stop of this node",
-        )
+        _queue_again(session, row, now, cut_off=row.claimed_by in (None, replica))
     return len(rows)
+
+
+def _queue_again(session: Session, row: Message, now: dt.datetime, *, cut_off: bool) -> None:
+    """A claimed (SENT) message back in the queue, due now, audited ``requeued``: its
+    attempt was cut off by a stop of this replica, or its replica's lease ran out."""
+    row.state = MessageState.QUEUED.value
+    row.next_attempt_at = now
+    row.updated_at = now
+    audit.append(
+        session,
+        AuditKind.REQUEUED,
+        at=now,
+        message_id=row.message_id,
+        peer=row.recipient,
+        envelope_sha256=row.envelope_sha256,
+        detail=f"attempt {row.attempts} was cut off by a stop of this node"
+        if cut_off
+        else f"attempt {row.attempts}: the lease of replica {row.claimed_by} ran out",
+    )
+    row.claimed_by = None
+    row.lease_until = None
+
+
+def any_lease_run_out(session: Session, now: dt.datetime) -> bool:
+    """Whether a message is SENT under a lease that has run out (its replica died)."""
+    return session.connection().scalar(_LEASE_RUN_OUT, {"now": now}) is not None
+
+
+def requeue_run_out(session: Session, *, now: dt.datetime) -> list[str]:
+    """Queue again the messages whose replica's lease ran out; returns their recipients."""
+    rows = session.scalars(
+        select(Message).where(
+            Message.direction == OUTBOUND,
+            Message.state == MessageState.SENT.value,
+            Message.lease_until <= now,
+        )
+    ).all()
+    for row in rows:
+        _queue_again(session, row, now, cut_off=False)
+    return sorted({row.recipient for row in rows})
+
+
+_LEASE_RUN_OUT = (
+    select(MESSAGES.c.id)
+    .where(
+        MESSAGES.c.direction == OUTBOUND,
+        MESSAGES.c.state == MessageState.SENT.value,
+        MESSAGES.c.lease_until <= bindparam("now"),
+    )
+    .limit(1)
+)
 
 
 def record_link(

@@ -58,7 +58,7 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # The newest migration (a test holds it equal to Alembic's head): a database already
 # there is opened without loading Alembic and its scripts, a quarter of a second of
 # every start of a node or a command.
-SCHEMA_HEAD = "0011"
+SCHEMA_HEAD = "0012"
 _WRITE = "liaison_write"
 # How long a statement waits for another writer's lock before failing (tests shorten it).
 SQLITE_BUSY_TIMEOUT_MS = 30_000
