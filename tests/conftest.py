@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -359,6 +360,22 @@ def served(tmp_path: Path) -> Iterator[Callable[[NodeHome], ServedNode]]:
 
 
 # PostgreSQL (tests/postgres.py) -----------------------------------------------------
+
+
+def replica_of(home: NodeHome, copy: Path) -> NodeHome:
+    """A second replica of ``home``'s node: the same keys, config and database, its own
+    folder (one node runs per home) and its own listening ports."""
+    shutil.copytree(home.path, copy, symlinks=True, ignore=shutil.ignore_patterns("node.lock"))
+    config = (copy / "config.toml").read_text(encoding="utf-8")
+    old = home.config()
+    peer, api = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    config = config.replace(f'"{old.peer_listen}"', f'"{peer}"').replace(
+        f'"{old.api_listen}"', f'"{api}"'
+    )
+    (copy / "config.toml").write_text(config, encoding="utf-8")
+    for target in (copy / "credentials").glob("*/target"):
+        target.write_text(api + "\n", encoding="utf-8")
+    return NodeHome.unlocked(copy, TEST_KEYS["passphrase"])
 
 
 @pytest.fixture(scope="session")

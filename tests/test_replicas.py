@@ -6,20 +6,18 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import shutil
 import threading
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
 
-from liaison.server.home import NodeHome
 from liaison.server.store import auditlog, checkpoints, inbox, outbox
 from liaison.server.store.models import AuditEvent, Message, MessageState, Peer, Receipt
 from liaison.server.store.outbox import Lease
 from liaison.server.store.store import Store
 from liaison.v1 import node_pb2
-from tests.conftest import TEST_KEYS, RunningNode, free_port, make_home, pin_each_other
+from tests.conftest import RunningNode, make_home, pin_each_other, replica_of
 from tests.notices import sample_notice, stored_record
 
 A_ID, B_ID = "MA.DGSN.CCPI", "DE.BPOL.LO-RABAT"
@@ -139,30 +137,13 @@ def test_replicas_sign_one_checkpoint_per_interval_between_them(store: Store) ->
 # Two replicas running ----------------------------------------------------------------
 
 
-def _replica_of(home: NodeHome, root: Path) -> NodeHome:
-    """A second replica of ``home``'s node: the same keys, config and database, its own
-    folder (one node runs per home) and its own listening ports."""
-    copy = root / "replica-2"
-    shutil.copytree(home.path, copy, symlinks=True, ignore=shutil.ignore_patterns("node.lock"))
-    config = (copy / "config.toml").read_text(encoding="utf-8")
-    old = home.config()
-    peer, api = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    config = config.replace(f'"{old.peer_listen}"', f'"{peer}"').replace(
-        f'"{old.api_listen}"', f'"{api}"'
-    )
-    (copy / "config.toml").write_text(config, encoding="utf-8")
-    for target in (copy / "credentials").glob("*/target"):
-        target.write_text(api + "\n", encoding="utf-8")
-    return NodeHome.unlocked(copy, TEST_KEYS["passphrase"])
-
-
 def test_two_replicas_send_through_one_outbox_and_a_dead_ones_claims_are_delivered(
     tmp_path: Path, postgres_url: str
 ) -> None:
     a_home = make_home(tmp_path, A_ID, database_url=postgres_url)
     b_home = make_home(tmp_path, B_ID)
     pin_each_other(a_home, b_home)
-    second_home = _replica_of(a_home, tmp_path)
+    second_home = replica_of(a_home, tmp_path / "replica-2")
     b, first, second = RunningNode(b_home), RunningNode(a_home), RunningNode(second_home)
     sent = []
     try:

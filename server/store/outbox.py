@@ -99,7 +99,7 @@ def queue(
     if not claimed:
         return None
     assert claim_at is not None
-    audit.append(session, AuditKind.SENT, at=claim_at, detail="attempt 1", **common)
+    audit.append(session, AuditKind.SENT, at=claim_at, detail=_attempt(1, lease), **common)
     return PendingDelivery(
         pk,
         record.message_id,
@@ -265,7 +265,7 @@ def claim_due(
             message_id=row.message_id,
             peer=recipient,
             envelope_sha256=row.envelope_sha256,
-            detail=f"attempt {attempts}",
+            detail=_attempt(attempts, lease),
         )
         claimed.append(
             PendingDelivery(
@@ -378,6 +378,11 @@ _PROMOTE = (
     update(MESSAGES).where(MESSAGES.c.id == bindparam("pk")).values(state=bindparam("promoted"))
 )
 _INSERT_RECEIPT = insert(RECEIPTS)
+
+
+def _attempt(number: int, lease: Lease | None) -> str:
+    """A claim's audit detail: which attempt, and (with several replicas) by which."""
+    return f"attempt {number}" + (f" by replica {lease.replica}" if lease else "")
 
 
 def any_expired(session: Session, now: dt.datetime) -> bool:
