@@ -256,9 +256,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
 
     config = commands.add_parser("config", help="the node's settings (config.toml)")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
-    p = config_commands.add_parser(
-        "show", parents=[common, as_json], help="every setting (a database password masked)"
-    )
+    p = config_commands.add_parser("show", parents=[common, as_json], help="every setting")
     p.set_defaults(run=lazy(COMMANDS, "cmd_config_show"))
     p = config_commands.add_parser(
         "check", parents=[common, as_json], help="read config.toml as the node will"
@@ -272,6 +270,19 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     p.add_argument("key", metavar="KEY")
     p.add_argument("value", metavar="VALUE")
     p.set_defaults(run=lazy(COMMANDS, "cmd_config_set"))
+
+    db = commands.add_parser("db", help="the node's database")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
+    p = db_commands.add_parser(
+        "upgrade",
+        parents=[common, as_json],
+        help="bring the database's schema to this version's (back it up first)",
+        description="Apply this version's migrations to the node's database (SQLite or "
+        "PostgreSQL). A node refuses to start on a schema that is behind or ahead. With "
+        "several replicas, stop them all, back the database up, upgrade once, then start "
+        "them with the new version.",
+    )
+    p.set_defaults(run=lazy(COMMANDS, "cmd_db_upgrade"))
 
     audit_cli.add_commands(commands, common, as_json, api)
     users_cli.add_commands(commands, common, as_json)

@@ -62,6 +62,7 @@ from liaison.server.store.store import (
     PinnedPeer,
     PinOutcome,
     Store,
+    known_revisions,
     revoke_reason_problem,
 )
 from liaison.v1 import node_pb2, notice_pb2
@@ -916,6 +917,27 @@ def _settings(config: NodeConfig) -> dict[str, Any]:
     for name, value in vars(config.limits).items():
         settings[f"limits.{name}"] = value
     return settings
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    """Migrate the node's database to this version's schema; say from which revision."""
+    home = NodeHome(_home(args))
+    store = Store(home.database_url())
+    try:
+        before = store.schema_revision()
+        if before is not None and before not in known_revisions():
+            store.check_schema()  # ahead: says so, changes nothing
+        store.migrate()
+        after = store.schema_revision()
+    finally:
+        store.close()
+    if args.json:
+        _print_json({"from": before, "to": after, "changed": before != after})
+    elif before == after:
+        print(f"the database schema is at revision {after}: nothing to do")
+    else:
+        print(f"the database schema went from revision {before or 'none'} to {after}")
+    return 0
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:

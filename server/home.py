@@ -188,9 +188,18 @@ class NodeHome:
             or sqlite_url(self.path / DATABASE_FILE)
         )
 
-    def open_store(self, config: NodeConfig | None = None) -> Store:
+    def open_store(self, config: NodeConfig | None = None, *, upgrade: bool = False) -> Store:
+        """The node's database, at the schema this version needs: brought there with
+        ``upgrade`` (``init``, ``liaison db upgrade``), else ``SchemaMismatch``."""
         store = Store(self.database_url(config))
-        store.migrate()
+        try:
+            if upgrade:
+                store.migrate()
+            else:
+                store.check_schema()
+        except BaseException:
+            store.close()
+            raise
         return store
 
     def identity(self, config: NodeConfig | None = None) -> NodeIdentity:
@@ -453,7 +462,7 @@ def _create_home(
     if home.database_url(config) == sqlite_url(path / DATABASE_FILE):
         # SQLite gives its -wal and -shm files the database file's mode.
         os.close(os.open(path / DATABASE_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    store = home.open_store(config)
+    store = home.open_store(config, upgrade=True)
     now = dt.datetime.now(dt.UTC)
     try:
         register_admin(home, store, now=now)

@@ -33,7 +33,7 @@ from liaison.server.config import CONFIG_FILE
 from liaison.server.home import NodeHome, init_home
 from liaison.server.node import Node
 from liaison.server.store.models import AuditEvent, Direction, Message
-from liaison.server.store.store import Store, sqlite_url
+from liaison.server.store.store import MIGRATIONS, Store, sqlite_url
 from liaison.v1 import envelope_pb2, peer_pb2, peer_pb2_grpc
 from tests.postgres import Cluster, running_cluster, skip_or_fail
 
@@ -357,6 +357,28 @@ def served(tmp_path: Path) -> Iterator[Callable[[NodeHome], ServedNode]]:
     yield start
     for node in running:
         node.stop()
+
+
+def migrate_to(store: Store, revision: str) -> None:
+    """Bring ``store``'s schema up or down to ``revision`` with Alembic (an older
+    version's database, for the tests of upgrades)."""
+    from alembic import command  # noqa: PLC0415 - only these tests need it
+    from alembic.config import Config  # noqa: PLC0415
+    from alembic.script import ScriptDirectory  # noqa: PLC0415
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    current = store.schema_revision()
+    ahead = current is not None and any(
+        step.revision == revision
+        for step in ScriptDirectory.from_config(config).iterate_revisions(current, "base")
+    )
+    with store.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        if ahead and revision != current:
+            command.downgrade(config, revision)
+        else:
+            command.upgrade(config, revision)
 
 
 # PostgreSQL (tests/postgres.py) -----------------------------------------------------

@@ -14,8 +14,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Connection, create_engine, text
 
 from liaison.client.errors import ClientError
@@ -33,10 +31,23 @@ from liaison.keys.storage import (
 )
 from liaison.server.home import DATABASE_FILE, NodeHome
 from liaison.server.store.models import Direction
-from liaison.server.store.store import MIGRATIONS, DestroyOutcome, Store
+from liaison.server.store.store import (
+    SCHEMA_HEAD,
+    DestroyOutcome,
+    SchemaMismatch,
+    Store,
+)
 from liaison.v1 import envelope_pb2, node_pb2
 from liaison.v1 import notice_pb2 as N
-from tests.conftest import TEST_KDF_LOG2_N, Inspector, RunningNode, make_home, pin_each_other
+from tests.cli_homes import run
+from tests.conftest import (
+    TEST_KDF_LOG2_N,
+    Inspector,
+    RunningNode,
+    make_home,
+    migrate_to,
+    pin_each_other,
+)
 from tests.notices import sample_notice
 
 WAIT = 30
@@ -405,7 +416,9 @@ def test_an_older_home_without_a_storage_key_gets_one_at_serve(
 
 
 def test_notices_stored_in_clear_by_an_earlier_version_are_sealed_at_start(
-    tmp_path: Path, node_factory: Callable[[NodeHome], RunningNode]
+    tmp_path: Path,
+    node_factory: Callable[[NodeHome], RunningNode],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     home = make_home(tmp_path, B_ID)
     database = home.path / DATABASE_FILE
@@ -413,11 +426,7 @@ def test_notices_stored_in_clear_by_an_earlier_version_are_sealed_at_start(
         Path(f"{database}{suffix}").unlink(missing_ok=True)
     database.touch(mode=0o600)
     store = Store(home.database_url())
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    with store.engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "0002")
+    migrate_to(store, "0002")
     store.close()
     notices = [marked_notice(number) for number in range(3)]
     ids = [f"0190c1a0-0000-7000-8000-00000000000{number}" for number in range(3)]
@@ -452,6 +461,14 @@ def test_notices_stored_in_clear_by_an_earlier_version_are_sealed_at_start(
                 (number + 1, now),
             )
     assert found_in(database_files(home), MARKER.encode())
+
+    # A node refuses a schema that is behind, and says what to run; nothing changes.
+    with pytest.raises(SchemaMismatch, match=r"at revision 0002.*liaison db upgrade"):
+        node_factory(home)
+    assert Store(home.database_url()).schema_revision() == "0002"
+    code, out, err = run(capsys, "db", "upgrade", "--home", str(home.path))
+    assert (code, err) == (0, "")
+    assert f"from revision 0002 to {SCHEMA_HEAD}" in out
 
     node = node_factory(home)
     assert node.node is not None

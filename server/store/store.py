@@ -68,6 +68,10 @@ class StoreError(Exception):
     """The database is unreachable, or its contents break an invariant."""
 
 
+class SchemaMismatch(StoreError):
+    """The database's schema is not the one this version of the node needs."""
+
+
 class DestroyOutcome(enum.StrEnum):
     DESTROYED = "destroyed"
     ALREADY = "already destroyed"
@@ -276,6 +280,11 @@ _NOTICE_STATES = (
 )
 
 
+def known_revisions() -> set[str]:
+    """The revisions of this version's migrations (their files are named after them)."""
+    return {path.name.split("_", 1)[0] for path in (MIGRATIONS / "versions").glob("[0-9]*.py")}
+
+
 class Store:
     """Opens the database, applies migrations, and hands out sessions."""
 
@@ -314,6 +323,30 @@ class Store:
         with self.engine.begin() as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+
+    def check_schema(self) -> None:
+        """Raise ``SchemaMismatch`` unless the database is at ``SCHEMA_HEAD``, saying what
+        to do: a node never changes a schema by itself (several replicas may share the
+        database, and an upgrade is the administrator's step, after a backup)."""
+        revision = self.schema_revision()
+        if revision == SCHEMA_HEAD:
+            return
+        if revision is None:
+            raise SchemaMismatch(
+                "the database holds no node schema: run `liaison db upgrade` to create it "
+                "(or `liaison init` for a new node)"
+            )
+        if revision in known_revisions():
+            raise SchemaMismatch(
+                f"the database schema is at revision {revision} and this version of liaison "
+                f"needs {SCHEMA_HEAD}: back the database up, then run `liaison db upgrade` "
+                "(with several replicas: stop them all first)"
+            )
+        raise SchemaMismatch(
+            f"the database schema is at revision {revision[:32]!r}, which this version of "
+            f"liaison does not know (it knows up to {SCHEMA_HEAD}): a newer version wrote "
+            "it; run that version"
+        )
 
     def schema_revision(self) -> str | None:
         """The Alembic revision the database is at (None: none yet)."""
