@@ -47,7 +47,7 @@ from liaison.client.demo import free_port
 from liaison.client.errors import UsageError
 from liaison.keys.keystore import write_private_file
 from liaison.keys.sealed import PASSPHRASE_VARIABLE, Passphrase
-from liaison.server.home import NodeHome, init_home
+from liaison.server.home import NodeHome, init_home, replicate_home
 from liaison.v1 import notice_pb2
 
 A_ID, B_ID = "BENCH.SENDER", "BENCH.RECEIVER"
@@ -128,9 +128,13 @@ class Report:
     startup_s: float = 0.0
     single_send_median_ms: float = 0.0
     quick: bool = False
+    database: str = "sqlite"
+    replicas: int = 1
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "database": self.database,
+            "replicas": self.replicas,
             **self.small.figures(),
             "rss_mb_max": round(self.rss_mb_max, 1),
             "rss_mb": {name: round(mb, 1) for name, mb in self.rss_mb.items()},
@@ -215,8 +219,9 @@ class BenchNode:
             self.process.wait()
 
 
-def _homes(root: Path, secret: str) -> tuple[NodeHome, NodeHome]:
-    """Two homes on loopback ports that pin each other (production key costs)."""
+def _homes(root: Path, secret: str, database_url: str) -> tuple[NodeHome, NodeHome]:
+    """Two homes on loopback ports that pin each other (production key costs); the
+    sender's database is ``database_url`` if given."""
     homes = []
     for agency in (A_ID, B_ID):
         peer, api = free_port(), free_port()
@@ -229,6 +234,7 @@ def _homes(root: Path, secret: str) -> tuple[NodeHome, NodeHome]:
                 peer_listen=f"127.0.0.1:{peer}",
                 api_listen=f"127.0.0.1:{api}",
                 passphrase=Passphrase(secret),
+                database_url=database_url if agency == A_ID else "",
             )
         )
     now = dt.datetime.now(dt.UTC)
@@ -267,21 +273,25 @@ def notice_of(payload: str) -> notice_pb2.CaseNotice:
 
 
 class Deliveries:
-    """When each message was delivered, from the sender's audit trail (``watch``)."""
+    """When each message was delivered, from the sender's audit trail (``watch``): on
+    every replica of the sender, the first to tell (each sees its own commits at once,
+    another replica's within its poll)."""
 
-    def __init__(self, client: AsyncLiaisonClient, after: int) -> None:
-        self._client = client
+    def __init__(self, clients: list[AsyncLiaisonClient], after: int) -> None:
+        self._clients = clients
         self._after = after
         self.at: dict[str, float] = {}
         self._waiters: dict[str, asyncio.Future[float]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._follow())
+        self._tasks = [asyncio.create_task(self._follow(client)) for client in self._clients]
 
-    async def _follow(self) -> None:
-        async for event in self._client.watch(self._after, events=["delivered"]):
+    async def _follow(self, client: AsyncLiaisonClient) -> None:
+        async for event in client.watch(self._after, events=["delivered"]):
             moment = time.perf_counter()
+            if event.message_id in self.at:
+                continue
             self.at[event.message_id] = moment
             waiter = self._waiters.pop(event.message_id, None)
             if waiter is not None and not waiter.done():
@@ -295,10 +305,10 @@ class Deliveries:
         return await asyncio.wait_for(asyncio.shield(waiter), DELIVERY_TIMEOUT_SECONDS)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
 
 
 async def _last_seq(client: AsyncLiaisonClient) -> int:
@@ -309,7 +319,7 @@ async def _last_seq(client: AsyncLiaisonClient) -> int:
 
 
 async def _throughput(
-    client: AsyncLiaisonClient,
+    clients: list[AsyncLiaisonClient],
     deliveries: Deliveries,
     notice: notice_pb2.CaseNotice,
     *,
@@ -322,7 +332,7 @@ async def _throughput(
     sent: list[str] = []
     remaining = iter(range(n))
 
-    async def sender() -> None:
+    async def sender(client: AsyncLiaisonClient) -> None:
         for _ in remaining:
             result = await client.send_notice(B_ID, notice)
             sent.append(result.message_id)
@@ -330,13 +340,14 @@ async def _throughput(
                 progress(f"{label}: {len(sent)}/{n} sent, {len(deliveries.at)} delivered")
 
     start = time.perf_counter()
-    await asyncio.gather(*(sender() for _ in range(in_flight)))
+    # The senders spread over the replicas' local APIs.
+    await asyncio.gather(*(sender(clients[i % len(clients)]) for i in range(in_flight)))
     last = max([await deliveries.of(message_id) for message_id in sent])
     return n / (last - start), sent
 
 
 async def _latency(
-    client: AsyncLiaisonClient,
+    clients: list[AsyncLiaisonClient],
     deliveries: Deliveries,
     notice: notice_pb2.CaseNotice,
     rate: float,
@@ -350,7 +361,7 @@ async def _latency(
     async def one(index: int) -> float:
         due = start + index / rate
         await asyncio.sleep(max(0.0, due - time.perf_counter()))
-        result = await client.send_notice(B_ID, notice)
+        result = await clients[index % len(clients)].send_notice(B_ID, notice)
         return (await deliveries.of(result.message_id) - due) * 1000
 
     return list(await asyncio.gather(*(one(i) for i in range(count))))
@@ -365,7 +376,7 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 
 async def _measure_payload(
-    a: BenchNode,
+    senders: list[BenchNode],
     b: BenchNode,
     payload: str,
     notice: notice_pb2.CaseNotice,
@@ -376,17 +387,18 @@ async def _measure_payload(
     large = payload == "large"
     n = plan.large_n if large else plan.small_n
     run = Run(payload_bytes=notice.ByteSize(), n=n)
-    async with a.client() as client:
-        deliveries = Deliveries(client, await _last_seq(client))
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(a.client()) for a in senders]
+        deliveries = Deliveries(clients, await _last_seq(clients[0]))
         deliveries.start()
         try:
             progress(f"{payload}: warming up")
             await _throughput(
-                client, deliveries, notice, n=10, in_flight=4, progress=progress, label=payload
+                clients, deliveries, notice, n=10, in_flight=4, progress=progress, label=payload
             )
-            cpu_a, cpu_b = a.cpu_seconds(), b.cpu_seconds()
+            cpu_a, cpu_b = _cpu(senders), b.cpu_seconds()
             run.notices_per_s, _ = await _throughput(
-                client,
+                clients,
                 deliveries,
                 notice,
                 n=n,
@@ -394,13 +406,13 @@ async def _measure_payload(
                 progress=progress,
                 label=payload,
             )
-            run.cpu_ms_per_notice_sender = (a.cpu_seconds() - cpu_a) * 1000 / n
+            run.cpu_ms_per_notice_sender = (_cpu(senders) - cpu_a) * 1000 / n
             run.cpu_ms_per_notice_receiver = (b.cpu_seconds() - cpu_b) * 1000 / n
             if not large:
                 run.offered_per_s = min(plan.latency_rate_max, run.notices_per_s / 2)
                 progress(f"{payload}: latency at {run.offered_per_s:.0f} notices/s offered")
                 times = await _latency(
-                    client, deliveries, notice, run.offered_per_s, plan.latency_seconds
+                    clients, deliveries, notice, run.offered_per_s, plan.latency_seconds
                 )
                 run.p50_ms = _percentile(times, 0.50)
                 run.p95_ms = _percentile(times, 0.95)
@@ -408,6 +420,11 @@ async def _measure_payload(
         finally:
             await deliveries.stop()
     return run
+
+
+def _cpu(nodes: list[BenchNode]) -> float:
+    """CPU seconds of all the sending node's replicas together."""
+    return sum(node.cpu_seconds() for node in nodes)
 
 
 async def _single_sends(a: BenchNode, count: int) -> float:
@@ -451,8 +468,19 @@ async def _wait_ready(node: BenchNode) -> float:
     return time.perf_counter() - start
 
 
-async def run_bench(plan: Plan, *, keep: Path | None, progress: Callable[[str], None]) -> Report:
-    """The whole benchmark; the nodes are stopped and (without ``keep``) removed after."""
+async def run_bench(
+    plan: Plan,
+    *,
+    keep: Path | None,
+    progress: Callable[[str], None],
+    database_url: str = "",
+    replicas: int = 1,
+) -> Report:
+    """The whole benchmark; the nodes are stopped and (without ``keep``) removed after.
+
+    With ``database_url`` the sending node keeps its data there (an empty database);
+    with ``replicas`` above one, that many replicas of it share the database and the
+    senders are spread over their local APIs."""
     from liaison.server.bench.echo import measure_echo  # noqa: PLC0415 - loaded when run
     from liaison.server.bench.floor import measure_crypto_floor  # noqa: PLC0415
 
@@ -461,28 +489,40 @@ async def run_bench(plan: Plan, *, keep: Path | None, progress: Callable[[str], 
     nodes: list[BenchNode] = []
     try:
         progress("creating two node homes")
-        a_home, b_home = _homes(root, secret)
+        a_home, b_home = _homes(root, secret, database_url)
         if keep is not None:  # the kept homes open with it (as `liaison demo --keep`)
             write_private_file(root / "passphrase", secret.encode() + b"\n")
         a = BenchNode(a_home, secret, root / "sender.log")
         b = BenchNode(b_home, secret, root / "receiver.log")
-        nodes = [a, b]
+        senders = [a]
+        for number in range(2, replicas + 1):
+            path = replicate_home(
+                a_home,
+                root / f"{A_ID}-replica-{number}",
+                peer_listen=f"127.0.0.1:{free_port()}",
+                api_listen=f"127.0.0.1:{free_port()}",
+            )
+            senders.append(BenchNode(NodeHome(path), secret, root / f"sender-{number}.log"))
+        nodes = [*senders, b]
         b.start()
         await _wait_ready(b)
         started = time.perf_counter()
         a.start()
         await _wait_ready(a)
         startup = time.perf_counter() - started
+        for replica in senders[1:]:
+            replica.start()
+            await _wait_ready(replica)
         reports = {}
         # The same notices go end to end and through the crypto floor.
         notices = {payload: notice_of(payload) for payload in ("small", "large")}
         for payload, notice in notices.items():
             reports[payload] = await _measure_payload(
-                a, b, payload, notice, plan=plan, progress=progress
+                senders, b, payload, notice, plan=plan, progress=progress
             )
         progress("one notice at a time")
         single = await _single_sends(a, plan.single_sends)
-        rss = {"sender": a.peak_rss_mb(), "receiver": b.peak_rss_mb()}
+        rss = {"sender": max(s.peak_rss_mb() for s in senders), "receiver": b.peak_rss_mb()}
         for node in nodes:
             node.stop()
         for payload, run in reports.items():
@@ -512,6 +552,8 @@ async def run_bench(plan: Plan, *, keep: Path | None, progress: Callable[[str], 
             startup_s=startup,
             single_send_median_ms=single,
             quick=plan is QUICK,
+            database=a_home.database_url().split(":", 1)[0].split("+", 1)[0],
+            replicas=replicas,
         )
     finally:
         for node in nodes:
@@ -550,6 +592,8 @@ def table(report: Report) -> str:
         f"one notice at a time, send to delivered: median {report.single_send_median_ms:.1f} ms",
         f"liaison serve start-up: {report.startup_s:.2f} s",
         "peak RSS: " + ", ".join(f"{name} {mb:.0f} MB" for name, mb in report.rss_mb.items()),
+        f"sending node: {report.database}, {report.replicas} "
+        + ("replica" if report.replicas == 1 else "replicas (CPU of all together)"),
     ]
     return "\n".join(lines)
 
@@ -567,8 +611,18 @@ def cmd_bench(args: Any) -> int:
     keep = Path(args.keep).expanduser() if args.keep else None
     if keep is not None and keep.exists():
         raise UsageError(f"{render.safe(str(keep))} exists already; --keep makes a new folder")
+    if args.replicas > 1 and not args.database_url:
+        raise UsageError("--replicas share one database: give it with --database-url")
     line = _ProgressLine()
-    report = asyncio.run(run_bench(plan, keep=keep, progress=line))
+    report = asyncio.run(
+        run_bench(
+            plan,
+            keep=keep,
+            progress=line,
+            database_url=args.database_url or "",
+            replicas=args.replicas,
+        )
+    )
     line.done()
     print(report_json(report) if args.json else table(report))
     return 0

@@ -439,6 +439,19 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
         metavar="DIR",
         help="keep the node homes, their logs and their passphrase (DIR/passphrase) here",
     )
+    p.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="the sending node's database (an empty PostgreSQL database, say); the "
+        "receiving node keeps a SQLite file",
+    )
+    p.add_argument(
+        "--replicas",
+        type=count(1, 8),
+        default=1,
+        help="replicas of the sending node sharing its database (needs --database-url); "
+        "the senders are spread over their local APIs",
+    )
     p.set_defaults(run=lazy("liaison.client.bench", "cmd_bench"))
 
     p = commands.add_parser(

@@ -11,6 +11,7 @@ credentials/<name>/      client credentials for the local API (ca.crt, client.cr
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import fcntl
 import os
@@ -75,6 +76,7 @@ from liaison.server.config import (
     check_api_listen,
     check_no_password,
     load_config,
+    write_config,
 )
 from liaison.server.store import users
 from liaison.server.store.audit import AuditKind, append
@@ -362,6 +364,33 @@ def init_home(
         _remove_partial_home(path, existed=existed)
         raise
     return home
+
+
+def replicate_home(source: NodeHome, target: Path, *, peer_listen: str, api_listen: str) -> Path:
+    """A home for another replica of ``source``'s node: the same keys, credentials and
+    settings (so the same database), in ``target``, listening on its own addresses.
+
+    One node runs per home (its lock), so each replica has a home of its own; the
+    node's card, with its one endpoint, is the same for all (README, "Running in
+    production"). ``target`` must not exist. The database must not be a SQLite file
+    inside ``source``: replicas share a database by its URL.
+    """
+    config = source.config()
+    if source.database_url(config) == sqlite_url(source.path / DATABASE_FILE):
+        raise ConfigError(
+            "replicas share one database by its URL: give the node a database.url first"
+        )
+    _check_endpoint("--listen", peer_listen)
+    _check_endpoint("--api", api_listen)
+    if target.exists():
+        raise ConfigError(f"{target} exists; refusing to overwrite it")
+    shutil.copytree(source.path, target, symlinks=True, ignore=shutil.ignore_patterns("node.lock"))
+    write_config(
+        target, dataclasses.replace(config, peer_listen=peer_listen, api_listen=api_listen)
+    )
+    for file in (target / "credentials").glob("*/target"):
+        file.write_text(api_target(api_listen) + "\n", encoding="utf-8")
+    return target
 
 
 def check_database_url(url: str) -> None:

@@ -7,7 +7,6 @@ import asyncio
 import datetime as dt
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from liaison.keys.identity import NodeIdentity
 from liaison.keys.labels import RECEIPT_SIGNATURE_LABEL, signing_input
 from liaison.keys.sealed import PASSPHRASE_VARIABLE, Passphrase
 from liaison.server.config import CONFIG_FILE
-from liaison.server.home import NodeHome, init_home
+from liaison.server.home import NodeHome, init_home, replicate_home
 from liaison.server.node import Node
 from liaison.server.store.models import AuditEvent, Direction, Message
 from liaison.server.store.store import MIGRATIONS, Store, sqlite_url
@@ -385,18 +384,10 @@ def migrate_to(store: Store, revision: str) -> None:
 
 
 def replica_of(home: NodeHome, copy: Path) -> NodeHome:
-    """A second replica of ``home``'s node: the same keys, config and database, its own
-    folder (one node runs per home) and its own listening ports."""
-    shutil.copytree(home.path, copy, symlinks=True, ignore=shutil.ignore_patterns("node.lock"))
-    config = (copy / "config.toml").read_text(encoding="utf-8")
-    old = home.config()
-    peer, api = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    config = config.replace(f'"{old.peer_listen}"', f'"{peer}"').replace(
-        f'"{old.api_listen}"', f'"{api}"'
+    """A second replica of ``home``'s node (``replicate_home``) on free loopback ports."""
+    replicate_home(
+        home, copy, peer_listen=f"127.0.0.1:{free_port()}", api_listen=f"127.0.0.1:{free_port()}"
     )
-    (copy / "config.toml").write_text(config, encoding="utf-8")
-    for target in (copy / "credentials").glob("*/target"):
-        target.write_text(api + "\n", encoding="utf-8")
     return NodeHome.unlocked(copy, TEST_KEYS["passphrase"])
 
 
