@@ -227,3 +227,32 @@ def test_two_replicas_receiving_one_envelope_at_once_store_it_once(database_url:
         kept = session.scalars(select(Receipt.signed_receipt)).all()
     assert earlier[0] is not None
     assert kept == [earlier[0].signed_receipt]
+
+
+def test_a_watch_on_one_replica_sees_what_another_replica_did(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Notices sent through replica 1: replica 2's watch stream shows them queued and
+    delivered, in the order of the one audit log (it reads the shared trail)."""
+    a_home = make_home(tmp_path, A_ID, database_url=postgres_url)
+    b_home = make_home(tmp_path, B_ID)
+    pin_each_other(a_home, b_home)
+    second_home = replica_of(a_home, tmp_path / "replica-2")
+    nodes = [RunningNode(b_home), RunningNode(a_home), RunningNode(second_home)]
+    try:
+        for node in nodes:
+            node.start()
+        with nodes[1].client() as client:
+            sent = [client.send_notice(B_ID, sample_notice(f"W-{n}")).message_id for n in range(3)]
+        seen: set[str] = set()
+        seqs: list[int] = []
+        with nodes[2].client() as client:
+            for event in client.watch(events=["delivered"]):
+                seen.add(event.message_id)
+                seqs.append(event.seq)
+                if seen >= set(sent):
+                    break
+        assert seqs == sorted(seqs)
+    finally:
+        for node in reversed(nodes):
+            node.stop()
