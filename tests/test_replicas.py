@@ -242,17 +242,26 @@ def test_a_watch_on_one_replica_sees_what_another_replica_did(
     try:
         for node in nodes:
             node.start()
+        with nodes[2].client() as client:
+            after = max((e.seq for e in client.audit_events(after=0)), default=0)
+        seen: list[tuple[int, str]] = []
+        done = threading.Event()
+
+        def follow() -> None:  # replica 2's stream, open before anything is sent
+            with nodes[2].client() as client:
+                for event in client.watch(after, events=["delivered"]):
+                    seen.append((event.seq, event.message_id))
+                    if len(seen) == 3:
+                        done.set()
+                        return
+
+        follower = threading.Thread(target=follow, daemon=True)
+        follower.start()
         with nodes[1].client() as client:
             sent = [client.send_notice(B_ID, sample_notice(f"W-{n}")).message_id for n in range(3)]
-        seen: set[str] = set()
-        seqs: list[int] = []
-        with nodes[2].client() as client:
-            for event in client.watch(events=["delivered"]):
-                seen.add(event.message_id)
-                seqs.append(event.seq)
-                if seen >= set(sent):
-                    break
-        assert seqs == sorted(seqs)
+        assert done.wait(WAIT)
+        assert {message_id for _, message_id in seen} == set(sent)
+        assert [seq for seq, _ in seen] == sorted(seq for seq, _ in seen)
     finally:
         for node in reversed(nodes):
             node.stop()
