@@ -225,9 +225,12 @@ def _bool(table: dict[str, Any], key: str, *, default: bool) -> bool:
     return value
 
 
-# Where a node's database URL comes from when config.toml names none (replicas that
-# take their settings from the environment); config.toml's own setting comes first.
+# A home whose config.toml says ``url = "env:LIAISON_DATABASE_URL"`` takes its database
+# URL from that variable (replicas set up from their environment). Only such a home:
+# a variable left exported must not move another node (a demo, a new init) into the
+# database of a production node.
 DATABASE_URL_VARIABLE = "LIAISON_DATABASE_URL"
+DATABASE_FROM_ENVIRONMENT = f"env:{DATABASE_URL_VARIABLE}"
 
 
 def check_no_password(url: str, *, setting: str) -> str:
@@ -246,10 +249,14 @@ def _password_of(url: str) -> str | None:
     from sqlalchemy.exc import ArgumentError  # noqa: PLC0415
 
     try:
-        password = make_url(url).password
+        parsed = make_url(url)
     except (ArgumentError, ValueError):
         return None  # not a URL at all: check_database_url says so
-    return None if password is None else str(password)
+    # libpq also takes it as a parameter: ...?password=...
+    password = parsed.password or parsed.query.get("password")
+    if isinstance(password, tuple):
+        password = password[0] if password else None
+    return None if not password else str(password)
 
 
 def _limits(table: dict[str, Any]) -> Limits:

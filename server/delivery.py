@@ -151,8 +151,10 @@ class Delivery:
         # Peers whose queue in the database may hold messages due now: their worker claims
         # them before a new message may skip the queue (``reserve``).
         self._backlog: set[str] = set()
+        self._stopped = False
         # Replaced channels, closing once the calls on them have finished.
         self._closing: set[asyncio.Task[None]] = set()
+        self._retired: set[grpc.aio.Channel] = set()
         self._links: dict[str, _Link] = defaultdict(_Link)
         # Peers that are down whose next probe an operator asked for now.
         self._probe_now: set[str] = set()
@@ -182,6 +184,7 @@ class Delivery:
         self._sweeper = asyncio.create_task(self._sweep_expired(), name="expiry-sweeper")
 
     async def stop(self) -> None:
+        self._stopped = True
         tasks = [
             *self._workers.values(),
             *self._in_flight,
@@ -194,10 +197,17 @@ class Delivery:
         for _key, channel in self._channels.values():
             await channel.close(grace=None)
         self._channels.clear()
+        # Replaced channels wait out a grace for their calls; at a stop there are none
+        # left (cancelled above), so they close now rather than after the grace (which
+        # made a stop take as long as a delivery timeout).
+        for channel in list(self._retired):
+            await channel.close(grace=None)
         await asyncio.gather(*self._closing, return_exceptions=True)
 
     def notify(self, recipient: str) -> None:
         """Something was queued for ``recipient``: make sure its worker runs and looks."""
+        if self._stopped:  # a commit that ends after the stop: the next start looks
+            return
         self._backlog.add(recipient)
         self._ensure_worker(recipient)
         self._wake[recipient].set()
@@ -234,6 +244,8 @@ class Delivery:
         it was queued; or, with None (it was queued unclaimed, or the transaction
         failed), let the worker look at the queue."""
         self._reserved[recipient] -= 1
+        if self._stopped:  # queued as the node stopped: its next start queues it again
+            return
         card = self._peers.peer(recipient) if pending is not None else None
         if pending is None or card is None:
             # A claimed message whose peer was unpinned meanwhile goes back to the queue.
@@ -321,15 +333,21 @@ class Delivery:
         if free > 0:
             # Cleared before the claim: whatever is queued while it runs sets it again.
             self._backlog.discard(recipient)
-            claimed = await self._committer.submit(
-                functools.partial(
-                    outbox.claim_due,
-                    recipient=recipient,
-                    now=self._clock(),
-                    limit=free,
-                    lease=self.lease(),
+            # The places this claim may fill are taken until it returns: a send meanwhile
+            # must not be given one of them too (the window would overshoot).
+            self._reserved[recipient] += free
+            try:
+                claimed = await self._committer.submit(
+                    functools.partial(
+                        outbox.claim_due,
+                        recipient=recipient,
+                        now=self._clock(),
+                        limit=free,
+                        lease=self.lease(),
+                    )
                 )
-            )
+            finally:
+                self._reserved[recipient] -= free
         card = await asyncio.to_thread(self._peers.peer, recipient) if claimed else None
         for pending in claimed:
             self._start(card, pending)
@@ -357,16 +375,27 @@ class Delivery:
             self._wake[recipient].set()
 
     async def _sleep_until_due(self, recipient: str, wake: asyncio.Event, *, looked: bool) -> None:
-        timeout: float | None = None
-        if looked or not self._flights[recipient]:
-            due = await asyncio.to_thread(self._read, outbox.next_due_at, recipient, self._clock())
-            if due is not None:
-                timeout = max(0.0, (due - self._clock()).total_seconds())
-        # Another replica of the node may queue for this peer (and stop before it sends):
-        # look at the shared queue now and then, whatever this replica was told.
-        timeout = QUEUE_POLL_SECONDS if timeout is None else min(timeout, QUEUE_POLL_SECONDS)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout)
+        """Until something wakes the worker, or a queued message is due. Another replica
+        of the node may queue for this peer (and stop before it sends): the shared queue
+        is read now and then, and a claim is made only if something is due."""
+        look = looked or not self._flights[recipient]
+        while True:
+            timeout = QUEUE_POLL_SECONDS
+            if look:
+                due = await asyncio.to_thread(
+                    self._read, outbox.next_due_at, recipient, self._clock()
+                )
+                if due is not None:
+                    wait = (due - self._clock()).total_seconds()
+                    if wait <= 0:
+                        self._backlog.add(recipient)  # it goes before new sends
+                        return
+                    timeout = min(wait, QUEUE_POLL_SECONDS)
+            try:
+                await asyncio.wait_for(wake.wait(), timeout)
+                return
+            except TimeoutError:
+                look = True
 
     def _backoff(self, failures: int) -> float:
         """Exponential backoff with jitter after ``failures`` failures in a row."""
@@ -621,8 +650,10 @@ class Delivery:
     def _retire_channel(self, channel: grpc.aio.Channel) -> None:
         grace = self._limits.delivery_timeout_seconds
         task = asyncio.create_task(channel.close(grace=grace), name="close-replaced-channel")
+        self._retired.add(channel)
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+        task.add_done_callback(lambda _task: self._retired.discard(channel))
         task.add_done_callback(_log_failure)
 
     def _read(self, query: Callable[..., T], *args: object) -> T:

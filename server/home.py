@@ -69,6 +69,7 @@ from liaison.keys.sealed import (
 from liaison.keys.storage import STORAGE_KEY_FILE, STORAGE_KEY_KIND, STORAGE_ROLE, StorageKey
 from liaison.server.config import (
     CONFIG_FILE,
+    DATABASE_FROM_ENVIRONMENT,
     DATABASE_URL_VARIABLE,
     ConfigError,
     NodeConfig,
@@ -180,15 +181,10 @@ class NodeHome:
                 )
 
     def database_url(self, config: NodeConfig | None = None) -> str:
-        """config.toml's ``database.url``, else ``$LIAISON_DATABASE_URL``, else the SQLite
-        file in the home."""
+        """config.toml's ``database.url`` (``$LIAISON_DATABASE_URL`` if it says
+        ``env:LIAISON_DATABASE_URL``), else the SQLite file in the home."""
         config = config or self.config()
-        from_environment = os.environ.get(DATABASE_URL_VARIABLE, "")
-        return (
-            config.database_url
-            or check_no_password(from_environment, setting=DATABASE_URL_VARIABLE)
-            or sqlite_url(self.path / DATABASE_FILE)
-        )
+        return resolve_database_url(config.database_url) or sqlite_url(self.path / DATABASE_FILE)
 
     def open_store(self, config: NodeConfig | None = None, *, upgrade: bool = False) -> Store:
         """The node's database, at the schema this version needs: brought there with
@@ -336,7 +332,7 @@ def init_home(
             "refusing to overwrite it"
         )
     if database_url:
-        check_database_url(database_url)
+        check_database_url(resolve_database_url(database_url))
     existed = path.exists()
     if existed and not path.is_dir():
         raise ConfigError(f"{path} is a file, not a folder")
@@ -364,6 +360,20 @@ def init_home(
         _remove_partial_home(path, existed=existed)
         raise
     return home
+
+
+def resolve_database_url(url: str) -> str:
+    """``url``, or for ``env:LIAISON_DATABASE_URL`` the variable's value (which must be
+    set, and hold no password)."""
+    if url != DATABASE_FROM_ENVIRONMENT:
+        return url
+    from_environment = os.environ.get(DATABASE_URL_VARIABLE, "")
+    if not from_environment:
+        raise ConfigError(
+            f"the node's database.url says {DATABASE_FROM_ENVIRONMENT}, and "
+            f"{DATABASE_URL_VARIABLE} is not set"
+        )
+    return check_no_password(from_environment, setting=DATABASE_URL_VARIABLE)
 
 
 def replicate_home(source: NodeHome, target: Path, *, peer_listen: str, api_listen: str) -> Path:

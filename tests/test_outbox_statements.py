@@ -41,7 +41,9 @@ def _sent(store: Store, *, peer_status: str | None = None) -> PendingDelivery:
     with store.write() as session:
         outbox.queue(session, stored_record(MESSAGE_ID), actor="ops")
         session.execute(
-            update(Message).values(state=MessageState.SENT.value, peer_status=peer_status)
+            update(Message).values(
+                state=MessageState.SENT.value, peer_status=peer_status, attempts=1
+            )
         )
         pk = session.scalar(select(Message.id))
     assert pk is not None
@@ -110,3 +112,19 @@ def test_a_settlement_of_a_message_no_longer_sent_changes_nothing(store: Store) 
     assert _events(store) == before
     with store.read() as session:
         assert len(session.scalars(select(Receipt)).all()) == 1
+
+
+def test_a_late_settlement_of_an_earlier_attempt_changes_nothing(store: Store) -> None:
+    """Attempt 1's outcome is recorded only after the message was claimed again (its
+    lease ran out while the commit was retried): attempt 2's claim stands."""
+    pending = _sent(store)
+    with store.write() as session:
+        session.execute(update(Message).values(attempts=2))
+    before = _events(store)
+    with store.write() as session:
+        outbox.settle(session, _delivered(pending))
+    assert _events(store) == before
+    with store.read() as session:
+        row = session.get_one(Message, pending.pk)
+        assert (row.state, row.attempts) == (MessageState.SENT.value, 2)
+        assert session.scalars(select(Receipt)).all() == []

@@ -1,25 +1,25 @@
-"""Where a node's database comes from: config.toml, else $LIAISON_DATABASE_URL, else the
-SQLite file in its home; and a password is never in either (issue 11)."""
+"""Where a node's database comes from: config.toml's ``database.url``, which may say
+``env:LIAISON_DATABASE_URL`` (replicas set up from their environment), else the SQLite
+file in its home; and a password is never in either (issue 11)."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, inspect
 
-from liaison.server.config import DATABASE_URL_VARIABLE, ConfigError
+from liaison.server.config import DATABASE_FROM_ENVIRONMENT, DATABASE_URL_VARIABLE, ConfigError
 from liaison.server.home import DATABASE_FILE
-from liaison.server.store.store import Store
+from liaison.server.store.store import Store, sqlite_url
 from tests.conftest import make_home
 
 
-def test_a_home_takes_its_database_from_the_environment(
+def test_a_home_that_asks_for_it_takes_its_database_from_the_environment(
     tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Replicas that share one database take its URL from their environment."""
     monkeypatch.setenv(DATABASE_URL_VARIABLE, postgres_url)
-    home = make_home(tmp_path, "MA.DGSN.CCPI")
+    home = make_home(tmp_path, "MA.DGSN.CCPI", database_url=DATABASE_FROM_ENVIRONMENT)
     assert home.database_url() == postgres_url
     assert not (home.path / DATABASE_FILE).exists()
     store = Store(postgres_url)
@@ -29,20 +29,34 @@ def test_a_home_takes_its_database_from_the_environment(
         store.close()
 
 
-def test_config_comes_before_the_environment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_an_exported_variable_moves_no_other_home(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A variable left exported for replicas: a new SQLite node (a demo, an init) keeps
+    its own file and writes nothing into the production database."""
+    monkeypatch.setenv(DATABASE_URL_VARIABLE, postgres_url)
     home = make_home(tmp_path, "MA.DGSN.CCPI")
-    monkeypatch.setenv(DATABASE_URL_VARIABLE, "postgresql+psycopg://liaison@db.example/x")
-    configured = dataclasses.replace(home.config(), database_url="sqlite:////elsewhere.db")
-    assert home.database_url(configured) == "sqlite:////elsewhere.db"
+    assert home.database_url() == sqlite_url(home.path / DATABASE_FILE)
+    engine = create_engine(postgres_url)
+    try:
+        with engine.connect() as connection:
+            assert inspect(connection).get_table_names() == []
+    finally:
+        engine.dispose()
 
 
-def test_a_password_in_the_environment_url_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_the_variable_must_be_set_and_hold_no_password(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    home = make_home(tmp_path, "MA.DGSN.CCPI")
+    monkeypatch.setenv(DATABASE_URL_VARIABLE, postgres_url)
+    home = make_home(tmp_path, "MA.DGSN.CCPI", database_url=DATABASE_FROM_ENVIRONMENT)
+    monkeypatch.delenv(DATABASE_URL_VARIABLE)
+    with pytest.raises(ConfigError, match="is not set"):
+        home.database_url()
     monkeypatch.setenv(DATABASE_URL_VARIABLE, "postgresql+psycopg://liaison:hunter2@db/x")
     with pytest.raises(ConfigError, match="holds a password") as refused:
         home.database_url()
     assert "hunter2" not in str(refused.value)
+    monkeypatch.setenv(DATABASE_URL_VARIABLE, "postgresql+psycopg://liaison@db/x?password=hunter2")
+    with pytest.raises(ConfigError, match="holds a password"):
+        home.database_url()

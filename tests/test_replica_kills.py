@@ -23,6 +23,7 @@ from liaison.server.store import auditlog
 from liaison.server.store.models import AuditEvent, Message, Receipt
 from liaison.server.store.store import Store
 from liaison.v1 import node_pb2
+from tests.cli_homes import run
 from tests.conftest import ServedNode, make_home, pin_each_other, replica_of
 from tests.notices import sample_notice
 
@@ -46,7 +47,14 @@ def _send(clients: list[LiaisonClient], first: int, key: str, number: int) -> st
     raise AssertionError("unreachable")
 
 
-def run_replica_kills(tmp_path: Path, postgres_url: str, notices: int, kills: int) -> None:
+def run_replica_kills(
+    tmp_path: Path,
+    postgres_url: str,
+    capsys: pytest.CaptureFixture[str],
+    *,
+    notices: int,
+    kills: int,
+) -> None:
     first_home = make_home(tmp_path, A_ID, database_url=postgres_url)
     b_home = make_home(tmp_path, B_ID)
     pin_each_other(first_home, b_home)
@@ -125,6 +133,10 @@ def run_replica_kills(tmp_path: Path, postgres_url: str, notices: int, kills: in
     assert sorted(received) == sorted(outbound)
     assert receipts == notices
     assert verdict.ok, verdict
+    # One consistent log, as an auditor checks it, from either replica's home.
+    for home in (first_home, second_home):
+        code, out, err = run(capsys, "audit", "verify", "--home", str(home.path))
+        assert code == 0, out + err
     # Sent twice only what the killed replica had in flight: a restart queues again its
     # own claims, never those the live replica holds.
     killed = f"by replica {replica_name(second_home)}"
@@ -145,6 +157,6 @@ def test_replicas_lose_and_double_nothing_through_kills(tmp_path: Path, postgres
 @pytest.mark.soak
 @pytest.mark.timeout(3600)
 def test_replicas_lose_and_double_nothing_through_kills_long(
-    tmp_path: Path, postgres_url: str
+    tmp_path: Path, postgres_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run_replica_kills(tmp_path, postgres_url, notices=1000, kills=5)
+    run_replica_kills(tmp_path, postgres_url, capsys, notices=1000, kills=5)

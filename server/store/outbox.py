@@ -246,6 +246,8 @@ def claim_due(
     rows = connection.execute(_DUE, {"recipient": recipient, "now": now, "limit": limit}).all()
     if not rows:
         return []
+    for row in rows:  # a copy an earlier unit of this transaction loaded reads the claim
+        _expire_loaded(session, row.id)
     connection.execute(
         _CLAIM,
         {
@@ -299,7 +301,15 @@ def settle(session: Session, outcome: DeliveryOutcome) -> None:
     if outcome.state is MessageState.QUEUED:
         changed = (
             plain(session)
-            .execute(_SETTLE_RETRY, {"pk": pending.pk, "at": outcome.at, "due": outcome.retry_at})
+            .execute(
+                _SETTLE_RETRY,
+                {
+                    "pk": pending.pk,
+                    "attempt": pending.attempts,
+                    "at": outcome.at,
+                    "due": outcome.retry_at,
+                },
+            )
             .first()
         )
         if changed is None:
@@ -314,7 +324,13 @@ def settle(session: Session, outcome: DeliveryOutcome) -> None:
     connection = plain(session)
     changed = connection.execute(
         _SETTLE_FINAL,
-        {"pk": pending.pk, "at": outcome.at, "new_state": outcome.state.value, "why": failure},
+        {
+            "pk": pending.pk,
+            "attempt": pending.attempts,
+            "at": outcome.at,
+            "new_state": outcome.state.value,
+            "why": failure,
+        },
     ).first()
     if changed is None:
         return
@@ -355,7 +371,13 @@ def _expire_loaded(session: Session, pk: int) -> None:
 
 # A settlement's statements: the session's copies of the row are not updated
 # (``_expire_loaded`` does that).
-_STILL_SENT = (MESSAGES.c.id == bindparam("pk"), MESSAGES.c.state == MessageState.SENT.value)
+# Still SENT under this very claim: a late settlement of an earlier attempt (its commit
+# retried past its lease, the message claimed again meanwhile) changes nothing.
+_STILL_SENT = (
+    MESSAGES.c.id == bindparam("pk"),
+    MESSAGES.c.state == MessageState.SENT.value,
+    MESSAGES.c.attempts == bindparam("attempt"),
+)
 _SETTLE_RETRY = (
     update(MESSAGES)
     .where(*_STILL_SENT)

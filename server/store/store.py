@@ -255,10 +255,30 @@ def _configure_sqlite(engine: Engine) -> None:
 POSTGRESQL_WRITE_LOCK = 0x4C494149534F4E
 
 
+# A writer waits this long for the lock, then fails (and is retried, logged): a replica
+# frozen while holding it must not stall every other one for as long as TCP takes to
+# notice (SQLite's busy timeout is the same bound).
+POSTGRESQL_LOCK_TIMEOUT = "30s"
+# Every statement of a write sees what the previous holder of the lock committed: the
+# design needs READ COMMITTED whatever the role's or database's default is.
+POSTGRESQL_OPTIONS: dict[str, Any] = {
+    "isolation_level": "READ COMMITTED",
+    # A connection to a database host that vanished is found by keepalives, not hours
+    # of TCP retransmission.
+    "connect_args": {
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+    },
+}
+
+
 def _configure_postgresql(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         if connection.get_execution_options().get(_WRITE, False):
+            connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{POSTGRESQL_LOCK_TIMEOUT}'")
             connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({POSTGRESQL_WRITE_LOCK})")
 
 
@@ -291,8 +311,12 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         # hide_parameters: SQL errors must never carry notice content into a log.
+        postgresql = url.startswith("postgresql")
         self.engine = create_engine(
-            url, pool_pre_ping=not url.startswith("sqlite"), hide_parameters=True
+            url,
+            pool_pre_ping=not url.startswith("sqlite"),
+            hide_parameters=True,
+            **(POSTGRESQL_OPTIONS if postgresql else {}),
         )
         if self.engine.dialect.name == "sqlite":
             _configure_sqlite(self.engine)
