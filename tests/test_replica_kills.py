@@ -150,8 +150,10 @@ def run_replica_kills(
 
 
 @pytest.mark.timeout(600)
-def test_replicas_lose_and_double_nothing_through_kills(tmp_path: Path, postgres_url: str) -> None:
-    run_replica_kills(tmp_path, postgres_url, notices=150, kills=2)
+def test_replicas_lose_and_double_nothing_through_kills(
+    tmp_path: Path, postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_replica_kills(tmp_path, postgres_url, capsys, notices=150, kills=2)
 
 
 @pytest.mark.soak
