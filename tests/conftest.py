@@ -8,6 +8,7 @@ import datetime as dt
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +23,6 @@ import pytest
 from sqlalchemy import func, select
 
 from liaison.client.api import LiaisonClient
-from liaison.client.demo import free_port
 from liaison.keys.card import PeerCard
 from liaison.keys.certs import der_to_pem
 from liaison.keys.identity import NodeIdentity
@@ -113,12 +113,25 @@ class RunningNode:
         return self.identity.card
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` different ports the kernel had free on loopback: all bound at once, so
+    that two calls in a row cannot return one port twice (one call after another can)."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
 def make_home(
     root: Path, agency_id: str, *, mldsa65: bool = False, database_url: str = ""
 ) -> NodeHome:
     """A new home under ``root``; with ``mldsa65`` its card is also signed with ML-DSA-65;
     with ``database_url`` its database is that one, not a SQLite file in the home."""
-    peer_port, api_port = free_port(), free_port()
+    peer_port, api_port = free_ports(2)
     return init_home(
         root / agency_id,
         agency_id=agency_id,
@@ -385,9 +398,8 @@ def migrate_to(store: Store, revision: str) -> None:
 
 def replica_of(home: NodeHome, copy: Path) -> NodeHome:
     """A second replica of ``home``'s node (``replicate_home``) on free loopback ports."""
-    replicate_home(
-        home, copy, peer_listen=f"127.0.0.1:{free_port()}", api_listen=f"127.0.0.1:{free_port()}"
-    )
+    peer, api = free_ports(2)
+    replicate_home(home, copy, peer_listen=f"127.0.0.1:{peer}", api_listen=f"127.0.0.1:{api}")
     return NodeHome.unlocked(copy, TEST_KEYS["passphrase"])
 
 
