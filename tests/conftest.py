@@ -23,6 +23,7 @@ import pytest
 from sqlalchemy import func, select
 
 from liaison.client.api import LiaisonClient
+from liaison.client.demo import free_port  # noqa: F401 - imported from here by tests
 from liaison.keys.card import PeerCard
 from liaison.keys.certs import der_to_pem
 from liaison.keys.identity import NodeIdentity
