@@ -138,7 +138,8 @@ def _summary_of(opened: OpenedNotice) -> Summary | None:
 
 
 def _unraised(error: Exception) -> EnvelopeRejected:
-    """``error`` as a refusal with no traceback, cause or context."""
+    """``error`` as a refusal with no traceback, cause or context; a check that broke
+    (any other error) is a MALFORMED_ENVELOPE refusal, logged by its type."""
     if isinstance(error, EnvelopeRejected):
         return EnvelopeRejected(
             error.reason, error.detail, message_id=error.message_id, sender=error.sender
@@ -276,12 +277,8 @@ class Receiver:
         self, error: Exception, envelope: bytes, peer: str, now: dt.datetime
     ) -> bytes:
         """Reject for a failed check; a check that broke must still refuse, audit and answer."""
-        if not isinstance(error, EnvelopeRejected):
-            log.error("an envelope could not be checked: %s", type(error).__name__)
-            error = EnvelopeRejected(
-                envelope_pb2.REJECT_REASON_MALFORMED_ENVELOPE, "could not be checked"
-            )
-        return await self._reject(error, envelope, peer, now)
+        refusal = error if isinstance(error, EnvelopeRejected) else _unraised(error)
+        return await self._reject(refusal, envelope, peer, now)
 
     def _prepare(
         self, checked: CheckedEnvelope, envelope: bytes

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from liaison.server.store import auditlog, checkpoints, inbox, outbox
 from liaison.server.store.models import AuditEvent, Message, MessageState, Peer, Receipt
@@ -265,3 +265,29 @@ def test_a_watch_on_one_replica_sees_what_another_replica_did(
     finally:
         for node in reversed(nodes):
             node.stop()
+
+
+def test_queueing_claims_again_reads_no_envelope_or_content(store: Store) -> None:
+    """A dead replica's window may hold 64 envelopes of 16 MiB: queueing its claims again
+    reads the columns it changes and audits, not the bytes."""
+    _claimed(store, MINE, "me", NOW + dt.timedelta(minutes=1))
+    _claimed(store, DEAD, "gone", NOW - dt.timedelta(seconds=1))
+    selects: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "messages" in statement:
+            selects.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", seen)
+    try:
+        with store.write() as session:
+            outbox.requeue_run_out(session, now=NOW)
+        with store.write() as session:
+            outbox.requeue_in_flight(session, now=NOW, replica="me")
+    finally:
+        event.remove(store.engine, "before_cursor_execute", seen)
+    assert selects
+    for statement in selects:
+        assert "messages.envelope," not in statement
+        assert "messages.content," not in statement
+    assert set(_requeue_details(store)) == {MINE, DEAD}

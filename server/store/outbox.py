@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Connection, CursorResult, bindparam, insert, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, load_only
 from sqlalchemy.orm.util import identity_key
 
 from liaison.keys.content_types import CARD_UPDATE_CONTENT_TYPE
@@ -462,7 +462,9 @@ def requeue_in_flight(session: Session, *, now: dt.datetime, replica: str = "") 
     Redelivery is safe: the receiver answers a replay with its original receipt.
     """
     rows = session.scalars(
-        select(Message).where(
+        select(Message)
+        .options(_REQUEUE_COLUMNS)
+        .where(
             Message.direction == OUTBOUND,
             Message.state == MessageState.SENT.value,
             or_(
@@ -476,6 +478,21 @@ def requeue_in_flight(session: Session, *, now: dt.datetime, replica: str = "") 
     for row in rows:
         _queue_again(session, row, now, cut_off=row.claimed_by in (None, replica))
     return len(rows)
+
+
+# What queueing a claim again reads of its row: not the envelope nor the content sealed at
+# rest (a dead replica's window of 16 MiB envelopes would be read whole otherwise).
+_REQUEUE_COLUMNS = load_only(
+    Message.message_id,
+    Message.recipient,
+    Message.state,
+    Message.envelope_sha256,
+    Message.attempts,
+    Message.next_attempt_at,
+    Message.updated_at,
+    Message.claimed_by,
+    Message.lease_until,
+)
 
 
 def _queue_again(session: Session, row: Message, now: dt.datetime, *, cut_off: bool) -> None:
@@ -507,7 +524,9 @@ def any_lease_run_out(session: Session, now: dt.datetime) -> bool:
 def requeue_run_out(session: Session, *, now: dt.datetime) -> list[str]:
     """Queue again the messages whose replica's lease ran out; returns their recipients."""
     rows = session.scalars(
-        select(Message).where(
+        select(Message)
+        .options(_REQUEUE_COLUMNS)
+        .where(
             Message.direction == OUTBOUND,
             Message.state == MessageState.SENT.value,
             Message.lease_until <= now,

@@ -69,9 +69,6 @@ class NoticeRecord:
             expires_at=header.expires_at.ToDatetime(tzinfo=dt.UTC),
         )
 
-    def message(self, direction: Direction, state: MessageState, at: dt.datetime) -> Message:
-        return Message(**self.columns(direction, state, at))
-
     def columns(self, direction: Direction, state: MessageState, at: dt.datetime) -> dict[str, Any]:
         """The ``messages`` row of this record, as column values (for a plain INSERT)."""
         return {
