@@ -137,7 +137,10 @@ def test_notices_flow_both_ways_through_a_rotation(pair: Pair, kinds: tuple[str,
 
     rotated = rotate(pair.b_home, *kinds)
     assert rotated.sequence == 1
-    assert rotated.announced == [A_ID]
+    # The running node reloads its key store every second and announces a new card
+    # itself: it may queue the announcement before the command does (never both; the
+    # card reaching A is checked below). CI saw the node first once.
+    assert rotated.announced in ([A_ID], [])
     # Sent while the announcement may still be on its way: B signs them as the card A pins.
     during = send(pair.a, B_ID, 5, "a-during"), send(pair.b, A_ID, 5, "b-during")
 
