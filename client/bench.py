@@ -22,11 +22,13 @@ What is measured (bench/README.md keeps the results):
 from __future__ import annotations
 
 import asyncio
+import compileall
 import contextlib
 import dataclasses
 import datetime as dt
 import functools
 import hashlib
+import importlib
 import json
 import os
 import secrets
@@ -441,8 +443,9 @@ async def _single_sends(a: BenchNode, count: int) -> float:
     return statistics.median(times)
 
 
-async def _wait_ready(node: BenchNode) -> float:
-    """Seconds from now until the node's local API answers.
+async def _wait_ready(node: BenchNode, client: AsyncLiaisonClient | None = None) -> float:
+    """Seconds from now until the node's local API answers (asked through ``client``, if
+    given: made before the clock starts, its credential's unlocking is not the node's).
 
     The port is tried every 20 ms first: gRPC's own reconnection waits a second after
     a refused attempt, which would be measured instead of the node.
@@ -463,9 +466,18 @@ async def _wait_ready(node: BenchNode) -> float:
         writer.close()
         await writer.wait_closed()
         break
-    async with node.client() as client:
-        await client.wait_ready(READY_TIMEOUT_SECONDS)
+    async with client or node.client() as ready:
+        await ready.wait_ready(READY_TIMEOUT_SECONDS)
     return time.perf_counter() - start
+
+
+def _byte_compile() -> None:
+    """Byte-compile liaison's modules, as installing the package does: a start-up is timed,
+    and a node run from sources that cannot keep bytecode (``PYTHONDONTWRITEBYTECODE``,
+    a read-only checkout) compiles every changed module again at each start."""
+    for name in ("liaison", "liaison.client", "liaison.keys", "liaison.server"):
+        for folder in importlib.import_module(name).__path__:
+            compileall.compile_dir(folder, quiet=2, workers=1)
 
 
 async def run_bench(
@@ -484,6 +496,7 @@ async def run_bench(
     from liaison.server.bench.echo import measure_echo  # noqa: PLC0415 - loaded when run
     from liaison.server.bench.floor import measure_crypto_floor  # noqa: PLC0415
 
+    _byte_compile()
     root = keep or Path(tempfile.mkdtemp(prefix="liaison-bench-"))
     secret = secrets.token_urlsafe(24)
     nodes: list[BenchNode] = []
@@ -506,9 +519,10 @@ async def run_bench(
         nodes = [*senders, b]
         b.start()
         await _wait_ready(b)
+        client = a.client()
         started = time.perf_counter()
         a.start()
-        await _wait_ready(a)
+        await _wait_ready(a, client)
         startup = time.perf_counter() - started
         for replica in senders[1:]:
             replica.start()
