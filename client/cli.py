@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     users_cli.add_commands(commands, common, as_json)
 
     p = commands.add_parser("serve", parents=[common], help="run the node")
-    p.set_defaults(run=lazy(COMMANDS, "cmd_serve"))
+    p.set_defaults(run=lazy("liaison.client.serve_command", "cmd_serve"))
 
     p = commands.add_parser(
         "send",

@@ -4,10 +4,8 @@ and the server behind it, loads only when a command runs)."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import hashlib
-import logging
 import mimetypes
 import re
 import sys
@@ -33,7 +31,7 @@ from liaison.client.choices import (
 )
 from liaison.client.cli_common import api_client as _client
 from liaison.client.cli_common import home_path as _home
-from liaison.client.cli_common import log_level, note, paged, progress
+from liaison.client.cli_common import note, paged, progress
 from liaison.client.cli_common import print_json as _print_json
 from liaison.client.cli_common import unlocked_home as _unlocked_home
 from liaison.client.demo import run_demo
@@ -54,7 +52,6 @@ from liaison.server.config import (
     write_config,
 )
 from liaison.server.home import NodeHome, change_passphrase, init_home, seal_unsealed_home
-from liaison.server.node import serve
 from liaison.server.rotation import rotate_keys
 from liaison.server.store.audit import AuditKind, append
 from liaison.server.store.store import (
@@ -410,17 +407,6 @@ def cmd_peers_has_our_card(args: argparse.Namespace) -> int:
         print(f"{agency_id} already pins our card {sequence}; nothing changed")
         return 0
     print(f"Recorded: {agency_id} pins our card {sequence} (handed over out of band)")
-    return 0
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=log_level(args, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    home = _unlocked_home(args)
-    asyncio.run(serve(home))
     return 0
 
 

@@ -42,6 +42,8 @@ FORMAT = "liaison-keystore/v1"
 # States of a key: in use; kept after a rotation until nothing needs it; gone (the
 # manifest keeps its entry, with no file, so that ``keys list`` shows its history).
 ACTIVE, RETIRING, DESTROYED = "active", "retiring", "destroyed"
+# A node home's folder of keys.
+KEY_STORE_FOLDER = "keys"
 CURRENT = "current"
 MANIFEST = "keystore.json"
 CHECK = "passphrase-check"
@@ -187,6 +189,12 @@ class NodeKeys:
             return KdfParams.from_json(self._manifest(self.current())["kdf"])
         except (KeyError, ValueError) as exc:
             raise KeyStoreError(f"the manifest in {self.current()} is damaged") from exc
+
+    def unlock_ahead(self, unlocker: Unlocker) -> None:
+        """Start deriving the current generation's key from the passphrase in the
+        background (``Unlocker.derive_ahead``); ``open`` reports any problem."""
+        with contextlib.suppress(KeyStoreError, OSError):
+            unlocker.derive_ahead(self.params())
 
     def entries(self) -> list[KeyEntry]:
         """The manifest of the current generation; needs no passphrase."""

@@ -26,6 +26,8 @@ import base64
 import binascii
 import json
 import os
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,13 +120,35 @@ class Unlocker:
 
     passphrase: Passphrase
     _derived: dict[KdfParams, bytes] = field(default_factory=dict, repr=False)
+    _ahead: dict[KdfParams, Future[bytes]] = field(default_factory=dict, repr=False)
+
+    def derive_ahead(self, params: KdfParams) -> None:
+        """Start deriving the key of ``params`` on a thread of its own; the first
+        ``file_key`` that needs it waits for it. scrypt releases the interpreter lock, so
+        ``liaison serve`` unlocks its keys while it loads the rest of the server."""
+        if params in self._derived or params in self._ahead:
+            return
+        future: Future[bytes] = Future()
+
+        def derive() -> None:
+            try:
+                future.set_result(self._scrypt(params))
+            except BaseException as exc:  # handed to the waiter, which raises it
+                future.set_exception(exc)
+
+        self._ahead[params] = future
+        threading.Thread(target=derive, name="scrypt", daemon=True).start()
+
+    def _scrypt(self, params: KdfParams) -> bytes:
+        return Scrypt(
+            salt=params.salt, length=32, n=2**params.log2_n, r=params.r, p=params.p
+        ).derive(self.passphrase.reveal())
 
     def file_key(self, params: KdfParams, role: str) -> bytes:
         master = self._derived.get(params)
         if master is None:
-            master = Scrypt(
-                salt=params.salt, length=32, n=2**params.log2_n, r=params.r, p=params.p
-            ).derive(self.passphrase.reveal())
+            ahead = self._ahead.get(params)
+            master = ahead.result() if ahead is not None else self._scrypt(params)
             self._derived[params] = master
         return HKDF(
             algorithm=hashes.SHA256(),

@@ -52,6 +52,7 @@ from liaison.keys.identity import (
 from liaison.keys.ids import is_agency_id
 from liaison.keys.keyring import KeyRing, load_keyring
 from liaison.keys.keystore import (
+    KEY_STORE_FOLDER,
     KeyEntry,
     NewKey,
     NodeKeys,
@@ -130,7 +131,7 @@ class NodeHome:
 
     @property
     def keys_dir(self) -> Path:
-        return self.path / "keys"
+        return self.path / KEY_STORE_FOLDER
 
     @property
     def api_dir(self) -> Path:

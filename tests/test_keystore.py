@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import stat
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from liaison.keys.identity import (
 )
 from liaison.keys.ids import mldsa65_key_id
 from liaison.keys.keystore import NodeKeys
-from liaison.keys.sealed import Passphrase, Unlocker, WrongPassphrase
+from liaison.keys.sealed import KdfParams, Passphrase, Unlocker, WrongPassphrase
 from liaison.server.home import NodeHome
 from tests.cli_homes import run, snapshot
 from tests.conftest import TEST_PASSPHRASE, Inspector, make_home
@@ -111,6 +112,49 @@ def test_a_wrong_passphrase_is_told_apart_from_a_damaged_file(
     with pytest.raises(WrongPassphrase, match="the passphrase is wrong"):
         load(keys, a, WRONG)
     assert snapshot(keys.folder) == before
+
+
+def test_the_passphrase_can_be_derived_ahead_on_a_thread_of_its_own(
+    keys: NodeKeys, a: NodeIdentity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``liaison serve`` starts scrypt before it imports the server (issue 10): the keys
+    then open with the key that thread derived, derived once."""
+    threads: list[str] = []
+    real = Unlocker._scrypt
+
+    def counted(self: Unlocker, params: KdfParams) -> bytes:
+        threads.append(threading.current_thread().name)
+        return real(self, params)
+
+    monkeypatch.setattr(Unlocker, "_scrypt", counted)
+    ahead = unlocker()
+    keys.unlock_ahead(ahead)
+    opened = load_identity(
+        keys.open(ahead),
+        agency_id=a.agency_id,
+        name=a.name,
+        endpoint=a.endpoint,
+        created_at=a.created_at,
+    )
+    assert opened.card.signing_key_id == a.card.signing_key_id
+    assert threads == ["scrypt"]
+
+
+def test_a_wrong_passphrase_derived_ahead_is_refused_as_ever(keys: NodeKeys) -> None:
+    before = snapshot(keys.folder)
+    wrong = unlocker(WRONG)
+    keys.unlock_ahead(wrong)
+    with pytest.raises(WrongPassphrase, match="the passphrase is wrong"):
+        keys.open(wrong)
+    assert snapshot(keys.folder) == before
+
+
+def test_deriving_ahead_leaves_a_damaged_manifest_to_open(keys: NodeKeys) -> None:
+    (keys.current() / "keystore.json").write_text("{")
+    ahead = unlocker()
+    keys.unlock_ahead(ahead)  # says nothing: opening says what is wrong
+    with pytest.raises(KeyStoreError, match="is damaged"):
+        keys.open(ahead)
 
 
 def _flip(path: Path) -> None:
