@@ -202,9 +202,22 @@ class Notices:
         if isinstance(prepared, str):  # a retry: what the first call queued
             return await self._outcome(prepared, wait)
         records = prepared
-        message_id = await self._queue_all(records, actor, idempotency_key, request_sha256)
-        if wait or message_id != records[0].message_id:
-            return await self._outcome(message_id, wait)
+        # Watched before they are queued: a final state cannot slip in between, so the
+        # wait needs no read of the states first (one send at a time is timed, issue 10).
+        watched = [(r.message_id, self.delivery.watch(r.message_id)) for r in records if wait]
+        try:
+            message_id = await self._queue_all(records, actor, idempotency_key, request_sha256)
+            if message_id != records[0].message_id:  # a retry: what the first call queued
+                return await self._outcome(message_id, wait)
+            if wait:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        asyncio.gather(*(asyncio.shield(future) for _, future in watched)), wait
+                    )
+                return await self._outcome(message_id, 0)
+        finally:
+            for watched_id, future in watched:
+                self.delivery.unwatch(watched_id, future)
         # Just queued: its state is known without reading it back.
         return SendOutcome(
             message_id,
