@@ -99,10 +99,18 @@ def database(home: NodeHome) -> Iterator[Connection]:
         engine.dispose()
 
 
+# A message's row and its body (revision 0013: envelope and content in a row of their own).
+WHOLE_ROWS = (
+    "SELECT messages.*, message_bodies.envelope, message_bodies.content FROM messages "
+    "JOIN message_bodies ON message_bodies.message_pk = messages.id"
+)
+BODY_COLUMNS = {"envelope", "content"}
+
+
 def row(home: NodeHome, message_id: str, direction: Direction) -> dict[str, object]:
     with database(home) as db:
         found = db.execute(
-            text("SELECT * FROM messages WHERE message_id = :id AND direction = :direction"),
+            text(f"{WHOLE_ROWS} WHERE message_id = :id AND direction = :direction"),
             {"id": message_id, "direction": direction.value},
         ).first()
     assert found is not None
@@ -111,7 +119,21 @@ def row(home: NodeHome, message_id: str, direction: Direction) -> dict[str, obje
 
 def all_rows(home: NodeHome) -> list[tuple[object, ...]]:
     with database(home) as db:
-        return [tuple(r) for r in db.execute(text("SELECT * FROM messages ORDER BY id"))]
+        return [tuple(r) for r in db.execute(text(f"{WHOLE_ROWS} ORDER BY messages.id"))]
+
+
+def change(db: Connection, pk: object, **values: object) -> None:
+    """Set columns of message ``pk``, in ``messages`` or in its body."""
+    for table, key, names in (
+        ("messages", "id", values.keys() - BODY_COLUMNS),
+        ("message_bodies", "message_pk", values.keys() & BODY_COLUMNS),
+    ):
+        if names:
+            assignments = ", ".join(f"{name} = :{name}" for name in sorted(names))
+            db.execute(
+                text(f"UPDATE {table} SET {assignments} WHERE {key} = :pk"),
+                {"pk": pk, **{name: values[name] for name in names}},
+            )
 
 
 # The sealing itself ----------------------------------------------------------------
@@ -232,30 +254,19 @@ def test_an_altered_row_does_not_open_and_nothing_changes(
             # Both rows' sealed content, data key and summary exchanged: each is bound to
             # its own message id, so neither opens in the other's row.
             for mine, theirs in ((one, two), (two, one)):
-                db.execute(
-                    text(
-                        "UPDATE messages SET content = :content, data_key = :data_key, "
-                        "summary = :summary WHERE id = :id"
-                    ),
-                    {
-                        "content": theirs["content"],
-                        "data_key": theirs["data_key"],
-                        "summary": theirs["summary"],
-                        "id": mine["id"],
-                    },
+                change(
+                    db,
+                    mine["id"],
+                    content=theirs["content"],
+                    data_key=theirs["data_key"],
+                    summary=theirs["summary"],
                 )
         elif alteration == "storage_key_id":
-            db.execute(
-                text("UPDATE messages SET storage_key_id = :key WHERE id = :id"),
-                {"key": "0" * 32, "id": one["id"]},
-            )
+            change(db, one["id"], storage_key_id="0" * 32)
         else:
             value = bytearray(one[alteration])  # type: ignore[arg-type]
             value[20] ^= 1
-            db.execute(
-                text(f"UPDATE messages SET {alteration} = :value WHERE id = :id"),
-                {"value": bytes(value), "id": one["id"]},
-            )
+            change(db, one["id"], **{alteration: bytes(value)})
     before = all_rows(b.home)
     with Inspector(b.home) as inspector:
         seq = inspector.last_audit_seq()

@@ -32,7 +32,7 @@ from liaison.keys.notice import notice_problems
 from liaison.keys.text import first_control_character
 from liaison.server.home import NodeHome
 from liaison.server.store import audit
-from liaison.server.store.models import Direction, Message, MessageState, Receipt
+from liaison.server.store.models import Direction, Message, MessageBody, MessageState, Receipt
 from liaison.server.store.store import Store
 from liaison.v1 import envelope_pb2
 from liaison.v1 import notice_pb2 as N
@@ -292,9 +292,8 @@ def store_hostile_message(home: NodeHome) -> tuple[str, N.CaseNotice]:
                 handling=notice.handling,
                 case_reference=notice.case_reference,
                 subject=notice.subject,
-                envelope=envelope,
                 envelope_sha256=digest,
-                content=notice.SerializeToString(),
+                body=MessageBody(envelope=envelope, content=notice.SerializeToString()),
                 created_at=now,
                 expires_at=now + dt.timedelta(days=1),
                 updated_at=now,

@@ -7,12 +7,13 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import inspect, select, text, update
 
 from liaison.server.store import outbox
 from liaison.server.store.models import AuditEvent, Message, MessageState, Receipt
 from liaison.server.store.outbox import DeliveryOutcome, PendingDelivery
-from liaison.server.store.store import Store
+from liaison.server.store.store import SCHEMA_HEAD, Store
+from tests.conftest import migrate_to
 from tests.notices import stored_record
 
 MESSAGE_ID = "019ac9f0-8000-7000-8000-000000000001"
@@ -128,3 +129,30 @@ def test_a_late_settlement_of_an_earlier_attempt_changes_nothing(store: Store) -
         row = session.get_one(Message, pending.pk)
         assert (row.state, row.attempts) == (MessageState.SENT.value, 2)
         assert session.scalars(select(Receipt)).all() == []
+
+
+def test_a_message_body_is_apart_from_its_row_and_survives_the_schema_both_ways(
+    store: Store,
+) -> None:
+    """Revision 0013 moved the envelope and the content out of ``messages`` (a state
+    change rewrote them on SQLite); going down and up again keeps every byte."""
+    with store.write() as session:
+        outbox.queue(session, stored_record(MESSAGE_ID), actor="ops")
+    assert {"envelope", "content"}.isdisjoint(_columns(store, "messages"))
+    migrate_to(store, "0012")
+    with store.engine.connect() as connection:
+        row = connection.execute(
+            text("SELECT envelope, content FROM messages WHERE message_id = :id"),
+            {"id": MESSAGE_ID},
+        ).one()
+    assert (bytes(row[0]), bytes(row[1])) == (b"envelope", b"content")
+    assert "message_bodies" not in inspect(store.engine).get_table_names()
+    migrate_to(store, SCHEMA_HEAD)
+    assert {"envelope", "content"}.isdisjoint(_columns(store, "messages"))
+    found = store.message(MESSAGE_ID)
+    assert found is not None
+    assert (found[0].envelope, found[0].content) == (b"envelope", b"content")
+
+
+def _columns(store: Store, table: str) -> set[str]:
+    return {column["name"] for column in inspect(store.engine).get_columns(table)}

@@ -41,7 +41,7 @@ from liaison.keys.sealed import Passphrase, Unlocker
 from liaison.server.home import NodeHome
 from liaison.server.notices import sealed_envelope_size
 from liaison.server.store import store as store_module
-from liaison.server.store.models import Direction, Message
+from liaison.server.store.models import Direction, Message, MessageBody
 from liaison.v1 import node_pb2, notice_pb2, peer_pb2
 from tests.conftest import (
     TEST_PASSPHRASE,
@@ -527,9 +527,8 @@ def _stored_message(message_id: str, *, state: str) -> Message:
         handling=notice_pb2.TLP_GREEN,
         case_reference="CASE-X",
         subject="SECRET SUBJECT",
-        envelope=b"",
         envelope_sha256="0" * 64,
-        content=b"",
+        body=MessageBody(envelope=b"", content=b""),
         created_at=now,
         expires_at=now,
         updated_at=now,
@@ -582,7 +581,7 @@ def test_a_notice_exactly_at_the_envelope_limit_is_delivered_and_one_byte_more_i
         "(limits.max_envelope_bytes)"
     )
     with Inspector(a_home) as inspector, inspector.store.read() as session:
-        sizes = session.scalars(select(sql.length(Message.envelope))).all()
+        sizes = session.scalars(select(sql.length(MessageBody.envelope))).all()
     assert sizes == [limit]
 
 

@@ -40,7 +40,6 @@ _STORED_RECEIPT = (
 )
 
 
-_INSERT_MESSAGE = insert(MESSAGES).returning(MESSAGES.c.id)
 _INSERT_RECEIPT = insert(RECEIPTS)
 
 
@@ -72,9 +71,7 @@ def accept(
     if earlier is not None:
         return earlier
     connection = plain(session)
-    pk = connection.execute(
-        _INSERT_MESSAGE, record.columns(Direction.INBOUND, MessageState.RECEIVED, received_at)
-    ).scalar_one()
+    pk = record.insert(connection, Direction.INBOUND, MessageState.RECEIVED, received_at)
     common: dict[str, Any] = {
         "at": received_at,
         "message_id": record.message_id,

@@ -18,7 +18,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 class UtcDateTime(TypeDecorator[dt.datetime]):
@@ -173,9 +173,7 @@ class Message(Base):
     handling: Mapped[int] = mapped_column(Integer)
     case_reference: Mapped[str] = mapped_column(String(100))
     subject: Mapped[str] = mapped_column(Text)
-    envelope: Mapped[bytes] = mapped_column(LargeBinary)
     envelope_sha256: Mapped[str] = mapped_column(String(64))
-    content: Mapped[bytes] = mapped_column(LargeBinary)
     # A row that does not say is in clear (rows of 0002), and the node seals it at its start.
     content_format: Mapped[str] = mapped_column(
         String(16), default=ContentFormat.CLEAR.value, server_default=ContentFormat.CLEAR.value
@@ -203,6 +201,34 @@ class Message(Base):
     # 0012); another replica queues it again once the lease has run out.
     claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lease_until: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    # The envelope and the content, in a row of their own (revision 0013), loaded with the
+    # message as the columns were (a query that needs neither says ``lazyload``).
+    body: Mapped[MessageBody] = relationship(
+        lazy="joined", innerjoin=True, cascade="all, delete-orphan"
+    )
+
+    @property
+    def envelope(self) -> bytes:
+        return self.body.envelope
+
+    @property
+    def content(self) -> bytes:
+        """The content as stored: sealed at rest (``content_format``), or nothing."""
+        return self.body.content
+
+
+class MessageBody(Base):
+    """A message's envelope and its content sealed at rest (revision 0013), beside its
+    ``messages`` row, which changes state several times in its life (sent, delivered,
+    read, acknowledged...). SQLite rewrites a whole row, overflow pages and all, at
+    every change of any column: with the bodies in the row, settling one 1 MiB notice
+    wrote 2 MiB again (52 ms here, against 0.3 ms for the row alone)."""
+
+    __tablename__ = "message_bodies"
+
+    message_pk: Mapped[int] = mapped_column(ForeignKey("messages.id"), primary_key=True)
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Receipt(Base):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Connection, CursorResult, bindparam, insert, or_, select, update
-from sqlalchemy.orm import Session, load_only
+from sqlalchemy.orm import Session, lazyload, load_only
 from sqlalchemy.orm.util import identity_key
 
 from liaison.keys.content_types import CARD_UPDATE_CONTENT_TYPE
@@ -19,7 +19,14 @@ from liaison.server.store.models import (
     MessageState,
     PeerState,
 )
-from liaison.server.store.plain import MESSAGES, PEERS, RECEIPTS, SEND_REQUESTS, plain
+from liaison.server.store.plain import (
+    MESSAGE_BODIES,
+    MESSAGES,
+    PEERS,
+    RECEIPTS,
+    SEND_REQUESTS,
+    plain,
+)
 from liaison.server.store.records import NoticeRecord
 
 OUTBOUND = Direction.OUTBOUND.value
@@ -78,16 +85,18 @@ def queue(
     notices are held (revoked, removed) gets it QUEUED, and None is returned.
     """
     claimed = claim_at is not None and not is_held(session, record.recipient)
-    values = record.columns(
+    changes: dict[str, Any] = {}
+    if claimed:
+        changes.update(attempts=1, updated_at=claim_at)
+        if lease is not None:
+            changes.update(claimed_by=lease.replica, lease_until=lease.until)
+    pk = record.insert(
+        plain(session),
         Direction.OUTBOUND,
         MessageState.SENT if claimed else MessageState.QUEUED,
         record.created_at,
+        **changes,
     )
-    if claimed:
-        values.update(attempts=1, updated_at=claim_at)
-        if lease is not None:
-            values.update(claimed_by=lease.replica, lease_until=lease.until)
-    pk = plain(session).execute(_INSERT_MESSAGE, values).scalar_one()
     # Audit times are when they are written, not the envelope's creation time (whole
     # seconds): they then never run backwards against sequence numbers.
     common: dict[str, Any] = {
@@ -146,7 +155,6 @@ _EARLIER = select(SEND_REQUESTS.c.request_sha256, SEND_REQUESTS.c.message_id).wh
     SEND_REQUESTS.c.idempotency_key == bindparam("key"),
 )
 _PEER_STATE = select(PEERS.c.state).where(PEERS.c.agency_id == bindparam("agency"))
-_INSERT_MESSAGE = insert(MESSAGES).returning(MESSAGES.c.id)
 _INSERT_REQUEST = insert(SEND_REQUESTS)
 _CLAIM = (
     update(MESSAGES)
@@ -163,11 +171,12 @@ _DUE = (
     select(
         MESSAGES.c.id,
         MESSAGES.c.message_id,
-        MESSAGES.c.envelope,
+        MESSAGE_BODIES.c.envelope,
         MESSAGES.c.envelope_sha256,
         MESSAGES.c.expires_at,
         MESSAGES.c.attempts,
     )
+    .join(MESSAGE_BODIES, MESSAGE_BODIES.c.message_pk == MESSAGES.c.id)
     .where(
         MESSAGES.c.direction == OUTBOUND,
         MESSAGES.c.state == MessageState.QUEUED.value,
@@ -463,7 +472,7 @@ def requeue_in_flight(session: Session, *, now: dt.datetime, replica: str = "") 
     """
     rows = session.scalars(
         select(Message)
-        .options(_REQUEUE_COLUMNS)
+        .options(*_REQUEUE_COLUMNS)
         .where(
             Message.direction == OUTBOUND,
             Message.state == MessageState.SENT.value,
@@ -482,16 +491,19 @@ def requeue_in_flight(session: Session, *, now: dt.datetime, replica: str = "") 
 
 # What queueing a claim again reads of its row: not the envelope nor the content sealed at
 # rest (a dead replica's window of 16 MiB envelopes would be read whole otherwise).
-_REQUEUE_COLUMNS = load_only(
-    Message.message_id,
-    Message.recipient,
-    Message.state,
-    Message.envelope_sha256,
-    Message.attempts,
-    Message.next_attempt_at,
-    Message.updated_at,
-    Message.claimed_by,
-    Message.lease_until,
+_REQUEUE_COLUMNS = (
+    load_only(
+        Message.message_id,
+        Message.recipient,
+        Message.state,
+        Message.envelope_sha256,
+        Message.attempts,
+        Message.next_attempt_at,
+        Message.updated_at,
+        Message.claimed_by,
+        Message.lease_until,
+    ),
+    lazyload(Message.body),
 )
 
 
@@ -525,7 +537,7 @@ def requeue_run_out(session: Session, *, now: dt.datetime) -> list[str]:
     """Queue again the messages whose replica's lease ran out; returns their recipients."""
     rows = session.scalars(
         select(Message)
-        .options(_REQUEUE_COLUMNS)
+        .options(*_REQUEUE_COLUMNS)
         .where(
             Message.direction == OUTBOUND,
             Message.state == MessageState.SENT.value,

@@ -12,7 +12,14 @@ from __future__ import annotations
 from sqlalchemy import Connection, Table
 from sqlalchemy.orm import Session
 
-from liaison.server.store.models import AuditEvent, Message, Peer, Receipt, SendRequest
+from liaison.server.store.models import (
+    AuditEvent,
+    Message,
+    MessageBody,
+    Peer,
+    Receipt,
+    SendRequest,
+)
 
 
 def plain(session: Session) -> Connection:
@@ -29,6 +36,7 @@ def _table(model: type) -> Table:
 
 
 MESSAGES = _table(Message)
+MESSAGE_BODIES = _table(MessageBody)
 PEERS = _table(Peer)
 RECEIPTS = _table(Receipt)
 SEND_REQUESTS = _table(SendRequest)

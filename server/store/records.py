@@ -6,7 +6,10 @@ import datetime as dt
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from sqlalchemy import Connection, insert
+
 from liaison.server.store.models import ContentFormat, Direction, Message, MessageState
+from liaison.server.store.plain import MESSAGE_BODIES, MESSAGES
 from liaison.v1 import envelope_pb2, notice_pb2
 
 
@@ -69,8 +72,27 @@ class NoticeRecord:
             expires_at=header.expires_at.ToDatetime(tzinfo=dt.UTC),
         )
 
+    def insert(
+        self,
+        connection: Connection,
+        direction: Direction,
+        state: MessageState,
+        at: dt.datetime,
+        **changes: Any,
+    ) -> int:
+        """Insert this record's ``messages`` row (``columns``, with ``changes``) and its
+        body; returns the row's primary key."""
+        values = self.columns(direction, state, at)
+        values.update(changes)
+        pk = int(connection.execute(_INSERT_MESSAGE, values).scalar_one())
+        connection.execute(
+            _INSERT_BODY, {"message_pk": pk, "envelope": self.envelope, "content": self.content}
+        )
+        return pk
+
     def columns(self, direction: Direction, state: MessageState, at: dt.datetime) -> dict[str, Any]:
-        """The ``messages`` row of this record, as column values (for a plain INSERT)."""
+        """The ``messages`` row of this record, as column values (its body is a row of
+        ``message_bodies``)."""
         return {
             "message_id": self.message_id,
             "direction": direction.value,
@@ -84,9 +106,7 @@ class NoticeRecord:
             # In the sealed summary only.
             "case_reference": "",
             "subject": "",
-            "envelope": self.envelope,
             "envelope_sha256": self.envelope_sha256,
-            "content": self.content,
             "content_format": ContentFormat.SEALED_V1.value,
             "data_key": self.data_key,
             "storage_key_id": self.storage_key_id,
@@ -155,3 +175,8 @@ def summary_columns() -> list[Any]:
         getattr(Message, _COLUMN[name]).label(name) if name in _COLUMN else getattr(Message, name)
         for name in SUMMARY_COLUMNS
     ]
+
+
+# Built once: every notice stored in either direction runs them.
+_INSERT_MESSAGE = insert(MESSAGES).returning(MESSAGES.c.id)
+_INSERT_BODY = insert(MESSAGE_BODIES)

@@ -41,6 +41,7 @@ from liaison.server.store.models import (
     ContentFormat,
     Direction,
     Message,
+    MessageBody,
     MessageState,
     Peer,
     PeerState,
@@ -58,7 +59,7 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # The newest migration (a test holds it equal to Alembic's head): a database already
 # there is opened without loading Alembic and its scripts, a quarter of a second of
 # every start of a node or a command.
-SCHEMA_HEAD = "0012"
+SCHEMA_HEAD = "0013"
 _WRITE = "liaison_write"
 # How long a statement waits for another writer's lock before failing (tests shorten it).
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -652,7 +653,8 @@ class Store:
         """Envelope bytes stored from each peer: what counts against its quota."""
         with self.read() as session:
             rows = session.execute(
-                select(Message.sender, func.sum(func.length(Message.envelope)))
+                select(Message.sender, func.sum(func.length(MessageBody.envelope)))
+                .join(MessageBody, MessageBody.message_pk == Message.id)
                 .where(Message.direction == Direction.INBOUND.value)
                 .group_by(Message.sender)
             ).all()
@@ -838,8 +840,8 @@ class Store:
                 return DestroyOutcome.PENDING
             row.data_key = None
             row.summary = None
-            row.content = b""
-            row.envelope = b""
+            row.body.content = b""
+            row.body.envelope = b""
             row.subject = ""
             row.case_reference = ""
             row.content_format = ContentFormat.DESTROYED.value
@@ -877,10 +879,11 @@ class Store:
                     Message.direction,
                     Message.sender,
                     Message.message_id,
-                    Message.content,
+                    MessageBody.content,
                     Message.subject,
                     Message.case_reference,
                 )
+                .join(MessageBody, MessageBody.message_pk == Message.id)
                 .where(Message.content_format == ContentFormat.CLEAR.value)
                 .order_by(Message.id)
                 .limit(limit)
@@ -898,7 +901,7 @@ class Store:
                 row = session.get(Message, item.pk)
                 if row is None or row.content_format != ContentFormat.CLEAR.value:
                     continue
-                row.content = item.content
+                row.body.content = item.content
                 row.data_key = item.data_key
                 row.storage_key_id = item.storage_key_id
                 row.summary = item.summary
