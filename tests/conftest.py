@@ -48,6 +48,17 @@ TEST_KDF_LOG2_N = 8
 os.environ[PASSPHRASE_VARIABLE] = TEST_PASSPHRASE
 
 
+def _task_stacks(loop: asyncio.AbstractEventLoop) -> str:
+    """Where each of ``loop``'s tasks waits (read from another thread: for a failure's
+    message only)."""
+    lines = []
+    for task in list(asyncio.all_tasks(loop)):
+        frames = task.get_stack(limit=4)
+        where = " < ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
+        lines.append(f"{task.get_name()} at {where or '?'}")
+    return "; ".join(sorted(lines))
+
+
 class RunningNode:
     """A ``Node`` served from a background thread until ``stop``."""
 
@@ -92,6 +103,11 @@ class RunningNode:
         if self._stop is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._stop.set)
             self._thread.join(START_TIMEOUT_SECONDS)
+            if self._thread.is_alive():  # say what it waits on, not "home locked" later
+                raise RuntimeError(
+                    f"node {self.home.path.name} did not stop in {START_TIMEOUT_SECONDS} s; "
+                    f"its tasks: {_task_stacks(self._loop)}"
+                )
 
     def client(self) -> LiaisonClient:
         return LiaisonClient.from_home(self.home.path)
