@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import os
 import threading
@@ -136,8 +137,11 @@ class Unlocker:
             except BaseException as exc:  # handed to the waiter, which raises it
                 future.set_exception(exc)
 
+        try:
+            threading.Thread(target=derive, name="scrypt", daemon=True).start()
+        except RuntimeError:  # no thread to be had: derived when first needed
+            return
         self._ahead[params] = future
-        threading.Thread(target=derive, name="scrypt", daemon=True).start()
 
     def _scrypt(self, params: KdfParams) -> bytes:
         return Scrypt(
@@ -147,8 +151,14 @@ class Unlocker:
     def file_key(self, params: KdfParams, role: str) -> bytes:
         master = self._derived.get(params)
         if master is None:
-            ahead = self._ahead.get(params)
-            master = ahead.result() if ahead is not None else self._scrypt(params)
+            ahead = self._ahead.pop(params, None)
+            if ahead is not None:
+                # A derivation ahead that failed (out of memory, say) is tried again here,
+                # and raises its own error if it fails again.
+                with contextlib.suppress(Exception):
+                    master = ahead.result()
+            if master is None:
+                master = self._scrypt(params)
             self._derived[params] = master
         return HKDF(
             algorithm=hashes.SHA256(),

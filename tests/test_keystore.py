@@ -140,6 +140,29 @@ def test_the_passphrase_can_be_derived_ahead_on_a_thread_of_its_own(
     assert threads == ["scrypt"]
 
 
+def test_a_derivation_ahead_that_failed_is_made_again_when_needed(
+    keys: NodeKeys, a: NodeIdentity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = Unlocker._scrypt
+
+    def failing_on_its_thread(self: Unlocker, params: KdfParams) -> bytes:
+        if threading.current_thread().name == "scrypt":
+            raise MemoryError("no memory for scrypt")
+        return real(self, params)
+
+    monkeypatch.setattr(Unlocker, "_scrypt", failing_on_its_thread)
+    ahead = unlocker()
+    keys.unlock_ahead(ahead)
+    opened = load_identity(
+        keys.open(ahead),
+        agency_id=a.agency_id,
+        name=a.name,
+        endpoint=a.endpoint,
+        created_at=a.created_at,
+    )
+    assert opened.card.signing_key_id == a.card.signing_key_id
+
+
 def test_a_wrong_passphrase_derived_ahead_is_refused_as_ever(keys: NodeKeys) -> None:
     before = snapshot(keys.folder)
     wrong = unlocker(WRONG)
