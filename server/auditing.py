@@ -37,6 +37,7 @@ from liaison.server.store import auditlog, checkpoints
 from liaison.server.store.audit import INBOUND_EVENTS, OUTBOUND_EVENTS, AuditKind
 from liaison.server.store.auditlog import StoredTree, Verdict
 from liaison.server.store.models import (
+    WITHOUT_BODY,
     AuditCheckpoint,
     AuditEvent,
     AuditLeaf,
@@ -342,7 +343,7 @@ def message_facts(
     session: Session, message_ids: Iterable[str] | None, scope: AuditScope
 ) -> list[MessageFacts]:
     """The messages named (or all in ``scope``'s time range and peer), with their events."""
-    query = select(Message).order_by(Message.id)
+    query = select(Message).options(WITHOUT_BODY).order_by(Message.id)
     if message_ids is not None:
         query = query.where(Message.message_id.in_(list(message_ids)))
     if scope.since is not None:
@@ -440,6 +441,7 @@ def evidence_plan(session: Session, message_id: str, our_agency: str) -> Evidenc
     (with its cosignatures), and the receipt; raises ``NoEvidence``."""
     message = session.scalars(
         select(Message)
+        .options(WITHOUT_BODY)
         .where(Message.message_id == message_id)
         .order_by(Message.direction.desc(), Message.id)
         .limit(1)

@@ -18,6 +18,7 @@ from liaison.server.store import audit
 from liaison.server.store.audit import AuditKind
 from liaison.server.store.models import (
     ACKNOWLEDGED_STATES,
+    WITHOUT_BODY,
     Direction,
     Message,
     MessageState,
@@ -78,7 +79,7 @@ def acknowledged_by_peer(
     late read notification changes nothing). One that arrives before the receipt
     is recorded is kept in ``peer_status`` and applied when it is (``settled``).
     """
-    message = session.get_one(Message, original.pk)
+    message = session.get_one(Message, original.pk, options=[WITHOUT_BODY])
     if _RANK.get(message.peer_status or "", 0) < _RANK[state.value]:
         message.peer_status = state.value
     if message.state in _DELIVERED and _RANK.get(message.state, 0) < _RANK[state.value]:
@@ -140,7 +141,7 @@ INBOUND_RANK = {
 def advance_inbound(session: Session, pk: int, state: MessageState, *, at: dt.datetime) -> bool:
     """Our operator read, acknowledged or answered a received message; True if its state
     moved on (states only move on: a read after an acknowledgement changes nothing)."""
-    message = session.get_one(Message, pk)
+    message = session.get_one(Message, pk, options=[WITHOUT_BODY])
     if INBOUND_RANK[state.value] <= INBOUND_RANK.get(message.state, 0):
         return False
     message.state = state.value
@@ -150,12 +151,15 @@ def advance_inbound(session: Session, pk: int, state: MessageState, *, at: dt.da
 
 def thread(session: Session, message_id: str) -> list[Message]:
     """Every message of the conversation ``message_id`` belongs to, oldest first."""
-    start = session.scalars(select(Message).where(Message.message_id == message_id)).first()
+    start = session.scalars(
+        select(Message).options(WITHOUT_BODY).where(Message.message_id == message_id)
+    ).first()
     if start is None:
         return []
     root = start.thread_id or start.message_id
     rows = session.scalars(
         select(Message)
+        .options(WITHOUT_BODY)
         .where((Message.thread_id == root) | (Message.message_id == root))
         .order_by(Message.created_at, Message.id)
     ).all()

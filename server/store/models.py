@@ -18,7 +18,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, lazyload, mapped_column, relationship
 
 
 class UtcDateTime(TypeDecorator[dt.datetime]):
@@ -229,6 +229,11 @@ class MessageBody(Base):
     message_pk: Mapped[int] = mapped_column(ForeignKey("messages.id"), primary_key=True)
     envelope: Mapped[bytes] = mapped_column(LargeBinary)
     content: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+# A query option: the messages without their bodies, for the queries that change or read
+# small columns only (a body can be 2 x 16 MiB).
+WITHOUT_BODY = lazyload(Message.body)
 
 
 class Receipt(Base):

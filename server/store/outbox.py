@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Connection, CursorResult, bindparam, insert, or_, select, update
-from sqlalchemy.orm import Session, lazyload, load_only
+from sqlalchemy.orm import Session, load_only
 from sqlalchemy.orm.util import identity_key
 
 from liaison.keys.content_types import CARD_UPDATE_CONTENT_TYPE
 from liaison.server.store import audit, cards
 from liaison.server.store.audit import AuditKind
 from liaison.server.store.models import (
+    WITHOUT_BODY,
     Direction,
     Message,
     MessageState,
@@ -434,7 +435,9 @@ def any_expired(session: Session, now: dt.datetime) -> bool:
 def expire_due(session: Session, *, now: dt.datetime) -> list[str]:
     """Mark undelivered messages whose envelope has expired; returns their ids."""
     rows = session.scalars(
-        select(Message).where(
+        select(Message)
+        .options(WITHOUT_BODY)
+        .where(
             Message.direction == OUTBOUND,
             Message.state == MessageState.QUEUED.value,
             Message.expires_at <= now,
@@ -503,7 +506,7 @@ _REQUEUE_COLUMNS = (
         Message.claimed_by,
         Message.lease_until,
     ),
-    lazyload(Message.body),
+    WITHOUT_BODY,
 )
 
 
@@ -648,7 +651,9 @@ def operator_step(
     A card update is not cancelled: it is the peer's only way to our new keys.
     """
     message = session.scalars(
-        select(Message).where(Message.message_id == message_id, Message.direction == OUTBOUND)
+        select(Message)
+        .options(WITHOUT_BODY)
+        .where(Message.message_id == message_id, Message.direction == OUTBOUND)
     ).first()
     if message is None:
         return OperatorStep(None)

@@ -37,6 +37,7 @@ from liaison.keys.text import code_point, first_control_character
 from liaison.server.store import audit, auditlog
 from liaison.server.store.audit import AuditKind
 from liaison.server.store.models import (
+    WITHOUT_BODY,
     AuditEvent,
     ContentFormat,
     Direction,
@@ -704,7 +705,10 @@ class Store:
                 return []
             return list(
                 session.scalars(
-                    select(Message).where(Message.notice_id == notice_id).order_by(Message.id)
+                    select(Message)
+                    .options(WITHOUT_BODY)
+                    .where(Message.notice_id == notice_id)
+                    .order_by(Message.id)
                 )
             )
 
