@@ -450,25 +450,25 @@ async def _wait_ready(node: BenchNode, client: AsyncLiaisonClient | None = None)
     The port is tried every 20 ms first: gRPC's own reconnection waits a second after
     a refused attempt, which would be measured instead of the node.
     """
-    start = time.perf_counter()
     host, _, port = node.home.config().api_listen.rpartition(":")
-    while True:
-        try:
-            _, writer = await asyncio.open_connection(host, int(port))
-        except OSError:
-            if time.perf_counter() - start > READY_TIMEOUT_SECONDS:
-                raise RuntimeError(
-                    f"the node at {node.home.path} did not open its API port in "
-                    f"{READY_TIMEOUT_SECONDS:g} s (its log is beside its home)"
-                ) from None
-            await asyncio.sleep(0.02)
-            continue
-        writer.close()
-        await writer.wait_closed()
-        break
-    async with client or node.client() as ready:
+    async with client or node.client() as ready:  # closed whatever happens
+        start = time.perf_counter()
+        while True:
+            try:
+                _, writer = await asyncio.open_connection(host, int(port))
+            except OSError:
+                if time.perf_counter() - start > READY_TIMEOUT_SECONDS:
+                    raise RuntimeError(
+                        f"the node at {node.home.path} did not open its API port in "
+                        f"{READY_TIMEOUT_SECONDS:g} s (its log is beside its home)"
+                    ) from None
+                await asyncio.sleep(0.02)
+                continue
+            writer.close()
+            await writer.wait_closed()
+            break
         await ready.wait_ready(READY_TIMEOUT_SECONDS)
-    return time.perf_counter() - start
+        return time.perf_counter() - start
 
 
 def _byte_compile() -> None:

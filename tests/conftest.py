@@ -301,8 +301,14 @@ def node_factory(tmp_path: Path) -> Iterator[Callable[[NodeHome], RunningNode]]:
         return node
 
     yield start
-    for node in reversed(running):
-        node.stop()
+    failures = []
+    for node in reversed(running):  # every one, even after one that would not stop
+        try:
+            node.stop()
+        except RuntimeError as failure:
+            failures.append(failure)
+    if failures:
+        raise failures[0]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
