@@ -58,8 +58,13 @@ def keys(tmp_path: Path, a: NodeIdentity) -> NodeKeys:
 
 
 def load(keys: NodeKeys, a: NodeIdentity, secret: str = RIGHT) -> NodeIdentity:
+    return opened_as(keys, a, unlocker(secret))
+
+
+def opened_as(keys: NodeKeys, a: NodeIdentity, with_unlocker: Unlocker) -> NodeIdentity:
+    """``a``'s identity from ``keys`` opened with ``with_unlocker``."""
     return load_identity(
-        keys.open(unlocker(secret)),
+        keys.open(with_unlocker),
         agency_id=a.agency_id,
         name=a.name,
         endpoint=a.endpoint,
@@ -129,13 +134,7 @@ def test_the_passphrase_can_be_derived_ahead_on_a_thread_of_its_own(
     monkeypatch.setattr(Unlocker, "_scrypt", counted)
     ahead = unlocker()
     keys.unlock_ahead(ahead)
-    opened = load_identity(
-        keys.open(ahead),
-        agency_id=a.agency_id,
-        name=a.name,
-        endpoint=a.endpoint,
-        created_at=a.created_at,
-    )
+    opened = opened_as(keys, a, ahead)
     assert opened.card.signing_key_id == a.card.signing_key_id
     assert threads == ["scrypt"]
 
@@ -153,13 +152,7 @@ def test_a_derivation_ahead_that_failed_is_made_again_when_needed(
     monkeypatch.setattr(Unlocker, "_scrypt", failing_on_its_thread)
     ahead = unlocker()
     keys.unlock_ahead(ahead)
-    opened = load_identity(
-        keys.open(ahead),
-        agency_id=a.agency_id,
-        name=a.name,
-        endpoint=a.endpoint,
-        created_at=a.created_at,
-    )
+    opened = opened_as(keys, a, ahead)
     assert opened.card.signing_key_id == a.card.signing_key_id
 
 
