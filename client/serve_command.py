@@ -5,6 +5,7 @@ commands), and unlocks the keys while the server's modules load."""
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 
 from liaison.client.cli_common import home_path, log_level
@@ -14,6 +15,10 @@ from liaison.keys.sealed import Unlocker
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # No cyclic collection while the server loads: the node's start-up objects live as
+    # long as it does, and the node freezes them and turns the collector back on once
+    # it serves (liaison.server.node.serve).
+    gc.disable()
     logging.basicConfig(
         level=log_level(args, logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
