@@ -34,6 +34,10 @@ class Limits:
     # a call past a receiver's stream limit is refused (REFUSED_STREAM, UNAVAILABLE),
     # which a sender takes for the peer being down.
     delivery_window: int = 64
+    # Envelope bytes in flight to one peer at a time: past it, a message waits in the
+    # queue (on disk), not in memory. One envelope is always let through, whatever its
+    # size, when nothing else is in flight.
+    delivery_window_bytes: int = 16 * 1024 * 1024
     delivery_timeout_seconds: float = 30.0
     # HTTP/2 keepalive on connections to peers: a ping after this long without one, and
     # the connection dropped if the ping has no answer within the timeout.

@@ -1,9 +1,10 @@
 """Delivering queued envelopes to peers: a pipelined worker per peer.
 
-Each peer's worker keeps up to ``Limits.delivery_window`` deliveries in flight
-over one HTTP/2 channel. It claims due messages from the outbox (QUEUED to
-SENT, audited), and each completed attempt is settled through the group
-committer, so deliveries that finish together share one commit.
+Each peer's worker keeps up to ``Limits.delivery_window`` deliveries, and up to
+``Limits.delivery_window_bytes`` of envelopes, in flight over one HTTP/2 channel.
+It claims due messages from the outbox (QUEUED to SENT, audited), and each
+completed attempt is settled through the group committer, so deliveries that
+finish together share one commit.
 
 Failures are of three kinds, each handled once:
 
@@ -148,6 +149,9 @@ class Delivery:
         # being queued (``reserve``).
         self._flights: dict[str, set[asyncio.Task[None]]] = defaultdict(set)
         self._reserved: dict[str, int] = defaultdict(int)
+        # The envelope bytes of both: what the window holds in memory.
+        self._flight_bytes: dict[str, int] = defaultdict(int)
+        self._reserved_bytes: dict[str, int] = defaultdict(int)
         # Peers whose queue in the database may hold messages due now: their worker claims
         # them before a new message may skip the queue (``reserve``).
         self._backlog: set[str] = set()
@@ -219,14 +223,15 @@ class Delivery:
                 self._worker(recipient), name=f"delivery-{recipient}"
             )
 
-    def reserve(self, recipient: str) -> bool:
-        """A place in ``recipient``'s delivery window for a message about to be queued.
+    def reserve(self, recipient: str, size: int) -> bool:
+        """A place in ``recipient``'s delivery window for a message of ``size`` envelope
+        bytes about to be queued.
 
         With one, the queueing transaction claims the message as the worker would
         (``outbox.queue(claim_at=...)``) and ``hand_over`` starts its delivery: one
         transaction and one read of the envelope less per notice. There is none while
-        the peer is down, its window is full, or older messages wait in its queue
-        (they go first).
+        the peer is down, its window is full (in messages, or in bytes unless nothing
+        else is in flight), or older messages wait in its queue (they go first).
         """
         link = self._links.get(recipient)
         if link is not None and link.down_since is not None:
@@ -236,14 +241,19 @@ class Delivery:
         taken = len(self._flights[recipient]) + self._reserved[recipient]
         if taken >= self._limits.delivery_window:
             return False
+        held = self._window_bytes(recipient)
+        if held and held + size > self._limits.delivery_window_bytes:
+            return False
         self._reserved[recipient] += 1
+        self._reserved_bytes[recipient] += size
         return True
 
-    def hand_over(self, recipient: str, pending: PendingDelivery | None) -> None:
-        """Give back the place ``reserve`` gave: start delivering ``pending``, claimed when
-        it was queued; or, with None (it was queued unclaimed, or the transaction
-        failed), let the worker look at the queue."""
+    def hand_over(self, recipient: str, size: int, pending: PendingDelivery | None) -> None:
+        """Give back the place ``reserve`` gave (for ``size`` bytes): start delivering
+        ``pending``, claimed when it was queued; or, with None (it was queued unclaimed,
+        or the transaction failed), let the worker look at the queue."""
         self._reserved[recipient] -= 1
+        self._reserved_bytes[recipient] -= size
         if self._stopped:  # queued as the node stopped: its next start queues it again
             return
         card = self._peers.peer(recipient) if pending is not None else None
@@ -329,13 +339,21 @@ class Delivery:
         wake.clear()
         flights = self._flights[recipient]
         free = self._limits.delivery_window - len(flights) - self._reserved[recipient]
+        held = self._window_bytes(recipient)
+        # Bytes this claim may take; with nothing in flight, at least one message.
+        room = self._limits.delivery_window_bytes - held
+        if held and room <= 0:
+            self._backlog.add(recipient)  # full in bytes: the next landing wakes the worker
+            free = 0
         claimed: list[PendingDelivery] = []
         if free > 0:
             # Cleared before the claim: whatever is queued while it runs sets it again.
             self._backlog.discard(recipient)
             # The places this claim may fill are taken until it returns: a send meanwhile
             # must not be given one of them too (the window would overshoot).
+            budget = max(room, 0)
             self._reserved[recipient] += free
+            self._reserved_bytes[recipient] += budget
             try:
                 claimed = await self._committer.submit(
                     functools.partial(
@@ -343,36 +361,61 @@ class Delivery:
                         recipient=recipient,
                         now=self._clock(),
                         limit=free,
+                        max_bytes=budget,
+                        always_one=not held,
                         lease=self.lease(),
                     )
                 )
             finally:
                 self._reserved[recipient] -= free
+                self._reserved_bytes[recipient] -= budget
         card = await asyncio.to_thread(self._peers.peer, recipient) if claimed else None
         for pending in claimed:
             self._start(card, pending)
-        if claimed and len(claimed) == free:
+        if claimed and (len(claimed) == free or self._window_full(recipient)):
             self._backlog.add(recipient)  # there may be more
+            return
+        if not claimed and free > 0 and held and await self._due_now(recipient):
+            # Due, but too large to go beside the envelopes in flight: the next landing
+            # wakes the worker (not a poll of the queue over and over meanwhile).
+            self._backlog.add(recipient)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), QUEUE_POLL_SECONDS)
             return
         # Nothing more is due now (or the window is full): sleep until the first message
         # queued for later is due, or something wakes the worker.
         await self._sleep_until_due(recipient, wake, looked=free > 0)
+
+    def _window_bytes(self, recipient: str) -> int:
+        """Envelope bytes in flight to ``recipient``, or promised a place."""
+        return self._flight_bytes[recipient] + self._reserved_bytes[recipient]
+
+    def _window_full(self, recipient: str) -> bool:
+        return self._window_bytes(recipient) >= self._limits.delivery_window_bytes
 
     def _start(self, card: PeerCard | None, pending: PendingDelivery) -> None:
         """Deliver ``pending`` (claimed, SENT) in a task of its own."""
         flights = self._flights[pending.recipient]
         task = asyncio.create_task(self._deliver(card, pending))
         flights.add(task)
+        size = len(pending.envelope)
+        self._flight_bytes[pending.recipient] += size
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
-        task.add_done_callback(functools.partial(self._landed, pending.recipient))
+        task.add_done_callback(functools.partial(self._landed, pending.recipient, size))
 
-    def _landed(self, recipient: str, task: asyncio.Task[None]) -> None:
+    def _landed(self, recipient: str, size: int, task: asyncio.Task[None]) -> None:
         """An attempt ended: its place in the window is free for the queue, if any waits."""
         flights = self._flights[recipient]
         flights.discard(task)
+        self._flight_bytes[recipient] -= size
         if recipient in self._backlog:
             self._wake[recipient].set()
+
+    async def _due_now(self, recipient: str) -> bool:
+        now = self._clock()
+        due = await asyncio.to_thread(self._read, outbox.next_due_at, recipient, now)
+        return due is not None and due <= now
 
     async def _sleep_until_due(self, recipient: str, wake: asyncio.Event, *, looked: bool) -> None:
         """Until something wakes the worker, or a queued message is due. Another replica

@@ -320,7 +320,8 @@ class Notices:
         (a caller's deadline does not strand a claimed message).
         """
         recipient = record.recipient
-        claim_at = self.clock() if self.delivery.reserve(recipient) else None
+        size = len(record.envelope)
+        claim_at = self.clock() if self.delivery.reserve(recipient, size) else None
         lease = self.delivery.lease() if claim_at is not None else None
 
         def work(session: Session) -> tuple[str, outbox.PendingDelivery | None]:
@@ -347,7 +348,7 @@ class Notices:
             if claim_at is None:
                 self.delivery.notify(recipient)
             else:
-                self.delivery.hand_over(recipient, pending)
+                self.delivery.hand_over(recipient, size, pending)
 
         submitted = asyncio.ensure_future(self.committer.submit(work))
         submitted.add_done_callback(queued)

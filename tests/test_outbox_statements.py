@@ -4,13 +4,14 @@ copies of the row current."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import pytest
 from sqlalchemy import inspect, select, text, update
 
 from liaison.server.store import outbox
-from liaison.server.store.models import AuditEvent, Message, MessageState, Receipt
+from liaison.server.store.models import AuditEvent, Message, MessageState, Peer, Receipt
 from liaison.server.store.outbox import DeliveryOutcome, PendingDelivery
 from liaison.server.store.store import SCHEMA_HEAD, Store
 from tests.conftest import migrate_to
@@ -156,3 +157,40 @@ def test_a_message_body_is_apart_from_its_row_and_survives_the_schema_both_ways(
 
 def _columns(store: Store, table: str) -> set[str]:
     return {column["name"] for column in inspect(store.engine).get_columns(table)}
+
+
+@pytest.mark.parametrize(
+    ("max_bytes", "always_one", "claimed"),
+    [(None, True, 3), (25, True, 2), (5, True, 1), (5, False, 0), (30, False, 3)],
+)
+def test_a_claim_takes_no_more_envelope_bytes_than_it_is_given(
+    store: Store, max_bytes: int | None, always_one: bool, claimed: int
+) -> None:
+    """Three due messages of 10 envelope bytes each (issue 10: the delivery window in
+    bytes); the first is taken whatever its size only when the caller says so."""
+    ids = [MESSAGE_ID[:-1] + str(n) for n in range(3)]
+    with store.write() as session:
+        session.add(  # pinned, so that its notices are not held (the card is not read)
+            Peer(
+                agency_id="DE.BPOL.LO-RABAT",
+                name="B",
+                endpoint="127.0.0.1:1",
+                signed_card=b"card",
+                tls_fingerprint="00" * 32,
+                added_at=dt.datetime.now(dt.UTC),
+            )
+        )
+        for message_id in ids:
+            record = dataclasses.replace(stored_record(message_id), envelope=b"e" * 10)
+            outbox.queue(session, record, actor="ops")
+    with store.write() as session:
+        taken = outbox.claim_due(
+            session,
+            "DE.BPOL.LO-RABAT",
+            now=dt.datetime.now(dt.UTC),
+            limit=8,
+            max_bytes=max_bytes,
+            always_one=always_one,
+        )
+    assert [p.message_id for p in taken] == ids[:claimed]
+    assert all(p.envelope == b"e" * 10 for p in taken)

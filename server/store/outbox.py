@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Connection, CursorResult, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, CursorResult, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session, load_only
 from sqlalchemy.orm.util import identity_key
 
@@ -168,15 +169,8 @@ _CLAIM = (
         lease_until=bindparam("until"),
     )
 )
-_DUE = (
-    select(
-        MESSAGES.c.id,
-        MESSAGES.c.message_id,
-        MESSAGE_BODIES.c.envelope,
-        MESSAGES.c.envelope_sha256,
-        MESSAGES.c.expires_at,
-        MESSAGES.c.attempts,
-    )
+_DUE_SIZES = (
+    select(MESSAGES.c.id, func.length(MESSAGE_BODIES.c.envelope))
     .join(MESSAGE_BODIES, MESSAGE_BODIES.c.message_pk == MESSAGES.c.id)
     .where(
         MESSAGES.c.direction == OUTBOUND,
@@ -188,6 +182,34 @@ _DUE = (
     .order_by(MESSAGES.c.id)
     .limit(bindparam("limit"))
 )
+_CLAIMABLE = (
+    select(
+        MESSAGES.c.id,
+        MESSAGES.c.message_id,
+        MESSAGE_BODIES.c.envelope,
+        MESSAGES.c.envelope_sha256,
+        MESSAGES.c.expires_at,
+        MESSAGES.c.attempts,
+    )
+    .join(MESSAGE_BODIES, MESSAGE_BODIES.c.message_pk == MESSAGES.c.id)
+    .where(MESSAGES.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(MESSAGES.c.id)
+)
+
+
+def _within(
+    due: Sequence[tuple[int, int | None]], max_bytes: int | None, *, always_one: bool
+) -> list[int]:
+    """The ids of ``due`` (oldest first) whose envelopes fit in ``max_bytes`` together
+    (with ``always_one``, the first whatever its size)."""
+    ids: list[int] = []
+    total = 0
+    for pk, size in due:
+        total += int(size or 0)
+        if max_bytes is not None and total > max_bytes and (ids or not always_one):
+            break
+        ids.append(int(pk))
+    return ids
 
 
 def queue_once(
@@ -239,9 +261,13 @@ def claim_due(
     *,
     now: dt.datetime,
     limit: int,
+    max_bytes: int | None = None,
+    always_one: bool = True,
     lease: Lease | None = None,
 ) -> list[PendingDelivery]:
-    """Move up to ``limit`` due QUEUED messages for ``recipient`` to SENT, oldest first.
+    """Move up to ``limit`` due QUEUED messages for ``recipient`` to SENT, oldest first,
+    and with ``max_bytes``, no more envelope bytes than that; with ``always_one``, the
+    first due message whatever its size (nothing else is in flight to take its place).
 
     Expired envelopes are left for the expiry sweep: sending them is pointless.
     Nothing is claimed for a revoked or removed recipient: its messages are
@@ -249,13 +275,16 @@ def claim_due(
     """
     if is_held(session, recipient):
         return []
-    # The columns a delivery needs, not the whole row (its content sealed at rest is as
-    # large as the envelope); a change made earlier in this transaction (a cancel) is
-    # flushed first, so a cancelled message is not claimed.
+    # The sizes first (read from the record header, not the envelopes), then the columns
+    # a delivery needs of the messages that fit, not the whole row (its content sealed at
+    # rest is as large as the envelope); a change made earlier in this transaction (a
+    # cancel) is flushed first, so a cancelled message is not claimed.
     connection = plain(session)
-    rows = connection.execute(_DUE, {"recipient": recipient, "now": now, "limit": limit}).all()
-    if not rows:
+    due = connection.execute(_DUE_SIZES, {"recipient": recipient, "now": now, "limit": limit})
+    ids = _within([(row[0], row[1]) for row in due], max_bytes, always_one=always_one)
+    if not ids:
         return []
+    rows = connection.execute(_CLAIMABLE, {"ids": ids}).all()
     for row in rows:  # a copy an earlier unit of this transaction loaded reads the claim
         _expire_loaded(session, row.id)
     connection.execute(
