@@ -254,6 +254,8 @@ class Delivery:
         or the transaction failed), let the worker look at the queue."""
         self._reserved[recipient] -= 1
         self._reserved_bytes[recipient] -= size
+        if recipient in self._backlog:  # a worker waiting for room looks again
+            self._wake[recipient].set()
         if self._stopped:  # queued as the node stopped: its next start queues it again
             return
         card = self._peers.peer(recipient) if pending is not None else None
@@ -342,15 +344,16 @@ class Delivery:
         held = self._window_bytes(recipient)
         # Bytes this claim may take; with nothing in flight, at least one message.
         room = self._limits.delivery_window_bytes - held
-        if held and room <= 0:
-            self._backlog.add(recipient)  # full in bytes: the next landing wakes the worker
-            free = 0
+        if held and room <= 0:  # full in bytes
+            await self._wait_for_room(recipient, wake, held)
+            return
         claimed: list[PendingDelivery] = []
         if free > 0:
             # Cleared before the claim: whatever is queued while it runs sets it again.
             self._backlog.discard(recipient)
-            # The places this claim may fill are taken until it returns: a send meanwhile
-            # must not be given one of them too (the window would overshoot).
+            # The places this claim may fill are taken until the claimed messages are
+            # started: a send meanwhile must not be given one of them too (the window
+            # would overshoot).
             budget = max(room, 0)
             self._reserved[recipient] += free
             self._reserved_bytes[recipient] += budget
@@ -366,25 +369,33 @@ class Delivery:
                         lease=self.lease(),
                     )
                 )
+                card = await asyncio.to_thread(self._peers.peer, recipient) if claimed else None
+                for pending in claimed:
+                    self._start(card, pending)
             finally:
                 self._reserved[recipient] -= free
                 self._reserved_bytes[recipient] -= budget
-        card = await asyncio.to_thread(self._peers.peer, recipient) if claimed else None
-        for pending in claimed:
-            self._start(card, pending)
         if claimed and (len(claimed) == free or self._window_full(recipient)):
             self._backlog.add(recipient)  # there may be more
             return
         if not claimed and free > 0 and held and await self._due_now(recipient):
-            # Due, but too large to go beside the envelopes in flight: the next landing
-            # wakes the worker (not a poll of the queue over and over meanwhile).
-            self._backlog.add(recipient)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), QUEUE_POLL_SECONDS)
+            # Due, but too large to go beside the envelopes in flight.
+            await self._wait_for_room(recipient, wake, held)
             return
         # Nothing more is due now (or the window is full): sleep until the first message
         # queued for later is due, or something wakes the worker.
         await self._sleep_until_due(recipient, wake, looked=free > 0)
+
+    async def _wait_for_room(self, recipient: str, wake: asyncio.Event, held: int) -> None:
+        """Until an envelope in flight lands, or a place promised to a send is given back
+        (``_landed`` and ``hand_over`` wake the worker of a peer in the backlog): not a
+        poll of the queue over and over meanwhile. ``held`` is what the window held when
+        the caller looked; a landing since then means there may be room already."""
+        self._backlog.add(recipient)
+        if self._window_bytes(recipient) < held:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), QUEUE_POLL_SECONDS)
 
     def _window_bytes(self, recipient: str) -> int:
         """Envelope bytes in flight to ``recipient``, or promised a place."""
