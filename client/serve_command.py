@@ -19,20 +19,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # long as it does, and the node freezes them and turns the collector back on once
     # it serves (liaison.server.node.serve).
     gc.disable()
-    logging.basicConfig(
-        level=log_level(args, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    path = home_path(args)  # before the passphrase is asked
-    unlocker = Unlocker(passphrase(args.passphrase_file, what="the node's keys"))
-    # scrypt (about 0.3 s at the production cost) runs on its own thread while the
-    # interpreter imports the server (about as long again).
-    NodeKeys(path / KEY_STORE_FOLDER).unlock_ahead(unlocker)
-    import asyncio  # noqa: PLC0415 - after the derivation has started
+    try:
+        logging.basicConfig(
+            level=log_level(args, logging.INFO),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        path = home_path(args)  # before the passphrase is asked
+        unlocker = Unlocker(passphrase(args.passphrase_file, what="the node's keys"))
+        # scrypt (about 0.3 s at the production cost) runs on its own thread while the
+        # interpreter imports the server (about as long again).
+        NodeKeys(path / KEY_STORE_FOLDER).unlock_ahead(unlocker)
+        import asyncio  # noqa: PLC0415 - after the derivation has started
 
-    from liaison.server.home import NodeHome  # noqa: PLC0415
-    from liaison.server.node import serve  # noqa: PLC0415
+        from liaison.server.home import NodeHome  # noqa: PLC0415
+        from liaison.server.node import serve  # noqa: PLC0415
 
-    asyncio.run(serve(NodeHome(path, unlocker)))
-    return 0
+        asyncio.run(serve(NodeHome(path, unlocker)))
+        return 0
+    finally:  # on a failed start too (the CLI returns; the process may go on)
+        gc.enable()

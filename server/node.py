@@ -545,3 +545,4 @@ async def serve(home: NodeHome, *, ready: asyncio.Event | None = None) -> None:
         await stop.wait()
     finally:
         await node.stop()
+        gc.unfreeze()  # serve run in a process that goes on (a test) leaves nothing frozen

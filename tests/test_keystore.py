@@ -4,6 +4,7 @@ CLI on real homes (each refusal one line, exit 2, nothing changed on disk)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import stat
 import threading
@@ -350,6 +351,7 @@ def test_a_wrong_passphrase_is_one_line_and_exit_2(
     before = snapshot(home.path)
     code, out, err = run(capsys, *command, "--home", str(home.path))
     assert code == 2
+    assert gc.isenabled()  # serve keeps the collector off only while it loads
     assert err.count("\n") == 1
     assert "passphrase" in err
     assert WRONG not in err + out
