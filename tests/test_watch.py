@@ -68,7 +68,10 @@ def test_a_watcher_sees_every_event_once_through_a_restart(tmp_path: Path) -> No
         watcher.join(WAIT)
         seqs = [event.seq for event in watcher.events]
         assert seqs == sorted(set(seqs))  # in order, none repeated
-        assert [event.message_id for event in watcher.events] == first + second
+        # Every notice once; in the order they arrived, which need not be the order they
+        # were sent (several are in flight at once: docs/PROTOCOL.md, 9.2).
+        received = [event.message_id for event in watcher.events]
+        assert sorted(received) == sorted(first + second)
         with Inspector(b_home) as inspector:
             audited = [e.seq for e in inspector.audit_since(0) if e.event == "received"]
         assert audited == seqs  # none lost
