@@ -202,7 +202,7 @@ class Message(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lease_until: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
     # The envelope and the content, in a row of their own (revision 0013), loaded with the
-    # message as the columns were (a query that needs neither says ``lazyload``).
+    # message as the columns were (a query that needs neither says ``WITHOUT_BODY``).
     body: Mapped[MessageBody] = relationship(
         lazy="joined", innerjoin=True, cascade="all, delete-orphan"
     )
